@@ -1,0 +1,34 @@
+"""rdb: a durable, linearizable replicated key space on PySyncObj.
+
+Public surface: ``StateMachine`` (pure core), ``ReplicatedStore`` (the asyncio shell),
+``StoreView`` (read-only protocol), the value types and the exception tree.
+This package imports nothing else of rdbsync's.
+"""
+
+from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key, check_value, new_request_id
+from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
+from rdb._raft import RaftStatus
+from rdb._state import Event, KeyValue, StateMachine
+from rdb._store import ReplicatedStore, StoreView
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "MAX_TXN_OPS",
+    "MAX_VALUE_BYTES",
+    "Compacted",
+    "Event",
+    "InvalidCommand",
+    "KeyValue",
+    "NoQuorum",
+    "NotApplied",
+    "OutcomeUnknown",
+    "ProposalFailed",
+    "RaftStatus",
+    "RdbError",
+    "ReplicatedStore",
+    "StateMachine",
+    "StoreView",
+    "check_key",
+    "check_value",
+    "new_request_id",
+]

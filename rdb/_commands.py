@@ -1,0 +1,113 @@
+"""Building and validating commands before they are proposed.
+
+Every command is a versioned msgpack map that goes through the one replicated entry
+point. The proposer stamps the request id here; the state machine re-checks every
+precondition (CAS) itself. Validation here is what turns bad input into a clear error
+*before* anything reaches the log: ``InvalidCommand`` means nothing was proposed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgpack
+
+from rdb._errors import InvalidCommand
+from rdb._state import COMMAND_VERSION
+
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_TXN_OPS = 128
+
+
+def new_request_id() -> str:
+    """A fresh request id (the only randomness on the write path, taken by the proposer)."""
+    return uuid.uuid4().hex
+
+
+def check_key(key: Any) -> str:
+    """Raises ``InvalidCommand`` unless ``key`` is a non-empty string of at most 1 KiB."""
+    if not isinstance(key, str) or not key:
+        raise InvalidCommand("key must be a non-empty string")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidCommand(f"key is longer than {MAX_KEY_BYTES} bytes")
+    if "\x00" in key:
+        raise InvalidCommand("key must not contain NUL")
+    return key
+
+
+def check_value(value: Any) -> bytes:
+    """Encodes ``value``; raises ``InvalidCommand`` if it is over 1 MiB encoded."""
+    try:
+        encoded = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidCommand(f"value cannot be stored: {exc}") from exc
+    if len(encoded) > MAX_VALUE_BYTES:
+        raise InvalidCommand(f"value is larger than {MAX_VALUE_BYTES} bytes encoded")
+    return encoded
+
+
+def check_revision(value: Any, name: str = "prev_revision") -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidCommand(f"{name} must be a non-negative integer")
+    return value
+
+
+def _encode(cmd: dict[str, Any]) -> bytes:
+    cmd["v"] = COMMAND_VERSION
+    return bytes(msgpack.packb(cmd, use_bin_type=True))
+
+
+def put(key: str, value: Any, *, prev_revision: int | None = None, request_id: str) -> bytes:
+    check_key(key)
+    check_value(value)
+    return _encode(
+        {"kind": "put", "rid": request_id, "key": key, "value": value, "prev_revision": check_revision(prev_revision)}
+    )
+
+
+def delete(key: str, *, prev_revision: int | None = None, request_id: str) -> bytes:
+    check_key(key)
+    return _encode({"kind": "delete", "rid": request_id, "key": key, "prev_revision": check_revision(prev_revision)})
+
+
+def barrier() -> bytes:
+    return _encode({"kind": "barrier"})
+
+
+_TARGETS = ("mod_revision", "create_revision", "version", "value")
+_RESULTS = ("==", "!=", "<", ">")
+
+
+def txn(compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]], *, request_id: str) -> bytes:
+    """Validates and encodes a transaction. Raises ``InvalidCommand`` on any bad part."""
+    if len(compare) + len(success) + len(failure) > MAX_TXN_OPS:
+        raise InvalidCommand(f"a txn has at most {MAX_TXN_OPS} compares and ops in all")
+    for c in compare:
+        check_key(c.get("key"))
+        if c.get("target", "mod_revision") not in _TARGETS:
+            raise InvalidCommand(f"compare target must be one of {', '.join(_TARGETS)}")
+        if c.get("result", "==") not in _RESULTS:
+            raise InvalidCommand(f"compare result must be one of {' '.join(_RESULTS)}")
+        if c.get("target", "mod_revision") != "value":
+            check_revision(c.get("value"), "compare value")
+    total = 0
+    for branch in (success, failure):
+        written: set[str] = set()
+        for op in branch:
+            kind = op.get("op")
+            if kind not in ("get", "put", "delete"):
+                raise InvalidCommand("a txn op must be get, put or delete")
+            key = check_key(op.get("key"))
+            if kind != "get":
+                if key in written:
+                    raise InvalidCommand(f"a txn branch writes key {key!r} twice")
+                written.add(key)
+            if kind == "put":
+                total += len(check_value(op.get("value")))
+    if total > MAX_VALUE_BYTES:
+        raise InvalidCommand(f"a txn writes more than {MAX_VALUE_BYTES} bytes in all")
+    return _encode({"kind": "txn", "rid": request_id, "compare": compare, "success": success, "failure": failure})

@@ -1,0 +1,58 @@
+"""The rdb exception tree.
+
+    RdbError
+    ├── InvalidCommand        a command failed validation before it was proposed
+    ├── Compacted             watch history no longer reaches the asked revision
+    └── ProposalFailed        Raft did not give a definite "applied" answer
+        ├── NotApplied        known not applied, and never will be (retry freely)
+        ├── NoQuorum          no leader or no majority within the deadline; ``applied``
+        │                     is False if nothing was in flight, else "unknown"
+        └── OutcomeUnknown    may still be applied: retry with the same request id
+
+Expected outcomes of an applied command (a CAS conflict, a missing key) are *values*
+returned by the state machine, never exceptions.
+"""
+
+from __future__ import annotations
+
+
+class RdbError(Exception):
+    """Base of every error the rdb package raises on purpose."""
+
+
+class InvalidCommand(RdbError):
+    """A command is malformed or over a limit; it was not proposed."""
+
+
+class Compacted(RdbError):
+    """The asked revision is older than the retained change history."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(f"revision {requested} is compacted (history starts after {compacted})")
+        self.requested = requested
+        self.compacted = compacted
+
+
+class ProposalFailed(RdbError):
+    """Raft gave no SUCCESS for a proposal. ``applied`` says what is known."""
+
+    default_applied: bool | str = "unknown"
+
+    def __init__(self, message: str, reason: str, applied: bool | str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.applied: bool | str = self.default_applied if applied is None else applied
+
+
+class NotApplied(ProposalFailed):
+    """The command was definitely not applied (rejected or discarded by Raft)."""
+
+    default_applied: bool | str = False
+
+
+class NoQuorum(ProposalFailed):
+    """This node could not reach a leader with a majority before the deadline."""
+
+
+class OutcomeUnknown(ProposalFailed):
+    """The command may or may not be applied (timeout or leader change after proposal)."""

@@ -1,0 +1,415 @@
+"""The pure, deterministic state machine of the replicated store.
+
+``StateMachine.apply(command, index)`` is the only writer. It does no I/O, reads no clock
+and no randomness, and never raises: a malformed command yields an ``invalid`` result
+value, because an exception inside a PySyncObj replicated method wedges the cluster.
+
+Threading: the store calls ``apply`` on PySyncObj's tick thread and the readers on the
+asyncio loop; the caller serialises them with one lock (see ``rdb._store``). The state
+machine itself holds no lock.
+
+Commands are msgpack maps with a format version ``v`` (see ``rdb._commands``). A
+proposer stamps a request id ``rid``; a command whose ``rid`` was already applied answers
+with the original result and changes nothing, so a retried write is applied once.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from rdb._errors import Compacted
+
+COMMAND_VERSION = 1
+SNAPSHOT_FORMAT = 1
+
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """One key's committed entry, with etcd-like revision bookkeeping."""
+
+    key: str
+    value: Any
+    create_revision: int
+    mod_revision: int
+    version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "value": self.value,
+            "create_revision": self.create_revision,
+            "mod_revision": self.mod_revision,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change in the history: ``kv`` is the entry after a put, the entry removed by
+    a delete."""
+
+    revision: int
+    type: str  # "put" | "delete"
+    kv: KeyValue
+    prev_kv: KeyValue | None
+    size: int  # approximate bytes, for the history's byte cap
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "type": self.type,
+            "kv": self.kv.to_dict(),
+            "prev_kv": None if self.prev_kv is None else self.prev_kv.to_dict(),
+        }
+
+
+class _Invalid(Exception):
+    """Internal: a command failed validation inside apply. Never escapes ``apply``."""
+
+
+_COMPARE_TARGETS = ("mod_revision", "create_revision", "version", "value")
+_COMPARE_RESULTS = ("==", "!=", "<", ">")
+
+
+class StateMachine:
+    """The revisioned key space: global revision, per-key create/mod revision and version,
+    a bounded change history for watch, and a bounded request-id table for retries."""
+
+    def __init__(
+        self,
+        *,
+        history_limit: int = 10_000,
+        history_bytes: int = 64 * 1024 * 1024,
+        dedup_limit: int = 50_000,
+    ) -> None:
+        self._history_limit = history_limit
+        self._history_bytes_limit = history_bytes
+        self._dedup_limit = dedup_limit
+        self._reset()
+
+    def _reset(self) -> None:
+        self._data: dict[str, KeyValue] = {}
+        self._keys: list[str] = []  # sorted, for prefix listing with paging
+        self._revision = 0
+        self._applied_index = 0
+        self._history: list[Event] = []
+        self._history_start = 0  # index of the oldest live event in _history
+        self._history_bytes = 0
+        self._compacted = 0  # events with revision <= this are gone
+        self._dedup: OrderedDict[str, Result] = OrderedDict()
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def revision(self) -> int:
+        """The store revision: bumped once per applied command that changed a key."""
+        return self._revision
+
+    @property
+    def applied_index(self) -> int:
+        """The Raft log index of the last applied command (0 before any)."""
+        return self._applied_index
+
+    @property
+    def compacted_revision(self) -> int:
+        """Watches must start after this revision."""
+        return self._compacted
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str) -> KeyValue | None:
+        return self._data.get(key)
+
+    def range(
+        self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
+    ) -> tuple[list[KeyValue], bool]:
+        """Entries whose key starts with ``prefix``, in key order, after ``start_after``.
+
+        Returns ``(entries, more)``; ``more`` is True when ``limit`` cut the list.
+        """
+        if start_after is not None and start_after >= prefix:
+            i = bisect.bisect_right(self._keys, start_after)
+        else:
+            i = bisect.bisect_left(self._keys, prefix)
+        out: list[KeyValue] = []
+        keys = self._keys
+        while i < len(keys):
+            key = keys[i]
+            if not key.startswith(prefix):
+                break
+            if limit is not None and len(out) >= limit:
+                return out, True
+            out.append(self._data[key])
+            i += 1
+        return out, False
+
+    def events_since(self, from_revision: int, prefix: str = "") -> list[Event]:
+        """Retained events with ``revision >= from_revision`` whose key has ``prefix``.
+
+        Raises ``Compacted`` when history no longer reaches ``from_revision``.
+        """
+        if from_revision <= self._compacted and from_revision <= self._revision:
+            raise Compacted(from_revision, self._compacted)
+        hist = self._history
+        i = bisect.bisect_left(hist, from_revision, lo=self._history_start, key=lambda e: e.revision)
+        return [e for e in hist[i:] if e.kv.key.startswith(prefix)]
+
+    # ----------------------------------------------------------------- writes
+
+    def apply(self, command: bytes, index: int) -> Result:
+        """Apply one committed command at Raft log ``index``. Never raises."""
+        if index > self._applied_index:
+            self._applied_index = index
+        try:
+            cmd = msgpack.unpackb(command, raw=False, strict_map_key=False)
+        except Exception as exc:  # noqa: BLE001 - any decode error is a value, never a raise
+            return {"status": "invalid", "message": f"undecodable command: {exc}"}
+        if not isinstance(cmd, dict):
+            return {"status": "invalid", "message": "command is not a map"}
+        if cmd.get("v") != COMMAND_VERSION:
+            return {"status": "invalid", "message": f"unsupported command version {cmd.get('v')!r}"}
+        rid = cmd.get("rid")
+        if isinstance(rid, str) and rid in self._dedup:
+            cached = dict(self._dedup[rid])
+            cached["duplicate"] = True
+            return cached
+        try:
+            result = self._dispatch(cmd, index)
+        except _Invalid as exc:
+            result = {"status": "invalid", "message": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a bug must not wedge the cluster
+            result = {"status": "invalid", "message": f"internal error applying command: {exc!r}"}
+        if isinstance(rid, str):
+            self._dedup[rid] = result
+            while len(self._dedup) > self._dedup_limit:
+                self._dedup.popitem(last=False)
+        return result
+
+    def _dispatch(self, cmd: Mapping[str, Any], index: int) -> Result:
+        kind = cmd.get("kind")
+        if kind == "barrier":
+            return {"status": "ok", "revision": self._revision, "index": index}
+        if kind == "put":
+            return self._put_cmd(cmd)
+        if kind == "delete":
+            return self._delete_cmd(cmd)
+        if kind == "txn":
+            return self._txn_cmd(cmd)
+        raise _Invalid(f"unknown command kind {kind!r}")
+
+    def _put_cmd(self, cmd: Mapping[str, Any]) -> Result:
+        key = _key(cmd.get("key"))
+        prev = _optional_int(cmd.get("prev_revision"), "prev_revision")
+        current = self._data.get(key)
+        if prev is not None and (0 if current is None else current.mod_revision) != prev:
+            return self._conflict(current)
+        self._revision += 1
+        kv = self._write(key, cmd.get("value"), self._revision)
+        return {"status": "ok", "revision": self._revision, "version": kv.version}
+
+    def _delete_cmd(self, cmd: Mapping[str, Any]) -> Result:
+        key = _key(cmd.get("key"))
+        prev = _optional_int(cmd.get("prev_revision"), "prev_revision")
+        current = self._data.get(key)
+        if prev is not None and (0 if current is None else current.mod_revision) != prev:
+            return self._conflict(current)
+        if current is None:
+            return {"status": "not_found", "revision": self._revision}
+        self._revision += 1
+        self._remove(key, self._revision)
+        return {"status": "ok", "revision": self._revision}
+
+    def _conflict(self, current: KeyValue | None) -> Result:
+        return {
+            "status": "conflict",
+            "revision": self._revision,
+            "current": None if current is None else current.to_dict(),
+        }
+
+    def _txn_cmd(self, cmd: Mapping[str, Any]) -> Result:
+        compares = _list(cmd.get("compare", []), "compare")
+        success = _list(cmd.get("success", []), "success")
+        failure = _list(cmd.get("failure", []), "failure")
+        # Validate every branch before touching state, so a bad op never half-applies.
+        for op in (*success, *failure):
+            _validate_op(op)
+        succeeded = all(self._compare(c) for c in compares)
+        ops = success if succeeded else failure
+        writes = any(op["op"] in ("put", "delete") and (op["op"] == "put" or op["key"] in self._data) for op in ops)
+        revision = self._revision + 1 if writes else self._revision
+        responses: list[dict[str, Any]] = []
+        for op in ops:
+            key = op["key"]
+            if op["op"] == "get":
+                kv = self._data.get(key)
+                responses.append({"op": "get", "kv": None if kv is None else kv.to_dict()})
+            elif op["op"] == "put":
+                self._write(key, op.get("value"), revision)
+                responses.append({"op": "put", "revision": revision})
+            else:
+                existed = key in self._data
+                if existed:
+                    self._remove(key, revision)
+                responses.append({"op": "delete", "deleted": existed})
+        self._revision = revision
+        return {"status": "ok", "succeeded": succeeded, "revision": revision, "responses": responses}
+
+    def _compare(self, cmp: Any) -> bool:
+        if not isinstance(cmp, dict):
+            raise _Invalid("a compare must be a map")
+        key = _key(cmp.get("key"))
+        target = cmp.get("target", "mod_revision")
+        result = cmp.get("result", "==")
+        if target not in _COMPARE_TARGETS:
+            raise _Invalid(f"compare target must be one of {_COMPARE_TARGETS}")
+        if result not in _COMPARE_RESULTS:
+            raise _Invalid(f"compare result must be one of {_COMPARE_RESULTS}")
+        kv = self._data.get(key)
+        actual: Any
+        if target == "value":
+            actual = None if kv is None else kv.value
+        else:
+            actual = 0 if kv is None else getattr(kv, target)
+        expected = cmp.get("value")
+        if result == "==":
+            return bool(actual == expected)
+        if result == "!=":
+            return bool(actual != expected)
+        try:
+            return bool(actual < expected) if result == "<" else bool(actual > expected)
+        except TypeError:
+            return False
+
+    def _write(self, key: str, value: Any, revision: int) -> KeyValue:
+        prev = self._data.get(key)
+        if prev is None:
+            kv = KeyValue(key, value, revision, revision, 1)
+            bisect.insort(self._keys, key)
+        else:
+            kv = KeyValue(key, value, prev.create_revision, revision, prev.version + 1)
+        self._data[key] = kv
+        self._record(Event(revision, "put", kv, prev, _approx_size(key, value)))
+        return kv
+
+    def _remove(self, key: str, revision: int) -> None:
+        prev = self._data.pop(key)
+        i = bisect.bisect_left(self._keys, key)
+        del self._keys[i]
+        gone = KeyValue(key, None, prev.create_revision, revision, 0)
+        self._record(Event(revision, "delete", gone, prev, _approx_size(key, None)))
+
+    def _record(self, event: Event) -> None:
+        self._history.append(event)
+        self._history_bytes += event.size
+        hist = self._history
+        while (len(hist) - self._history_start > self._history_limit) or (
+            self._history_bytes > self._history_bytes_limit and len(hist) - self._history_start > 1
+        ):
+            old = hist[self._history_start]
+            self._history_start += 1
+            self._history_bytes -= old.size
+            self._compacted = old.revision
+        # Trim the dead prefix now and then; amortised O(1) per event.
+        if self._history_start > 1024 and self._history_start * 2 > len(hist):
+            del hist[: self._history_start]
+            self._history_start = 0
+
+    # --------------------------------------------------------- snapshot/restore
+
+    def snapshot(self) -> bytes:
+        """Serialise the whole state (keys, history, request ids) to bytes."""
+        live = self._history[self._history_start :]
+        doc = {
+            "format": SNAPSHOT_FORMAT,
+            "revision": self._revision,
+            "applied_index": self._applied_index,
+            "compacted": self._compacted,
+            "kvs": [[kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version] for kv in self._data.values()],
+            "history": [
+                [e.revision, e.type, _kv_row(e.kv), None if e.prev_kv is None else _kv_row(e.prev_kv)]
+                for e in live
+            ],
+            "dedup": list(self._dedup.items()),
+        }
+        return msgpack.packb(doc, use_bin_type=True)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot. Raises ``ValueError`` if malformed,
+        leaving the current state untouched."""
+        try:
+            doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if doc.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"unsupported snapshot format {doc.get('format')!r}")
+            kvs = {row[0]: KeyValue(row[0], row[1], row[2], row[3], row[4]) for row in doc["kvs"]}
+            history = [
+                Event(
+                    r[0],
+                    r[1],
+                    KeyValue(*r[2]),
+                    None if r[3] is None else KeyValue(*r[3]),
+                    _approx_size(r[2][0], r[2][1]),
+                )
+                for r in doc["history"]
+            ]
+            dedup = OrderedDict((rid, res) for rid, res in doc["dedup"])
+            revision, applied, compacted = int(doc["revision"]), int(doc["applied_index"]), int(doc["compacted"])
+        except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
+            raise ValueError(f"malformed snapshot: {exc}") from exc
+        self._reset()
+        self._data = kvs
+        self._keys = sorted(kvs)
+        self._history = history
+        self._history_bytes = sum(e.size for e in history)
+        self._dedup = dedup
+        self._revision, self._applied_index, self._compacted = revision, applied, compacted
+
+    def items(self) -> Iterable[KeyValue]:
+        return self._data.values()
+
+
+def _kv_row(kv: KeyValue) -> list[Any]:
+    return [kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version]
+
+
+def _approx_size(key: str, value: Any) -> int:
+    # Exactness does not matter: this only bounds the history's memory.
+    if value is None or isinstance(value, (bool, int, float)):
+        return len(key) + 64
+    if isinstance(value, (str, bytes)):
+        return len(key) + len(value) + 64
+    return len(key) + len(msgpack.packb(value, use_bin_type=True)) + 64
+
+
+def _key(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("key must be a non-empty string")
+    return value
+
+
+def _optional_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Invalid(f"{name} must be a non-negative integer")
+    return value
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Invalid(f"{name} must be a list")
+    return value
+
+
+def _validate_op(op: Any) -> None:
+    if not isinstance(op, dict) or op.get("op") not in ("get", "put", "delete"):
+        raise _Invalid("a txn op must be a map with op get, put or delete")
+    _key(op.get("key"))

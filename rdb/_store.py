@@ -1,0 +1,323 @@
+"""``ReplicatedStore``: the asyncio face of the replicated state machine.
+
+It owns a ``RaftNode`` (tick thread) and a ``StateMachine`` (guarded by one lock), and
+gives the node process:
+
+- ``propose``: put a command in the log with a deadline, retrying what is safe to retry
+  (every write carries a request id, so a retry after an unknown outcome applies once);
+- ``linearizable_barrier``: a read barrier through the log. Concurrent reads are
+  coalesced onto one barrier that is *submitted after* they all arrived, never onto one
+  already in flight (its index could precede a write acknowledged before the read);
+- a read-only ``StoreView`` (get, range, events, revision) for readers such as resync;
+- change and load notifications on the asyncio loop.
+
+Threading: public coroutines run on the asyncio loop given to ``start``. ``_apply`` and
+``_restore`` run on PySyncObj's tick thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pysyncobj.config import FAIL_REASON
+
+from rdb import _commands
+from rdb._errors import NoQuorum, NotApplied, OutcomeUnknown
+from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
+from rdb._state import Event, KeyValue, Result, StateMachine
+
+_RETRY_PAUSE = 0.05
+
+
+class StoreView(Protocol):
+    """Read-only access to committed state on this node (what resync depends on)."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def get(self, key: str) -> KeyValue | None: ...
+
+    def range(self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None) -> tuple[list[KeyValue], bool]: ...
+
+
+class ReplicatedStore:
+    """One node's replica of the store. Create, ``start`` on a loop, ``close`` at exit."""
+
+    def __init__(
+        self,
+        raft_address: str,
+        partner_addresses: list[str],
+        data_dir: str,
+        *,
+        password: str,
+        request_timeout: float = 5.0,
+        election_timeout: tuple[float, float] = (0.6, 1.2),
+        compaction_entries: int = 20_000,
+    ) -> None:
+        self._raft_address = raft_address
+        self._partners = partner_addresses
+        self._data_dir = data_dir
+        self._password = password
+        self._election_timeout = election_timeout
+        self._compaction_entries = compaction_entries
+        self.request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._sm = StateMachine()
+        self._raft: RaftNode | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self._notify_pending = False
+        self._barrier_waiting: list[asyncio.Future[None]] = []
+        self._barrier_running = False
+        self._membership_lock = asyncio.Lock()
+        self.load_count = 0
+        self._load_listeners: list[Callable[[], None]] = []
+        self.barriers_proposed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the Raft node. Must be called on ``loop``'s thread."""
+        self._loop = loop
+        self._changed = asyncio.Event()
+        self._raft = RaftNode(
+            self._raft_address,
+            self._partners,
+            self._data_dir,
+            password=self._password,
+            apply_fn=self._apply,
+            snapshot_fn=self._snapshot,
+            restore_fn=self._restore,
+            election_timeout=self._election_timeout,
+            compaction_entries=self._compaction_entries,
+        )
+
+    def close(self) -> None:
+        """Stop the tick thread and flush the journal. Blocks until the thread exits."""
+        if self._raft is not None:
+            self._raft.destroy_synchronous()
+            self._raft = None
+
+    @property
+    def raft(self) -> RaftNode:
+        if self._raft is None:
+            raise RuntimeError("store is not started")
+        return self._raft
+
+    # --------------------------------------------------------- tick-thread hooks
+
+    def _apply(self, payload: bytes, index: int) -> Result:
+        with self._lock:
+            before = self._sm.revision
+            result = self._sm.apply(payload, index)
+            changed = self._sm.revision != before
+        if changed:
+            self._schedule_notify()
+        return result
+
+    def _snapshot(self) -> bytes:
+        with self._lock:
+            return self._sm.snapshot()
+
+    def _restore(self, state: bytes, index: int) -> None:
+        with self._lock:
+            self._sm.restore(state)
+            self.load_count += 1
+        self._schedule_notify(load=True)
+
+    def _schedule_notify(self, load: bool = False) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if load:
+            loop.call_soon_threadsafe(self._fire_load)
+        if not self._notify_pending:
+            self._notify_pending = True
+            loop.call_soon_threadsafe(self._fire_changed)
+
+    def _fire_changed(self) -> None:
+        self._notify_pending = False
+        old, self._changed = self._changed, asyncio.Event()
+        old.set()
+
+    def _fire_load(self) -> None:
+        for listener in list(self._load_listeners):
+            listener()
+
+    def add_load_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs on the loop after every snapshot load (a load event)."""
+        self._load_listeners.append(listener)
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next revision change after this call (loop thread)."""
+        return self._changed
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def revision(self) -> int:
+        return self._sm.revision
+
+    def get(self, key: str) -> KeyValue | None:
+        with self._lock:
+            return self._sm.get(key)
+
+    def range(self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None) -> tuple[list[KeyValue], bool]:
+        with self._lock:
+            return self._sm.range(prefix, start_after=start_after, limit=limit)
+
+    def events_since(self, from_revision: int, prefix: str = "") -> list[Event]:
+        """Raises ``Compacted``."""
+        with self._lock:
+            return self._sm.events_since(from_revision, prefix)
+
+    @property
+    def compacted_revision(self) -> int:
+        return self._sm.compacted_revision
+
+    def read_state(self) -> tuple[int, int]:
+        """(revision, applied index) read together."""
+        with self._lock:
+            return self._sm.revision, self._sm.applied_index
+
+    # ------------------------------------------------------------------ writes
+
+    async def propose(self, payload: bytes, *, timeout: float | None = None) -> Result:
+        """Commit ``payload`` and return the state machine's result.
+
+        Retries MISSING_LEADER / NOT_LEADER / DISCARDED / QUEUE_FULL (not applied), and
+        LEADER_CHANGED / UNKNOWN_OUTCOME (maybe applied: safe only because writes carry a
+        request id), until the deadline. Raises ``NoQuorum`` or ``OutcomeUnknown``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
+        maybe_applied = False
+        last_reason = "none"
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NoQuorum(
+                    f"no leader with a majority answered within the deadline (last: {last_reason})",
+                    last_reason,
+                    applied="unknown" if maybe_applied else False,
+                )
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_resolve, fut, (result, reason))
+
+            self.raft.propose(payload, done)
+            try:
+                result, reason = await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                raise NoQuorum(
+                    "the proposal was not committed within the deadline (no quorum?)", "timeout", applied="unknown"
+                ) from None
+            if reason == FAIL_REASON.SUCCESS:
+                return dict(result) if isinstance(result, dict) else {"status": "ok"}
+            last_reason = REASON_NAMES.get(reason, str(reason))
+            if reason not in NOT_APPLIED_REASONS:
+                maybe_applied = True
+            if reason == FAIL_REASON.REQUEST_DENIED:
+                raise NotApplied("the leader denied the request", last_reason)
+            await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
+
+    async def put(self, key: str, value: Any, *, prev_revision: int | None = None, request_id: str | None = None, timeout: float | None = None) -> Result:
+        payload = _commands.put(key, value, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id())
+        return await self.propose(payload, timeout=timeout)
+
+    async def delete(self, key: str, *, prev_revision: int | None = None, request_id: str | None = None, timeout: float | None = None) -> Result:
+        payload = _commands.delete(key, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id())
+        return await self.propose(payload, timeout=timeout)
+
+    async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]], *, request_id: str | None = None, timeout: float | None = None) -> Result:
+        payload = _commands.txn(compare, success, failure, request_id=request_id or _commands.new_request_id())
+        return await self.propose(payload, timeout=timeout)
+
+    # ------------------------------------------------------------ linearizable reads
+
+    async def linearizable_barrier(self, timeout: float | None = None) -> None:
+        """Return once this node has applied everything committed before the call.
+
+        Raises ``NoQuorum`` (``applied`` False: a barrier changes nothing) on timeout.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._barrier_waiting.append(fut)
+        if not self._barrier_running:
+            self._barrier_running = True
+            loop.create_task(self._run_barriers(timeout))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.request_timeout if timeout is None else timeout)
+        except TimeoutError:
+            raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
+
+    async def _run_barriers(self, timeout: float | None) -> None:
+        try:
+            while self._barrier_waiting:
+                batch, self._barrier_waiting = self._barrier_waiting, []
+                self.barriers_proposed += 1
+                try:
+                    await self.propose(_commands.barrier(), timeout=timeout)
+                except (NoQuorum, NotApplied, OutcomeUnknown) as exc:
+                    err = NoQuorum(str(exc), exc.reason, applied=False)
+                    for fut in batch:
+                        if not fut.done():
+                            fut.set_exception(err)
+                            fut.exception()  # mark retrieved: a timed-out waiter is gone
+                    continue
+                for fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self._barrier_running = False
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> RaftStatus:
+        return self.raft.status(quorum_window=max(1.0, self._election_timeout[1] * 1.5))
+
+    def last_leader_contact_age(self) -> float:
+        st = self.raft
+        if st.status(quorum_window=1.0).role == "leader":
+            return 0.0
+        return time.monotonic() - st.last_leader_contact
+
+    # ------------------------------------------------------------------ membership
+
+    async def change_membership(self, action: str, raft_address: str, *, timeout: float | None = None) -> None:
+        """Add or remove one member, one change at a time (PySyncObj does not enforce it).
+
+        Raises ``NoQuorum`` / ``NotApplied`` like ``propose``.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._membership_lock:
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(result: Any, reason: int) -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_resolve, fut, (result, reason))
+
+            if action == "add":
+                self.raft.add_member(raft_address, done)
+            else:
+                self.raft.remove_member(raft_address, done)
+            try:
+                _, reason = await asyncio.wait_for(fut, self.request_timeout if timeout is None else timeout)
+            except TimeoutError:
+                raise NoQuorum("membership change not committed within the deadline", "timeout", applied="unknown") from None
+            if reason != FAIL_REASON.SUCCESS:
+                name = REASON_NAMES.get(reason, str(reason))
+                if reason in NOT_APPLIED_REASONS:
+                    raise NotApplied(f"membership change refused: {name}", name)
+                raise OutcomeUnknown(f"membership change outcome unknown: {name}", name)
+
+
+def _resolve(fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
+    if not fut.done():
+        fut.set_result(value)
