@@ -30,7 +30,11 @@ def check_key(key: Any) -> str:
     """Raises ``InvalidCommand`` unless ``key`` is a non-empty string of at most 1 KiB."""
     if not isinstance(key, str) or not key:
         raise InvalidCommand("key must be a non-empty string")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidCommand("key must be valid UTF-8 (no lone surrogates)") from exc
+    if len(encoded) > MAX_KEY_BYTES:
         raise InvalidCommand(f"key is longer than {MAX_KEY_BYTES} bytes")
     if "\x00" in key:
         raise InvalidCommand("key must not contain NUL")
@@ -58,7 +62,10 @@ def check_revision(value: Any, name: str = "prev_revision") -> int | None:
 
 def _encode(cmd: dict[str, Any]) -> bytes:
     cmd["v"] = COMMAND_VERSION
-    return bytes(msgpack.packb(cmd, use_bin_type=True))
+    try:
+        return bytes(msgpack.packb(cmd, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. an unencodable extra field in a txn op
+        raise InvalidCommand(f"command cannot be encoded: {exc}") from exc
 
 
 def put(key: str, value: Any, *, prev_revision: int | None = None, request_id: str) -> bytes:
@@ -86,7 +93,10 @@ def txn(compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: l
     """Validates and encodes a transaction. Raises ``InvalidCommand`` on any bad part."""
     if len(compare) + len(success) + len(failure) > MAX_TXN_OPS:
         raise InvalidCommand(f"a txn has at most {MAX_TXN_OPS} compares and ops in all")
+    total = 0
     for c in compare:
+        if not isinstance(c, dict):
+            raise InvalidCommand("a compare must be a map")
         check_key(c.get("key"))
         if c.get("target", "mod_revision") not in _TARGETS:
             raise InvalidCommand(f"compare target must be one of {', '.join(_TARGETS)}")
@@ -94,10 +104,13 @@ def txn(compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: l
             raise InvalidCommand(f"compare result must be one of {' '.join(_RESULTS)}")
         if c.get("target", "mod_revision") != "value":
             check_revision(c.get("value"), "compare value")
-    total = 0
+        else:
+            total += len(check_value(c.get("value")))  # compare values count toward the size cap
     for branch in (success, failure):
         written: set[str] = set()
         for op in branch:
+            if not isinstance(op, dict):
+                raise InvalidCommand("a txn op must be a map")
             kind = op.get("op")
             if kind not in ("get", "put", "delete"):
                 raise InvalidCommand("a txn op must be get, put or delete")
@@ -109,5 +122,5 @@ def txn(compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: l
             if kind == "put":
                 total += len(check_value(op.get("value")))
     if total > MAX_VALUE_BYTES:
-        raise InvalidCommand(f"a txn writes more than {MAX_VALUE_BYTES} bytes in all")
+        raise InvalidCommand(f"a txn carries more than {MAX_VALUE_BYTES} bytes of values (puts, value compares)")
     return _encode({"kind": "txn", "rid": request_id, "compare": compare, "success": success, "failure": failure})

@@ -242,7 +242,8 @@ class StateMachine:
         # Validate every branch before touching state, so a bad op never half-applies.
         for op in (*success, *failure):
             _validate_op(op)
-        succeeded = all(self._compare(c) for c in compares)
+        # Evaluate every compare (no short-circuit), so an invalid one anywhere rejects the txn.
+        succeeded = all([self._compare(c) for c in compares])
         ops = success if succeeded else failure
         writes = any(op["op"] in ("put", "delete") and (op["op"] == "put" or op["key"] in self._data) for op in ops)
         revision = self._revision + 1 if writes else self._revision
@@ -347,9 +348,14 @@ class StateMachine:
         leaving the current state untouched."""
         try:
             doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(doc, dict):
+                raise ValueError("snapshot is not a map")
             if doc.get("format") != SNAPSHOT_FORMAT:
                 raise ValueError(f"unsupported snapshot format {doc.get('format')!r}")
             kvs = {row[0]: KeyValue(row[0], row[1], row[2], row[3], row[4]) for row in doc["kvs"]}
+            if not all(isinstance(k, str) and k for k in kvs):
+                raise ValueError("snapshot holds a key that is not a non-empty string")
+            keys = sorted(kvs)
             history = [
                 Event(
                     r[0],
@@ -366,7 +372,7 @@ class StateMachine:
             raise ValueError(f"malformed snapshot: {exc}") from exc
         self._reset()
         self._data = kvs
-        self._keys = sorted(kvs)
+        self._keys = keys
         self._history = history
         self._history_bytes = sum(e.size for e in history)
         self._dedup = dedup

@@ -1,0 +1,163 @@
+"""Node configuration: flags and environment variables, one precedence.
+
+Precedence, highest first: command-line flag, environment variable ``RDBSYNC_*``,
+built-in default. ``parse_node_config`` raises ``ConfigError`` with a readable message
+for anything missing or malformed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    """Bad or missing configuration; the message says which setting and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    id: str
+    raft_address: str
+    http_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    id: str
+    raft_address: str
+    http_address: str
+    data_dir: str
+    secret: str
+    peers: tuple[Peer, ...] = ()
+    cluster_address: str | None = None
+    api_token: str | None = None
+    request_timeout: float = 5.0
+    log_format: str = "auto"
+    fault_injection: bool = False
+    advertise_url: str = field(default="")
+
+    @property
+    def http_url(self) -> str:
+        return self.advertise_url or f"http://{self.http_address}"
+
+
+ENV_PREFIX = "RDBSYNC_"
+
+#: (flag, env var, help). Every setting can come from either; the flag wins.
+SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("--id", "ID", "node id, e.g. n1"),
+    ("--raft", "RAFT", "Raft listen address host:port (also the node's Raft identity)"),
+    ("--http", "HTTP", "HTTP listen address host:port"),
+    ("--peer", "PEERS", "peer as ID=RAFT_HOST:PORT=HTTP_URL; repeat the flag, or comma-separate in the env var"),
+    ("--data-dir", "DATA_DIR", "directory for the journal, snapshot and meta files"),
+    ("--cluster-address", "CLUSTER_ADDRESS", "shared host:port every node also binds (SO_REUSEPORT)"),
+    ("--secret-file", "SECRET_FILE", "file holding the cluster secret for Raft traffic"),
+    ("--api-token", "API_TOKEN", "bearer token required on every HTTP request except /healthz"),
+    ("--request-timeout", "REQUEST_TIMEOUT", "seconds a write or linearizable read may wait for quorum"),
+    ("--log-format", "LOG_FORMAT", "auto, json or text"),
+    ("--advertise-url", "ADVERTISE_URL", "HTTP URL other nodes and clients use to reach this node"),
+)
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, env, help_text in SETTINGS:
+        if flag == "--peer":
+            parser.add_argument(flag, action="append", default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
+        else:
+            parser.add_argument(flag, default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
+    parser.add_argument(
+        "--fault-injection", action="store_true", default=None,
+        help=f"enable /v1/debug endpoints [env {ENV_PREFIX}FAULT_INJECTION=1]",
+    )
+
+
+def parse_peer(text: str) -> Peer:
+    parts = text.split("=", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"peer {text!r} must look like ID=RAFT_HOST:PORT=HTTP_URL")
+    peer_id, raft, http = parts
+    _check_host_port(raft, f"peer {peer_id} raft address")
+    if not http.startswith(("http://", "https://")):
+        raise ConfigError(f"peer {peer_id} HTTP URL {http!r} must start with http:// or https://")
+    return Peer(peer_id, raft, http.rstrip("/"))
+
+
+def _check_host_port(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {value!r} must be host:port")
+    return value
+
+
+def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> NodeConfig:
+    """Merge flags over ``RDBSYNC_*`` environment variables. Raises ``ConfigError``."""
+    env = os.environ if env is None else env
+
+    def pick(name: str, env_name: str) -> str | None:
+        value = getattr(args, name, None)
+        if value is not None:
+            return str(value)
+        return env.get(ENV_PREFIX + env_name) or None
+
+    def need(name: str, env_name: str, flag: str) -> str:
+        value = pick(name, env_name)
+        if not value:
+            raise ConfigError(f"{flag} (or {ENV_PREFIX}{env_name}) is required")
+        return value
+
+    node_id = need("id", "ID", "--id")
+    raft = _check_host_port(need("raft", "RAFT", "--raft"), "--raft")
+    http = _check_host_port(need("http", "HTTP", "--http"), "--http")
+    data_dir = need("data_dir", "DATA_DIR", "--data-dir")
+    peers_raw: Sequence[str] = args.peer if getattr(args, "peer", None) else [
+        p for p in (env.get(ENV_PREFIX + "PEERS") or "").split(",") if p.strip()
+    ]
+    peers = tuple(parse_peer(p.strip()) for p in peers_raw)
+    if node_id in {p.id for p in peers}:
+        raise ConfigError(f"peer list contains this node's own id {node_id!r}")
+    cluster = pick("cluster_address", "CLUSTER_ADDRESS")
+    if cluster:
+        _check_host_port(cluster, "--cluster-address")
+    secret = env.get(ENV_PREFIX + "SECRET") if getattr(args, "secret_file", None) is None else None
+    secret_file = pick("secret_file", "SECRET_FILE")
+    if not secret and secret_file:
+        try:
+            with open(secret_file, encoding="utf-8") as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the cluster secret from {secret_file}: {exc.strerror}") from exc
+    if not secret:
+        raise ConfigError(
+            "a cluster secret is required for Raft traffic: --secret-file, "
+            f"{ENV_PREFIX}SECRET_FILE or {ENV_PREFIX}SECRET"
+        )
+    timeout_text = pick("request_timeout", "REQUEST_TIMEOUT") or "5"
+    try:
+        timeout = float(timeout_text)
+    except ValueError:
+        raise ConfigError(f"--request-timeout {timeout_text!r} is not a number") from None
+    if not 0.1 <= timeout <= 300:
+        raise ConfigError("--request-timeout must be between 0.1 and 300 seconds")
+    log_format = pick("log_format", "LOG_FORMAT") or "auto"
+    if log_format not in ("auto", "json", "text"):
+        raise ConfigError("--log-format must be auto, json or text")
+    fault = bool(getattr(args, "fault_injection", None)) or env.get(ENV_PREFIX + "FAULT_INJECTION", "") in (
+        "1", "true", "yes",
+    )
+    return NodeConfig(
+        id=node_id,
+        raft_address=raft,
+        http_address=http,
+        data_dir=data_dir,
+        secret=secret,
+        peers=peers,
+        cluster_address=cluster,
+        api_token=pick("api_token", "API_TOKEN"),
+        request_timeout=timeout,
+        log_format=log_format,
+        fault_injection=fault,
+        advertise_url=(pick("advertise_url", "ADVERTISE_URL") or "").rstrip("/"),
+    )

@@ -1,0 +1,90 @@
+"""The one place where errors become HTTP answers.
+
+    ApiError                 an answer decided by a handler (status, code, message)
+
+Every other exception is translated by ``to_response``: the rdb tree, pydantic's
+``ValidationError``, aiohttp's HTTP exceptions, and finally anything unexpected, which
+is logged and answered 503 ``internal`` (the API never answers 500).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
+
+log = logging.getLogger("node.http")
+
+
+class ApiError(Exception):
+    """An error answer: ``status`` and a machine-readable ``code``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        applied: bool | str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.applied = applied
+
+
+def error_response(err: ApiError) -> web.Response:
+    body: dict[str, Any] = {"code": err.code, "message": err.message, "details": err.details}
+    if err.applied is not None:
+        body["applied"] = err.applied
+    return web.json_response({"error": body}, status=err.status)
+
+
+def translate(exc: BaseException, *, is_write: bool) -> ApiError:
+    """Map any exception to the ``ApiError`` the client sees."""
+    if isinstance(exc, ApiError):
+        return exc
+    applied_if_write: bool | None = False if is_write else None
+    if isinstance(exc, InvalidCommand):
+        return ApiError(422, "invalid", str(exc), applied=applied_if_write)
+    if isinstance(exc, ValidationError):
+        errors = [
+            {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": "", "msg": "invalid"}
+        where = f"{first['loc']}: " if first["loc"] else ""
+        return ApiError(422, "schema", f"{where}{first['msg']}", {"errors": errors}, applied=applied_if_write)
+    if isinstance(exc, Compacted):
+        return ApiError(
+            410, "compacted", str(exc), {"requested": exc.requested, "compacted_revision": exc.compacted}
+        )
+    if isinstance(exc, NoQuorum):
+        return ApiError(
+            503, "no_quorum", str(exc), {"reason": exc.reason}, applied=exc.applied if is_write else None
+        )
+    if isinstance(exc, OutcomeUnknown):
+        return ApiError(503, "outcome_unknown", str(exc), {"reason": exc.reason}, applied="unknown")
+    if isinstance(exc, NotApplied):
+        return ApiError(503, "not_applied", str(exc), {"reason": exc.reason}, applied=False)
+    if isinstance(exc, ProposalFailed):
+        return ApiError(503, "unavailable", str(exc), {"reason": exc.reason}, applied=exc.applied)
+    if isinstance(exc, json.JSONDecodeError):
+        return ApiError(400, "bad_json", f"body is not valid JSON: {exc.msg} at position {exc.pos}",
+                        applied=applied_if_write)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return ApiError(413, "too_large", "request body is too large", applied=applied_if_write)
+    if isinstance(exc, web.HTTPNotFound):
+        return ApiError(404, "no_route", "no such endpoint")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return ApiError(405, "method_not_allowed", f"method not allowed; allowed: {sorted(exc.allowed_methods)}")
+    if isinstance(exc, web.HTTPException):
+        return ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return ApiError(503, "internal", f"internal error: {type(exc).__name__}", applied="unknown" if is_write else None)

@@ -1,0 +1,497 @@
+"""The aiohttp application of one node: the key-space API, status, membership, ops.
+
+Threading: every handler runs on the node's asyncio loop. Handlers raise; the error
+middleware is the single place that turns exceptions into HTTP answers
+(``node._errors.translate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel
+
+from node._config import NodeConfig
+from node._errors import ApiError, error_response, translate
+from node._models import MemberBody, PutBody, TxnBody, openapi
+from rdb import MAX_VALUE_BYTES, Compacted, KeyValue, ReplicatedStore, check_key
+
+log = logging.getLogger("node.http")
+
+MEMBERS_PREFIX = "_rdb/members/"
+RESERVED_PREFIX = "_rdb/"
+MAX_BODY_BYTES = MAX_VALUE_BYTES + 256 * 1024  # JSON overhead around a 1 MiB value
+MAX_LIST_LIMIT = 10_000
+WATCH_KEEPALIVE_SECONDS = 10.0
+
+STORE = web.AppKey("store", ReplicatedStore)
+CONFIG = web.AppKey("config", NodeConfig)
+METRICS = web.AppKey("metrics", Counter)
+CLIENT = web.AppKey("client", aiohttp.ClientSession)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+
+
+# ---------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    is_write = request.method in _WRITE_METHODS
+    metrics = request.app[METRICS]
+    try:
+        response = await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one translation point
+        err = translate(exc, is_write=is_write)
+        response = error_response(err)
+    metrics[f'http_responses_total{{code="{response.status}"}}'] += 1
+    if not response.prepared and "X-Rdb-Revision" not in response.headers:
+        response.headers["X-Rdb-Revision"] = str(request.app[STORE].revision)
+    return response
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[CONFIG].api_token
+    if token and request.path != "/healthz":
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer ...)")
+    return await handler(request)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+async def _json_body(request: web.Request, model: type[BaseModel]) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY_BYTES} bytes", applied=False)
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "bad_json", "request body is empty; a JSON object is required", applied=False)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
+    return model.model_validate(data)
+
+
+def _int_param(request: web.Request, name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(422, "bad_parameter", f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ApiError(422, "bad_parameter", f"{name} must be {bound}")
+    return value
+
+
+def _user_key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    try:
+        check_key(key)
+    except Exception as exc:  # noqa: BLE001 - InvalidCommand, reported as 422 below
+        raise ApiError(422, "invalid_key", str(exc), applied=False) from None
+    return key
+
+
+def _check_writable(key: str) -> None:
+    if key.startswith(RESERVED_PREFIX):
+        raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
+
+
+def _request_id(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > 128:
+        raise ApiError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 128 characters", applied=False)
+    # Namespaced by operation, so the same key on a different call is a different request.
+    return f"idem:{request.method}:{request.path}:{key}"
+
+
+def _answer(body: Any, revision: int, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, headers={"X-Rdb-Revision": str(revision)})
+
+
+def _kv(kv: KeyValue) -> dict[str, Any]:
+    return kv.to_dict()
+
+
+async def _consistent_read(request: web.Request) -> dict[str, Any] | None:
+    """Linearizable by default: a read barrier first. Serializable: local, with staleness."""
+    store = request.app[STORE]
+    consistency = request.query.get("consistency", "linearizable")
+    if consistency == "linearizable":
+        await store.linearizable_barrier()
+        return None
+    if consistency == "serializable":
+        st = store.status()
+        return {
+            "consistency": "serializable",
+            "applied_index": st.applied_index,
+            "commit_index": st.commit_index,
+            "leader_contact_age_seconds": round(store.last_leader_contact_age(), 3),
+            "quorum": st.quorum,
+        }
+    raise ApiError(422, "bad_parameter", "consistency must be linearizable or serializable")
+
+
+# ---------------------------------------------------------------- key space
+
+
+async def get_key(request: web.Request) -> web.Response:
+    key = _user_key(request)
+    staleness = await _consistent_read(request)
+    store = request.app[STORE]
+    kv = store.get(key)
+    revision = store.revision
+    if kv is None:
+        raise ApiError(404, "not_found", f"key {key!r} does not exist", {"staleness": staleness} if staleness else {})
+    body = _kv(kv)
+    if staleness:
+        body["staleness"] = staleness
+    return _answer(body, revision)
+
+
+async def put_key(request: web.Request) -> web.Response:
+    key = _user_key(request)
+    _check_writable(key)
+    prev = _int_param(request, "prev_revision")
+    body = await _json_body(request, PutBody)
+    result = await request.app[STORE].put(key, body.value, prev_revision=prev, request_id=_request_id(request))
+    return _write_answer(result, key)
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key = _user_key(request)
+    _check_writable(key)
+    prev = _int_param(request, "prev_revision")
+    result = await request.app[STORE].delete(key, prev_revision=prev, request_id=_request_id(request))
+    return _write_answer(result, key)
+
+
+def _write_answer(result: dict[str, Any], key: str) -> web.Response:
+    status = result.get("status")
+    revision = int(result.get("revision", 0))
+    if status == "ok":
+        return _answer({"revision": revision}, revision)
+    if status == "conflict":
+        raise ApiError(
+            409, "cas_conflict", f"compare-and-set failed on {key!r}: mod_revision differs",
+            {"current": result.get("current"), "revision": revision}, applied=False,
+        )
+    if status == "not_found":
+        raise ApiError(404, "not_found", f"key {key!r} does not exist", {"revision": revision}, applied=False)
+    raise ApiError(422, "invalid", str(result.get("message", "rejected by the state machine")), applied=False)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    prefix = request.query.get("prefix", "")
+    limit = _int_param(request, "limit", minimum=1, maximum=MAX_LIST_LIMIT) or 1000
+    start_after = request.query.get("start_after") or None
+    staleness = await _consistent_read(request)
+    store = request.app[STORE]
+    kvs, more = store.range(prefix, start_after=start_after, limit=limit)
+    revision = store.revision
+    body: dict[str, Any] = {"kvs": [_kv(kv) for kv in kvs], "more": more, "revision": revision}
+    if staleness:
+        body["staleness"] = staleness
+    return _answer(body, revision)
+
+
+async def txn(request: web.Request) -> web.Response:
+    body = await _json_body(request, TxnBody)
+    for op in (*body.success, *body.failure):
+        if op.op != "get":
+            _check_writable(op.key)
+    result = await request.app[STORE].txn(
+        [c.model_dump() for c in body.compare],
+        [o.model_dump() for o in body.success],
+        [o.model_dump() for o in body.failure],
+        request_id=_request_id(request),
+    )
+    if result.get("status") != "ok":
+        raise ApiError(422, "invalid", str(result.get("message", "rejected")), applied=False)
+    revision = int(result["revision"])
+    return _answer(
+        {"succeeded": result["succeeded"], "revision": revision, "responses": result["responses"]}, revision
+    )
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    store = request.app[STORE]
+    prefix = request.query.get("prefix", "")
+    from_revision = _int_param(request, "from_revision", minimum=1)
+    if from_revision is None and request.headers.get("Last-Event-ID", "").isdigit():
+        from_revision = int(request.headers["Last-Event-ID"]) + 1
+    if from_revision is None:
+        from_revision = store.revision + 1
+    store.events_since(from_revision, prefix)  # raises Compacted -> 410 before the stream starts
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Rdb-Revision": str(store.revision),
+        }
+    )
+    await response.prepare(request)
+    next_revision = from_revision
+    while True:
+        changed = store.changed()  # taken before reading, so no change slips between
+        try:
+            events = store.events_since(next_revision, prefix)
+        except Compacted as exc:
+            await response.write(_sse("compacted", None, {"compacted_revision": exc.compacted}))
+            break
+        if events:
+            chunk = b"".join(_sse(e.type, e.revision, e.to_dict()) for e in events)
+            await response.write(chunk)
+            next_revision = events[-1].revision + 1
+            continue
+        try:
+            await asyncio.wait_for(changed.wait(), WATCH_KEEPALIVE_SECONDS)
+        except TimeoutError:
+            await response.write(b": keepalive\n\n")
+    return response
+
+
+def _sse(event: str, revision: int | None, data: Any) -> bytes:
+    head = f"id: {revision}\n" if revision is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+# ---------------------------------------------------------------- node and cluster
+
+
+def _members_registry(app: web.Application) -> dict[str, dict[str, str]]:
+    """raft address -> {id, raft_address, http_url}, from config and the replicated registry."""
+    cfg = app[CONFIG]
+    out: dict[str, dict[str, str]] = {
+        cfg.raft_address: {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url}
+    }
+    for peer in cfg.peers:
+        out[peer.raft_address] = {"id": peer.id, "raft_address": peer.raft_address, "http_url": peer.http_url}
+    kvs, _ = app[STORE].range(MEMBERS_PREFIX, limit=MAX_LIST_LIMIT)
+    for kv in kvs:
+        if isinstance(kv.value, dict) and isinstance(kv.value.get("raft_address"), str):
+            out[kv.value["raft_address"]] = {k: str(v) for k, v in kv.value.items()}
+    return out
+
+
+def node_status(app: web.Application) -> dict[str, Any]:
+    cfg = app[CONFIG]
+    store = app[STORE]
+    st = store.status()
+    registry = _members_registry(app)
+
+    def name(address: str | None) -> str | None:
+        if address is None:
+            return None
+        return registry.get(address, {}).get("id", address)
+
+    return {
+        "id": cfg.id,
+        "pid": os.getpid(),
+        "http_url": cfg.http_url,
+        "raft_address": cfg.raft_address,
+        "role": st.role,
+        "term": st.term,
+        "leader": name(st.leader),
+        "leader_raft_address": st.leader,
+        "quorum": st.quorum,
+        "commit_index": st.commit_index,
+        "applied_index": st.applied_index,
+        "last_log_index": st.last_index,
+        "revision": store.revision,
+        "members": [
+            {"id": name(m), "raft_address": m, "http_url": registry.get(m, {}).get("http_url")} for m in st.members
+        ],
+        "journal": {
+            "syncs": st.journal_syncs,
+            "truncations_below_commit": st.truncations_below_commit,
+            "suppressed_truncations": st.suppressed_truncations,
+        },
+        "tables": {},
+        "fences": [],
+        "reachable": True,
+    }
+
+
+async def status(request: web.Request) -> web.Response:
+    return _answer(node_status(request.app), request.app[STORE].revision)
+
+
+async def cluster(request: web.Request) -> web.Response:
+    app = request.app
+    me = node_status(app)
+    session = app[CLIENT]
+    token = app[CONFIG].api_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def fetch(member: dict[str, Any]) -> dict[str, Any]:
+        if member["raft_address"] == me["raft_address"]:
+            return me
+        url = member.get("http_url")
+        if not url:
+            return {"id": member["id"], "raft_address": member["raft_address"], "reachable": False,
+                    "error": "no HTTP URL known for this member"}
+        try:
+            async with session.get(f"{url}/v1/status", headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=1.5)) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}")
+                body: dict[str, Any] = await resp.json()
+                return body
+        except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+            return {"id": member["id"], "raft_address": member["raft_address"], "http_url": url,
+                    "reachable": False, "error": str(exc) or type(exc).__name__}
+
+    nodes = await asyncio.gather(*(fetch(m) for m in me["members"]))
+    leaders = {n.get("leader") for n in nodes if n.get("reachable") and n.get("role") == "leader"}
+    leader = next(iter(leaders)) if len(leaders) == 1 else me["leader"]
+    return _answer({"leader": leader, "nodes": list(nodes)}, app[STORE].revision)
+
+
+async def add_member(request: web.Request) -> web.Response:
+    body = await _json_body(request, MemberBody)
+    store = request.app[STORE]
+    registry = _members_registry(request.app)
+    members = store.status().members
+    if body.raft_address in members:
+        raise ApiError(409, "already_member", f"{body.raft_address} is already a member", applied=False)
+    if any(m.get("id") == body.id and addr in members for addr, m in registry.items()):
+        raise ApiError(409, "duplicate_id", f"a member with id {body.id!r} exists", applied=False)
+    await store.put(MEMBERS_PREFIX + body.id, body.model_dump())
+    await store.change_membership("add", body.raft_address)
+    return _answer({"added": body.model_dump()}, store.revision)
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    member_id = request.match_info["id"]
+    store = request.app[STORE]
+    members = set(store.status().members)
+    match = [a for a, m in _members_registry(request.app).items() if m.get("id") == member_id and a in members]
+    if not match:
+        raise ApiError(404, "not_found", f"no member with id {member_id!r}", applied=False)
+    if len(members) <= 1:
+        raise ApiError(409, "last_member", "cannot remove the last member", applied=False)
+    await store.change_membership("remove", match[0])
+    await store.delete(MEMBERS_PREFIX + member_id)
+    return _answer({"removed": member_id}, store.revision)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "id": request.app[CONFIG].id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    st = request.app[STORE].status()
+    reasons = []
+    if st.leader is None:
+        reasons.append("no leader known")
+    if not st.quorum:
+        reasons.append("no quorum")
+    if st.applied_index < st.commit_index:
+        reasons.append(f"catching up: applied {st.applied_index} of {st.commit_index}")
+    if reasons:
+        raise ApiError(503, "not_ready", "; ".join(reasons), {"reasons": reasons})
+    return web.json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    st = store.status()
+    lines = [
+        "# TYPE rdb_revision gauge", f"rdb_revision {store.revision}",
+        "# TYPE rdb_raft_term gauge", f"rdb_raft_term {st.term}",
+        "# TYPE rdb_raft_commit_index gauge", f"rdb_raft_commit_index {st.commit_index}",
+        "# TYPE rdb_raft_applied_index gauge", f"rdb_raft_applied_index {st.applied_index}",
+        "# TYPE rdb_raft_is_leader gauge", f"rdb_raft_is_leader {int(st.role == 'leader')}",
+        "# TYPE rdb_quorum gauge", f"rdb_quorum {int(st.quorum)}",
+        "# TYPE rdb_journal_syncs_total counter", f"rdb_journal_syncs_total {st.journal_syncs}",
+        "# TYPE rdb_truncations_below_commit_total counter",
+        f"rdb_truncations_below_commit_total {st.truncations_below_commit}",
+        "# TYPE rdb_read_barriers_total counter", f"rdb_read_barriers_total {store.barriers_proposed}",
+        "# TYPE http_responses_total counter",
+    ]
+    lines += [f"{name} {value}" for name, value in sorted(request.app[METRICS].items())]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
+# ---------------------------------------------------------------- assembly
+
+
+async def _register_self(app: web.Application) -> None:
+    """Put this node's HTTP URL in the replicated member registry, once, with retries."""
+    cfg = app[CONFIG]
+    store = app[STORE]
+    entry = {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url}
+    while True:
+        try:
+            await store.linearizable_barrier()
+            current = store.get(MEMBERS_PREFIX + cfg.id)
+            if current is not None and current.value == entry:
+                return
+            await store.put(MEMBERS_PREFIX + cfg.id, entry)
+            return
+        except Exception as exc:  # noqa: BLE001 - keep trying until the cluster has quorum
+            log.debug("member registration deferred: %s", exc)
+            await asyncio.sleep(1.0)
+
+
+def build_app(config: NodeConfig, store: ReplicatedStore) -> web.Application:
+    """The node's application. The store must already be started on this loop."""
+    app = web.Application(middlewares=[_error_middleware, _auth_middleware], client_max_size=MAX_BODY_BYTES)
+    app[STORE] = store
+    app[CONFIG] = config
+    app[METRICS] = Counter()
+
+    async def lifecycle(app: web.Application) -> Any:
+        app[CLIENT] = aiohttp.ClientSession()
+        registration = asyncio.get_running_loop().create_task(_register_self(app))
+        yield
+        registration.cancel()
+        await asyncio.gather(registration, return_exceptions=True)
+        await app[CLIENT].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/v1/kv/{key:.+}", get_key)
+    app.router.add_put("/v1/kv/{key:.+}", put_key)
+    app.router.add_delete("/v1/kv/{key:.+}", delete_key)
+    app.router.add_get("/v1/kv", list_keys)
+    app.router.add_post("/v1/txn", txn)
+    app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/cluster", cluster)
+    app.router.add_post("/v1/cluster/members", add_member)
+    app.router.add_delete("/v1/cluster/members/{id}", remove_member)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
+    return app
+
+
+__all__ = ["build_app", "node_status"]
