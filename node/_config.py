@@ -38,6 +38,7 @@ class NodeConfig:
     log_format: str = "auto"
     fault_injection: bool = False
     advertise_url: str = field(default="")
+    history_limit: int = 10_000
 
     @property
     def http_url(self) -> str:
@@ -59,6 +60,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--request-timeout", "REQUEST_TIMEOUT", "seconds a write or linearizable read may wait for quorum"),
     ("--log-format", "LOG_FORMAT", "auto, json or text"),
     ("--advertise-url", "ADVERTISE_URL", "HTTP URL other nodes and clients use to reach this node"),
+    ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
 )
 
 
@@ -141,6 +143,9 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         raise ConfigError(f"--request-timeout {timeout_text!r} is not a number") from None
     if not 0.1 <= timeout <= 300:
         raise ConfigError("--request-timeout must be between 0.1 and 300 seconds")
+    history_text = pick("history_limit", "HISTORY_LIMIT") or "10000"
+    if not history_text.isdigit() or not 1 <= int(history_text) <= 10_000_000:
+        raise ConfigError("--history-limit must be an integer between 1 and 10000000")
     log_format = pick("log_format", "LOG_FORMAT") or "auto"
     if log_format not in ("auto", "json", "text"):
         raise ConfigError("--log-format must be auto, json or text")
@@ -160,4 +165,5 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         log_format=log_format,
         fault_injection=fault,
         advertise_url=(pick("advertise_url", "ADVERTISE_URL") or "").rstrip("/"),
+        history_limit=int(history_text),
     )

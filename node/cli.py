@@ -86,7 +86,12 @@ async def serve_node(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     partners = [p.raft_address for p in config.peers]
     store = ReplicatedStore(
-        config.raft_address, partners, config.data_dir, password=config.secret, request_timeout=config.request_timeout
+                config.raft_address,
+        partners,
+        config.data_dir,
+        password=config.secret,
+        request_timeout=config.request_timeout,
+        history_limit=config.history_limit,
     )
     store.start(loop)
     app = build_app(config, store)

@@ -57,6 +57,7 @@ class ReplicatedStore:
         request_timeout: float = 5.0,
         election_timeout: tuple[float, float] = (0.6, 1.2),
         compaction_entries: int = 20_000,
+        history_limit: int = 10_000,
     ) -> None:
         self._raft_address = raft_address
         self._partners = partner_addresses
@@ -66,7 +67,7 @@ class ReplicatedStore:
         self._compaction_entries = compaction_entries
         self.request_timeout = request_timeout
         self._lock = threading.Lock()
-        self._sm = StateMachine()
+        self._sm = StateMachine(history_limit=history_limit)
         self._raft: RaftNode | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
