@@ -71,7 +71,9 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
     parser.add_argument(
-        "--fault-injection", action="store_true", default=None,
+        "--fault-injection",
+        action="store_true",
+        default=None,
         help=f"enable /v1/debug endpoints [env {ENV_PREFIX}FAULT_INJECTION=1]",
     )
 
@@ -114,9 +116,11 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     raft = _check_host_port(need("raft", "RAFT", "--raft"), "--raft")
     http = _check_host_port(need("http", "HTTP", "--http"), "--http")
     data_dir = need("data_dir", "DATA_DIR", "--data-dir")
-    peers_raw: Sequence[str] = args.peer if getattr(args, "peer", None) else [
-        p for p in (env.get(ENV_PREFIX + "PEERS") or "").split(",") if p.strip()
-    ]
+    peers_raw: Sequence[str] = (
+        args.peer
+        if getattr(args, "peer", None)
+        else [p for p in (env.get(ENV_PREFIX + "PEERS") or "").split(",") if p.strip()]
+    )
     peers = tuple(parse_peer(p.strip()) for p in peers_raw)
     if node_id in {p.id for p in peers}:
         raise ConfigError(f"peer list contains this node's own id {node_id!r}")
@@ -150,7 +154,9 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     if log_format not in ("auto", "json", "text"):
         raise ConfigError("--log-format must be auto, json or text")
     fault = bool(getattr(args, "fault_injection", None)) or env.get(ENV_PREFIX + "FAULT_INJECTION", "") in (
-        "1", "true", "yes",
+        "1",
+        "true",
+        "yes",
     )
     return NodeConfig(
         id=node_id,

@@ -55,20 +55,14 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
     if isinstance(exc, InvalidCommand):
         return ApiError(422, "invalid", str(exc), applied=applied_if_write)
     if isinstance(exc, ValidationError):
-        errors = [
-            {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
+        errors = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = errors[0] if errors else {"loc": "", "msg": "invalid"}
         where = f"{first['loc']}: " if first["loc"] else ""
         return ApiError(422, "schema", f"{where}{first['msg']}", {"errors": errors}, applied=applied_if_write)
     if isinstance(exc, Compacted):
-        return ApiError(
-            410, "compacted", str(exc), {"requested": exc.requested, "compacted_revision": exc.compacted}
-        )
+        return ApiError(410, "compacted", str(exc), {"requested": exc.requested, "compacted_revision": exc.compacted})
     if isinstance(exc, NoQuorum):
-        return ApiError(
-            503, "no_quorum", str(exc), {"reason": exc.reason}, applied=exc.applied if is_write else None
-        )
+        return ApiError(503, "no_quorum", str(exc), {"reason": exc.reason}, applied=exc.applied if is_write else None)
     if isinstance(exc, OutcomeUnknown):
         return ApiError(503, "outcome_unknown", str(exc), {"reason": exc.reason}, applied="unknown")
     if isinstance(exc, NotApplied):
@@ -76,8 +70,9 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
     if isinstance(exc, ProposalFailed):
         return ApiError(503, "unavailable", str(exc), {"reason": exc.reason}, applied=exc.applied)
     if isinstance(exc, json.JSONDecodeError):
-        return ApiError(400, "bad_json", f"body is not valid JSON: {exc.msg} at position {exc.pos}",
-                        applied=applied_if_write)
+        return ApiError(
+            400, "bad_json", f"body is not valid JSON: {exc.msg} at position {exc.pos}", applied=applied_if_write
+        )
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return ApiError(413, "too_large", "request body is too large", applied=applied_if_write)
     if isinstance(exc, web.HTTPNotFound):

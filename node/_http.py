@@ -195,8 +195,11 @@ def _write_answer(result: dict[str, Any], key: str) -> web.Response:
         return _answer({"revision": revision}, revision)
     if status == "conflict":
         raise ApiError(
-            409, "cas_conflict", f"compare-and-set failed on {key!r}: mod_revision differs",
-            {"current": result.get("current"), "revision": revision}, applied=False,
+            409,
+            "cas_conflict",
+            f"compare-and-set failed on {key!r}: mod_revision differs",
+            {"current": result.get("current"), "revision": revision},
+            applied=False,
         )
     if status == "not_found":
         raise ApiError(404, "not_found", f"key {key!r} does not exist", {"revision": revision}, applied=False)
@@ -231,9 +234,7 @@ async def txn(request: web.Request) -> web.Response:
     if result.get("status") != "ok":
         raise ApiError(422, "invalid", str(result.get("message", "rejected")), applied=False)
     revision = int(result["revision"])
-    return _answer(
-        {"succeeded": result["succeeded"], "revision": revision, "responses": result["responses"]}, revision
-    )
+    return _answer({"succeeded": result["succeeded"], "revision": revision, "responses": result["responses"]}, revision)
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -351,18 +352,28 @@ async def cluster(request: web.Request) -> web.Response:
             return me
         url = member.get("http_url")
         if not url:
-            return {"id": member["id"], "raft_address": member["raft_address"], "reachable": False,
-                    "error": "no HTTP URL known for this member"}
+            return {
+                "id": member["id"],
+                "raft_address": member["raft_address"],
+                "reachable": False,
+                "error": "no HTTP URL known for this member",
+            }
         try:
-            async with session.get(f"{url}/v1/status", headers=headers,
-                                   timeout=aiohttp.ClientTimeout(total=1.5)) as resp:
+            async with session.get(
+                f"{url}/v1/status", headers=headers, timeout=aiohttp.ClientTimeout(total=1.5)
+            ) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}")
                 body: dict[str, Any] = await resp.json()
                 return body
         except Exception as exc:  # noqa: BLE001 - any failure means unreachable
-            return {"id": member["id"], "raft_address": member["raft_address"], "http_url": url,
-                    "reachable": False, "error": str(exc) or type(exc).__name__}
+            return {
+                "id": member["id"],
+                "raft_address": member["raft_address"],
+                "http_url": url,
+                "reachable": False,
+                "error": str(exc) or type(exc).__name__,
+            }
 
     nodes = await asyncio.gather(*(fetch(m) for m in me["members"]))
     leaders = {n.get("leader") for n in nodes if n.get("reachable") and n.get("role") == "leader"}
@@ -420,16 +431,24 @@ async def metrics(request: web.Request) -> web.Response:
     store = request.app[STORE]
     st = store.status()
     lines = [
-        "# TYPE rdb_revision gauge", f"rdb_revision {store.revision}",
-        "# TYPE rdb_raft_term gauge", f"rdb_raft_term {st.term}",
-        "# TYPE rdb_raft_commit_index gauge", f"rdb_raft_commit_index {st.commit_index}",
-        "# TYPE rdb_raft_applied_index gauge", f"rdb_raft_applied_index {st.applied_index}",
-        "# TYPE rdb_raft_is_leader gauge", f"rdb_raft_is_leader {int(st.role == 'leader')}",
-        "# TYPE rdb_quorum gauge", f"rdb_quorum {int(st.quorum)}",
-        "# TYPE rdb_journal_syncs_total counter", f"rdb_journal_syncs_total {st.journal_syncs}",
+        "# TYPE rdb_revision gauge",
+        f"rdb_revision {store.revision}",
+        "# TYPE rdb_raft_term gauge",
+        f"rdb_raft_term {st.term}",
+        "# TYPE rdb_raft_commit_index gauge",
+        f"rdb_raft_commit_index {st.commit_index}",
+        "# TYPE rdb_raft_applied_index gauge",
+        f"rdb_raft_applied_index {st.applied_index}",
+        "# TYPE rdb_raft_is_leader gauge",
+        f"rdb_raft_is_leader {int(st.role == 'leader')}",
+        "# TYPE rdb_quorum gauge",
+        f"rdb_quorum {int(st.quorum)}",
+        "# TYPE rdb_journal_syncs_total counter",
+        f"rdb_journal_syncs_total {st.journal_syncs}",
         "# TYPE rdb_truncations_below_commit_total counter",
         f"rdb_truncations_below_commit_total {st.truncations_below_commit}",
-        "# TYPE rdb_read_barriers_total counter", f"rdb_read_barriers_total {store.barriers_proposed}",
+        "# TYPE rdb_read_barriers_total counter",
+        f"rdb_read_barriers_total {store.barriers_proposed}",
         "# TYPE http_responses_total counter",
     ]
     lines += [f"{name} {value}" for name, value in sorted(request.app[METRICS].items())]

@@ -71,7 +71,15 @@ class ErrorBody(BaseModel):
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document, with schemas generated from the models above."""
     models: list[type[BaseModel]] = [
-        PutBody, Compare, TxnOp, TxnBody, MemberBody, Entry, RevisionAnswer, ListAnswer, ErrorBody,
+        PutBody,
+        Compare,
+        TxnOp,
+        TxnBody,
+        MemberBody,
+        Entry,
+        RevisionAnswer,
+        ListAnswer,
+        ErrorBody,
     ]
     schemas: dict[str, Any] = {}
     for model in models:
@@ -85,40 +93,80 @@ def openapi() -> dict[str, Any]:
     err = {"description": "error", **ref("ErrorBody")}
     key = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
     consistency = {
-        "name": "consistency", "in": "query",
+        "name": "consistency",
+        "in": "query",
         "schema": {"type": "string", "enum": ["linearizable", "serializable"], "default": "linearizable"},
     }
     prev = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 0}}
     idem = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128}}
     paths: dict[str, Any] = {
         "/v1/kv/{key}": {
-            "get": {"parameters": [key, consistency],
-                    "responses": {"200": {"description": "entry", **ref("Entry")}, "404": err, "503": err}},
-            "put": {"parameters": [key, prev, idem], "requestBody": ref("PutBody"),
-                    "responses": {"200": {"description": "stored", **ref("RevisionAnswer")}, "409": err,
-                                  "413": err, "422": err, "503": err}},
-            "delete": {"parameters": [key, prev, idem],
-                       "responses": {"200": {"description": "deleted", **ref("RevisionAnswer")}, "404": err,
-                                     "409": err, "503": err}},
+            "get": {
+                "parameters": [key, consistency],
+                "responses": {"200": {"description": "entry", **ref("Entry")}, "404": err, "503": err},
+            },
+            "put": {
+                "parameters": [key, prev, idem],
+                "requestBody": ref("PutBody"),
+                "responses": {
+                    "200": {"description": "stored", **ref("RevisionAnswer")},
+                    "409": err,
+                    "413": err,
+                    "422": err,
+                    "503": err,
+                },
+            },
+            "delete": {
+                "parameters": [key, prev, idem],
+                "responses": {
+                    "200": {"description": "deleted", **ref("RevisionAnswer")},
+                    "404": err,
+                    "409": err,
+                    "503": err,
+                },
+            },
         },
-        "/v1/kv": {"get": {"parameters": [
-            {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
-            {"name": "start_after", "in": "query", "schema": {"type": "string"}}, consistency,
-        ], "responses": {"200": {"description": "entries", **ref("ListAnswer")}, "503": err}}},
-        "/v1/txn": {"post": {"parameters": [idem], "requestBody": ref("TxnBody"),
-                             "responses": {"200": {"description": "txn result"}, "422": err, "503": err}}},
-        "/v1/watch": {"get": {"parameters": [
-            {"name": "prefix", "in": "query", "schema": {"type": "string"}},
-            {"name": "from_revision", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-        ], "responses": {"200": {"description": "text/event-stream of changes"}, "410": err}}},
+        "/v1/kv": {
+            "get": {
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                    {"name": "start_after", "in": "query", "schema": {"type": "string"}},
+                    consistency,
+                ],
+                "responses": {"200": {"description": "entries", **ref("ListAnswer")}, "503": err},
+            }
+        },
+        "/v1/txn": {
+            "post": {
+                "parameters": [idem],
+                "requestBody": ref("TxnBody"),
+                "responses": {"200": {"description": "txn result"}, "422": err, "503": err},
+            }
+        },
+        "/v1/watch": {
+            "get": {
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                    {"name": "from_revision", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                ],
+                "responses": {"200": {"description": "text/event-stream of changes"}, "410": err},
+            }
+        },
         "/v1/status": {"get": {"responses": {"200": {"description": "this node"}}}},
         "/v1/cluster": {"get": {"responses": {"200": {"description": "every member"}}}},
-        "/v1/cluster/members": {"post": {"requestBody": ref("MemberBody"),
-                                         "responses": {"200": {"description": "added"}, "409": err, "503": err}}},
-        "/v1/cluster/members/{id}": {"delete": {
-            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "removed"}, "404": err, "503": err}}},
+        "/v1/cluster/members": {
+            "post": {
+                "requestBody": ref("MemberBody"),
+                "responses": {"200": {"description": "added"}, "409": err, "503": err},
+            }
+        },
+        "/v1/cluster/members/{id}": {
+            "delete": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "removed"}, "404": err, "503": err},
+            }
+        },
         "/healthz": {"get": {"responses": {"200": {"description": "process is up"}}}},
         "/readyz": {"get": {"responses": {"200": {"description": "ready"}, "503": err}}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},

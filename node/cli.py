@@ -86,7 +86,7 @@ async def serve_node(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     partners = [p.raft_address for p in config.peers]
     store = ReplicatedStore(
-                config.raft_address,
+        config.raft_address,
         partners,
         config.data_dir,
         password=config.secret,
@@ -104,7 +104,11 @@ async def serve_node(config: NodeConfig) -> None:
             await web.SockSite(runner, _reuseport_socket(config.cluster_address)).start()
         log.info(
             "node %s up: http %s, raft %s, cluster address %s, data %s",
-            config.id, config.http_url, config.raft_address, config.cluster_address or "-", config.data_dir,
+            config.id,
+            config.http_url,
+            config.raft_address,
+            config.cluster_address or "-",
+            config.data_dir,
         )
         await stop.wait()
         log.info("node %s stopping", config.id)
@@ -129,8 +133,15 @@ def ensure_secret(path: str) -> None:
 
 
 def local_cluster_commands(
-    *, nodes: int, base_dir: str, host: str, raft_base: int, http_base: int, cluster_address: str | None,
-    fault_injection: bool, python: str = sys.executable,
+    *,
+    nodes: int,
+    base_dir: str,
+    host: str,
+    raft_base: int,
+    http_base: int,
+    cluster_address: str | None,
+    fault_injection: bool,
+    python: str = sys.executable,
 ) -> list[tuple[str, list[str], str]]:
     """(id, argv, http_url) for each node of a local cluster."""
     ids = [f"n{i + 1}" for i in range(nodes)]
@@ -139,8 +150,22 @@ def local_cluster_commands(
     secret_file = os.path.join(base_dir, "cluster.secret")
     out = []
     for nid in ids:
-        argv = [python, "-m", "node", "node", "--id", nid, "--raft", raft[nid], "--http", http[nid],
-                "--data-dir", os.path.join(base_dir, nid), "--secret-file", secret_file]
+        argv = [
+            python,
+            "-m",
+            "node",
+            "node",
+            "--id",
+            nid,
+            "--raft",
+            raft[nid],
+            "--http",
+            http[nid],
+            "--data-dir",
+            os.path.join(base_dir, nid),
+            "--secret-file",
+            secret_file,
+        ]
         for other in ids:
             if other != nid:
                 argv += ["--peer", f"{other}={raft[other]}=http://{http[other]}"]
@@ -159,8 +184,13 @@ def run_local_cluster(args: argparse.Namespace) -> int:
     base_dir = os.path.abspath(args.data_dir)
     ensure_secret(os.path.join(base_dir, "cluster.secret"))
     commands = local_cluster_commands(
-        nodes=args.nodes, base_dir=base_dir, host=args.host, raft_base=args.raft_port, http_base=args.http_port,
-        cluster_address=args.cluster_address or None, fault_injection=args.fault_injection,
+        nodes=args.nodes,
+        base_dir=base_dir,
+        host=args.host,
+        raft_base=args.raft_port,
+        http_base=args.http_port,
+        cluster_address=args.cluster_address or None,
+        fault_injection=args.fault_injection,
     )
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False

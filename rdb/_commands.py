@@ -44,7 +44,7 @@ def check_key(key: Any) -> str:
 def check_value(value: Any) -> bytes:
     """Encodes ``value``; raises ``InvalidCommand`` if it is over 1 MiB encoded."""
     try:
-        encoded = msgpack.packb(value, use_bin_type=True)
+        encoded: bytes = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidCommand(f"value cannot be stored: {exc}") from exc
     if len(encoded) > MAX_VALUE_BYTES:
@@ -63,9 +63,10 @@ def check_revision(value: Any, name: str = "prev_revision") -> int | None:
 def _encode(cmd: dict[str, Any]) -> bytes:
     cmd["v"] = COMMAND_VERSION
     try:
-        return bytes(msgpack.packb(cmd, use_bin_type=True))
+        packed: bytes = msgpack.packb(cmd, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. an unencodable extra field in a txn op
         raise InvalidCommand(f"command cannot be encoded: {exc}") from exc
+    return packed
 
 
 def put(key: str, value: Any, *, prev_revision: int | None = None, request_id: str) -> bytes:
@@ -89,7 +90,9 @@ _TARGETS = ("mod_revision", "create_revision", "version", "value")
 _RESULTS = ("==", "!=", "<", ">")
 
 
-def txn(compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]], *, request_id: str) -> bytes:
+def txn(
+    compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]], *, request_id: str
+) -> bytes:
     """Validates and encodes a transaction. Raises ``InvalidCommand`` on any bad part."""
     if len(compare) + len(success) + len(failure) > MAX_TXN_OPS:
         raise InvalidCommand(f"a txn has at most {MAX_TXN_OPS} compares and ops in all")

@@ -167,7 +167,7 @@ class DurableJournal:
         os.fsync(self._fd)
         self._end = len(_MAGIC)
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 - PySyncObj's name
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - PySyncObj's name
         if entryFrom >= len(self._entries):
             return
         self.sync()
@@ -178,7 +178,7 @@ class DurableJournal:
         os.fsync(self._fd)
         self._end = cut
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 - PySyncObj's name
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 - PySyncObj's name
         # Compaction after a snapshot: the dump was renamed into place in this directory
         # just before; make that rename durable before the entries it covers are dropped.
         fsync_directory(self._dir)

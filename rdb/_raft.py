@@ -47,8 +47,13 @@ ROLE_NAMES = {_FOLLOWER: "follower", _CANDIDATE: "candidate", _LEADER: "leader"}
 
 #: Outcomes that mean "not applied, and never will be".
 NOT_APPLIED_REASONS = frozenset(
-    {FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED, FAIL_REASON.NOT_LEADER,
-     FAIL_REASON.REQUEST_DENIED}
+    {
+        FAIL_REASON.QUEUE_FULL,
+        FAIL_REASON.MISSING_LEADER,
+        FAIL_REASON.DISCARDED,
+        FAIL_REASON.NOT_LEADER,
+        FAIL_REASON.REQUEST_DENIED,
+    }
 )
 REASON_NAMES = {
     FAIL_REASON.SUCCESS: "success",
@@ -209,7 +214,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------ the log entry point
 
-    @replicated  # type: ignore[misc]
+    @replicated  # type: ignore[untyped-decorator]
     def _rdb_apply(self, payload: bytes) -> Any:
         # raftLastApplied is incremented after this returns: +1 is this entry's index.
         return self._apply_fn(payload, self.raftLastApplied + 1)
@@ -272,7 +277,11 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             return int(entry[2])
 
         plan = plan_append(
-            term_at, last, message["prevLogIdx"], message["prevLogTerm"], message.get("entries", []),
+            term_at,
+            last,
+            message["prevLogIdx"],
+            message["prevLogTerm"],
+            message.get("entries", []),
             self._verified_index,
         )
         if plan is None:

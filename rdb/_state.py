@@ -336,12 +336,12 @@ class StateMachine:
             "compacted": self._compacted,
             "kvs": [[kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version] for kv in self._data.values()],
             "history": [
-                [e.revision, e.type, _kv_row(e.kv), None if e.prev_kv is None else _kv_row(e.prev_kv)]
-                for e in live
+                [e.revision, e.type, _kv_row(e.kv), None if e.prev_kv is None else _kv_row(e.prev_kv)] for e in live
             ],
             "dedup": list(self._dedup.items()),
         }
-        return msgpack.packb(doc, use_bin_type=True)
+        packed: bytes = msgpack.packb(doc, use_bin_type=True)
+        return packed
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot. Raises ``ValueError`` if malformed,

@@ -41,7 +41,9 @@ class StoreView(Protocol):
 
     def get(self, key: str) -> KeyValue | None: ...
 
-    def range(self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None) -> tuple[list[KeyValue], bool]: ...
+    def range(
+        self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
+    ) -> tuple[list[KeyValue], bool]: ...
 
 
 class ReplicatedStore:
@@ -74,6 +76,7 @@ class ReplicatedStore:
         self._notify_pending = False
         self._barrier_waiting: list[asyncio.Future[None]] = []
         self._barrier_running = False
+        self._barrier_task: asyncio.Task[None] | None = None
         self._membership_lock = asyncio.Lock()
         self.load_count = 0
         self._load_listeners: list[Callable[[], None]] = []
@@ -167,7 +170,9 @@ class ReplicatedStore:
         with self._lock:
             return self._sm.get(key)
 
-    def range(self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None) -> tuple[list[KeyValue], bool]:
+    def range(
+        self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
+    ) -> tuple[list[KeyValue], bool]:
         with self._lock:
             return self._sm.range(prefix, start_after=start_after, limit=limit)
 
@@ -228,15 +233,37 @@ class ReplicatedStore:
                 raise NotApplied("the leader denied the request", last_reason)
             await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
 
-    async def put(self, key: str, value: Any, *, prev_revision: int | None = None, request_id: str | None = None, timeout: float | None = None) -> Result:
-        payload = _commands.put(key, value, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id())
+    async def put(
+        self,
+        key: str,
+        value: Any,
+        *,
+        prev_revision: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        payload = _commands.put(
+            key, value, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id()
+        )
         return await self.propose(payload, timeout=timeout)
 
-    async def delete(self, key: str, *, prev_revision: int | None = None, request_id: str | None = None, timeout: float | None = None) -> Result:
-        payload = _commands.delete(key, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id())
+    async def delete(
+        self, key: str, *, prev_revision: int | None = None, request_id: str | None = None, timeout: float | None = None
+    ) -> Result:
+        payload = _commands.delete(
+            key, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id()
+        )
         return await self.propose(payload, timeout=timeout)
 
-    async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]], *, request_id: str | None = None, timeout: float | None = None) -> Result:
+    async def txn(
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]],
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
         payload = _commands.txn(compare, success, failure, request_id=request_id or _commands.new_request_id())
         return await self.propose(payload, timeout=timeout)
 
@@ -252,7 +279,7 @@ class ReplicatedStore:
         self._barrier_waiting.append(fut)
         if not self._barrier_running:
             self._barrier_running = True
-            loop.create_task(self._run_barriers(timeout))
+            self._barrier_task = loop.create_task(self._run_barriers(timeout))
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.request_timeout if timeout is None else timeout)
         except TimeoutError:
@@ -311,7 +338,9 @@ class ReplicatedStore:
             try:
                 _, reason = await asyncio.wait_for(fut, self.request_timeout if timeout is None else timeout)
             except TimeoutError:
-                raise NoQuorum("membership change not committed within the deadline", "timeout", applied="unknown") from None
+                raise NoQuorum(
+                    "membership change not committed within the deadline", "timeout", applied="unknown"
+                ) from None
             if reason != FAIL_REASON.SUCCESS:
                 name = REASON_NAMES.get(reason, str(reason))
                 if reason in NOT_APPLIED_REASONS:

@@ -43,8 +43,15 @@ class Response:
     headers: dict[str, str]
 
 
-def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None, timeout: float = 10.0,
-         headers: dict[str, str] | None = None) -> Response:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+) -> Response:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
@@ -92,8 +99,15 @@ class NodeProc:
 
 
 class Cluster:
-    def __init__(self, base_dir: str, size: int = 3, *, env: dict[str, str] | None = None,
-                 cluster_address: bool = False, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: str,
+        size: int = 3,
+        *,
+        env: dict[str, str] | None = None,
+        cluster_address: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.base_dir = base_dir
         ports = free_ports(2 * size + 1)
         self.cluster_port = ports[-1] if cluster_address else None
@@ -106,14 +120,30 @@ class Cluster:
         self.nodes: dict[str, NodeProc] = {}
         for i in range(size):
             nid = f"n{i + 1}"
-            self.nodes[nid] = NodeProc(nid, f"127.0.0.1:{ports[2 * i]}", ports[2 * i + 1],
-                                       os.path.join(base_dir, nid))
+            self.nodes[nid] = NodeProc(nid, f"127.0.0.1:{ports[2 * i]}", ports[2 * i + 1], os.path.join(base_dir, nid))
         self.logs: dict[str, Any] = {}
 
     def argv(self, node: NodeProc, peers: list[NodeProc]) -> list[str]:
-        argv = [sys.executable, "-m", "node", "node", "--id", node.id, "--raft", node.raft,
-                "--http", f"127.0.0.1:{node.http_port}", "--data-dir", node.data_dir,
-                "--secret-file", self.secret_file, "--log-format", "json", *self.extra_args, *node.extra_args]
+        argv = [
+            sys.executable,
+            "-m",
+            "node",
+            "node",
+            "--id",
+            node.id,
+            "--raft",
+            node.raft,
+            "--http",
+            f"127.0.0.1:{node.http_port}",
+            "--data-dir",
+            node.data_dir,
+            "--secret-file",
+            self.secret_file,
+            "--log-format",
+            "json",
+            *self.extra_args,
+            *node.extra_args,
+        ]
         for p in peers:
             argv += ["--peer", f"{p.id}={p.raft}={p.url}"]
         if self.cluster_port:
@@ -126,15 +156,22 @@ class Cluster:
             others = peers if peers is not None else [n for n in self.nodes.values() if n.id != node.id]
             if node.id in self.logs:
                 self.logs[node.id].close()
-            log = open(os.path.join(self.base_dir, f"{node.id}.log"), "ab")  # noqa: SIM115
+            log = open(os.path.join(self.base_dir, f"{node.id}.log"), "ab")
             self.logs[node.id] = log
-            node.proc = subprocess.Popen(self.argv(node, others), cwd=REPO, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            node.proc = subprocess.Popen(
+                self.argv(node, others),
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 20.0, nodes: list[str] | None = None) -> None:
         for nid in nodes or list(self.nodes):
-            wait_for(lambda nid=nid: http("GET", self.url(nid) + "/readyz", timeout=2).status == 200,
-                     timeout, f"{nid} ready")
+            wait_for(
+                lambda nid=nid: http("GET", self.url(nid) + "/readyz", timeout=2).status == 200, timeout, f"{nid} ready"
+            )
 
     def url(self, nid: str) -> str:
         return self.nodes[nid].url

@@ -45,15 +45,20 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(small_history_cluster: Clu
         (http("PUT", f"{url}/v1/kv/_rdb/members/x", {"value": 1}), 422, "reserved_key"),
         (http("GET", f"{url}/v1/kv/a?consistency=weird"), 422, "bad_parameter"),
         (http("GET", f"{url}/v1/kv?limit=0"), 422, "bad_parameter"),
-        (http("POST", f"{url}/v1/txn", {"success": [{"op": "put", "key": "a", "value": i} for i in range(129)]}),
-         422, "invalid"),
+        (
+            http("POST", f"{url}/v1/txn", {"success": [{"op": "put", "key": "a", "value": i} for i in range(129)]}),
+            422,
+            "invalid",
+        ),
         (http("POST", f"{url}/v1/txn", {"success": [{"op": "frob", "key": "a"}]}), 422, "schema"),
-        (http("POST", f"{url}/v1/txn", {"compare": [{"key": "a", "target": "mod_revision", "value": "x"}]}),
-         422, "invalid"),
+        (
+            http("POST", f"{url}/v1/txn", {"compare": [{"key": "a", "target": "mod_revision", "value": "x"}]}),
+            422,
+            "invalid",
+        ),
         (http("GET", f"{url}/v1/nope"), 404, "no_route"),
         (http("PATCH", f"{url}/v1/kv/a", {"value": 1}), 405, "method_not_allowed"),
-        (http("PUT", f"{url}/v1/kv/a", raw=json.dumps({"value": "x" * (2 * 1024 * 1024)}).encode()), 413,
-         "too_large"),
+        (http("PUT", f"{url}/v1/kv/a", raw=json.dumps({"value": "x" * (2 * 1024 * 1024)}).encode()), 413, "too_large"),
     ]
     for resp, status, code in cases:
         assert resp.status == status, (status, code, resp.body)
@@ -144,7 +149,9 @@ def read_sse(url: str, stop_after: int, timeout: float = 15.0) -> list[dict[str,
                     line.split(": ", 1) for line in block.decode(errors="replace").splitlines() if ": " in line
                 )
                 if "data" in fields and "event" in fields:
-                    events.append({"event": fields["event"], "id": fields.get("id"), "data": json.loads(fields["data"])})
+                    events.append(
+                        {"event": fields["event"], "id": fields.get("id"), "data": json.loads(fields["data"])}
+                    )
     return events
 
 
@@ -191,8 +198,19 @@ def test_ops_endpoints(small_history_cluster: Cluster) -> None:
     assert spec["openapi"].startswith("3.") and "/v1/kv/{key}" in spec["paths"]
     assert "PutBody" in spec["components"]["schemas"]
     status = http("GET", f"{url}/v1/status").body
-    for field in ("id", "role", "leader", "pid", "http_url", "quorum", "tables", "fences", "term",
-                  "commit_index", "applied_index"):
+    for field in (
+        "id",
+        "role",
+        "leader",
+        "pid",
+        "http_url",
+        "quorum",
+        "tables",
+        "fences",
+        "term",
+        "commit_index",
+        "applied_index",
+    ):
         assert field in status
     metrics = http("GET", f"{url}/metrics")
     assert metrics.status == 200 and "rdb_raft_term" in str(metrics.body)

@@ -37,7 +37,7 @@ def test_cas_race_exactly_one_wins(cluster: Cluster) -> None:
         rev = created.body["revision"]
         barrier = threading.Barrier(2)
 
-        def contend(nid: str) -> int:
+        def contend(nid: str, barrier: threading.Barrier = barrier, key: str = key, rev: int = rev) -> int:
             barrier.wait()
             return http("PUT", f"{cluster.url(nid)}/v1/kv/{key}?prev_revision={rev}", {"value": nid}).status
 
@@ -135,8 +135,9 @@ def test_add_and_remove_a_fourth_member(cluster: Cluster, tmp_path) -> None:
     n4 = NodeProc("n4", f"127.0.0.1:{raft_port}", http_port, os.path.join(str(tmp_path), "n4"))
     cluster.nodes["n4"] = n4
     assert http("PUT", f"{cluster.url('n1')}/v1/kv/seed", {"value": "x"}).status == 200
-    added = http("POST", f"{cluster.url('n2')}/v1/cluster/members",
-                 {"id": "n4", "raft_address": n4.raft, "http_url": n4.url})
+    added = http(
+        "POST", f"{cluster.url('n2')}/v1/cluster/members", {"id": "n4", "raft_address": n4.raft, "http_url": n4.url}
+    )
     assert added.status == 200, added.body
     cluster.start("n4", peers=[cluster.nodes[n] for n in ("n1", "n2", "n3")])
     cluster.wait_ready(30, ["n4"])
@@ -144,8 +145,9 @@ def test_add_and_remove_a_fourth_member(cluster: Cluster, tmp_path) -> None:
     view = http("GET", f"{cluster.url('n1')}/v1/cluster").body
     assert {n["id"] for n in view["nodes"]} == {"n1", "n2", "n3", "n4"}
     assert all(n["reachable"] for n in view["nodes"])
-    dup = http("POST", f"{cluster.url('n2')}/v1/cluster/members",
-               {"id": "n4", "raft_address": n4.raft, "http_url": n4.url})
+    dup = http(
+        "POST", f"{cluster.url('n2')}/v1/cluster/members", {"id": "n4", "raft_address": n4.raft, "http_url": n4.url}
+    )
     assert dup.status == 409
     removed = http("DELETE", f"{cluster.url('n1')}/v1/cluster/members/n4")
     assert removed.status == 200, removed.body
