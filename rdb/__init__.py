@@ -8,7 +8,7 @@ This package imports nothing else of rdbsync's.
 from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key, check_value, new_request_id
 from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
 from rdb._raft import RaftStatus
-from rdb._state import Event, KeyValue, StateMachine
+from rdb._state import Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, StoreView
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ProposalFailed",
     "RaftStatus",
     "RdbError",
+    "Reference",
     "ReplicatedStore",
     "StateMachine",
     "StoreView",

@@ -71,10 +71,31 @@ class Event:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A referential rule the state machine enforces, for any key space layout.
+
+    A map value stored under ``child_prefix`` whose ``field`` is a string ``x`` requires
+    the key ``parent_prefix + x`` to exist; that parent cannot be deleted while any
+    child refers to it. Violations are rejected whole (a txn never half-applies).
+    """
+
+    child_prefix: str
+    field: str
+    parent_prefix: str
+
+    def parent_of(self, key: str, value: Any) -> str | None:
+        if not key.startswith(self.child_prefix) or not isinstance(value, dict):
+            return None
+        target = value.get(self.field)
+        return self.parent_prefix + target if isinstance(target, str) and target else None
+
+
 class _Invalid(Exception):
     """Internal: a command failed validation inside apply. Never escapes ``apply``."""
 
 
+_GONE = object()
 _COMPARE_TARGETS = ("mod_revision", "create_revision", "version", "value")
 _COMPARE_RESULTS = ("==", "!=", "<", ">")
 
@@ -89,7 +110,9 @@ class StateMachine:
         history_limit: int = 10_000,
         history_bytes: int = 64 * 1024 * 1024,
         dedup_limit: int = 50_000,
+        references: Iterable[Reference] = (),
     ) -> None:
+        self._references = tuple(references)
         self._history_limit = history_limit
         self._history_bytes_limit = history_bytes
         self._dedup_limit = dedup_limit
@@ -105,6 +128,7 @@ class StateMachine:
         self._history_bytes = 0
         self._compacted = 0  # events with revision <= this are gone
         self._dedup: OrderedDict[str, Result] = OrderedDict()
+        self._children: dict[str, set[str]] = {}  # parent key -> child keys referring to it
 
     # ------------------------------------------------------------------ reads
 
@@ -128,6 +152,10 @@ class StateMachine:
 
     def get(self, key: str) -> KeyValue | None:
         return self._data.get(key)
+
+    def children(self, parent_key: str) -> frozenset[str]:
+        """Keys whose value refers to ``parent_key`` through a ``Reference``."""
+        return frozenset(self._children.get(parent_key, ()))
 
     def range(
         self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
@@ -212,6 +240,9 @@ class StateMachine:
         current = self._data.get(key)
         if prev is not None and (0 if current is None else current.mod_revision) != prev:
             return self._conflict(current)
+        violation = self._check_references([("put", key, cmd.get("value"))])
+        if violation is not None:
+            return violation
         self._revision += 1
         kv = self._write(key, cmd.get("value"), self._revision)
         return {"status": "ok", "revision": self._revision, "version": kv.version}
@@ -224,6 +255,9 @@ class StateMachine:
             return self._conflict(current)
         if current is None:
             return {"status": "not_found", "revision": self._revision}
+        violation = self._check_references([("delete", key, None)])
+        if violation is not None:
+            return violation
         self._revision += 1
         self._remove(key, self._revision)
         return {"status": "ok", "revision": self._revision}
@@ -245,6 +279,9 @@ class StateMachine:
         # Evaluate every compare (no short-circuit), so an invalid one anywhere rejects the txn.
         succeeded = all([self._compare(c) for c in compares])
         ops = success if succeeded else failure
+        violation = self._check_references([(op["op"], op["key"], op.get("value")) for op in ops if op["op"] != "get"])
+        if violation is not None:
+            return violation
         writes = any(op["op"] in ("put", "delete") and (op["op"] == "put" or op["key"] in self._data) for op in ops)
         revision = self._revision + 1 if writes else self._revision
         responses: list[dict[str, Any]] = []
@@ -290,8 +327,86 @@ class StateMachine:
         except TypeError:
             return False
 
+    def _check_references(self, writes: list[tuple[str, str, Any]]) -> Result | None:
+        """Simulate ``writes`` in order; the first referential violation, or None."""
+        if not self._references:
+            return None
+        overlay: dict[str, Any] = {}  # key -> value, or _GONE
+        added: dict[str, set[str]] = {}
+        removed: dict[str, set[str]] = {}
+
+        def exists(key: str) -> bool:
+            if key in overlay:
+                return overlay[key] is not _GONE
+            return key in self._data
+
+        def current(key: str) -> Any:
+            if key in overlay:
+                return None if overlay[key] is _GONE else overlay[key]
+            kv = self._data.get(key)
+            return None if kv is None else kv.value
+
+        def child_count(parent: str) -> int:
+            base = self._children.get(parent, set())
+            return len((base | added.get(parent, set())) - removed.get(parent, set()))
+
+        for kind, key, value in writes:
+            old = current(key) if exists(key) else None
+            for ref in self._references:
+                old_parent = ref.parent_of(key, old)
+                if old_parent is not None:
+                    removed.setdefault(old_parent, set()).add(key)
+                    added.get(old_parent, set()).discard(key)
+            if kind == "put":
+                for ref in self._references:
+                    parent = ref.parent_of(key, value)
+                    if parent is None:
+                        continue
+                    if not exists(parent):
+                        return {
+                            "status": "constraint",
+                            "code": "missing_reference",
+                            "message": f"{key} refers to {parent}, which does not exist",
+                            "revision": self._revision,
+                            "key": key,
+                            "parent": parent,
+                        }
+                    added.setdefault(parent, set()).add(key)
+                    removed.get(parent, set()).discard(key)
+                overlay[key] = value
+            else:
+                if exists(key) and child_count(key) > 0:
+                    referrers = sorted((self._children.get(key, set()) | added.get(key, set())) - removed.get(key, set()))
+                    return {
+                        "status": "constraint",
+                        "code": "still_referenced",
+                        "message": f"{key} is still referred to by {len(referrers)} key(s), e.g. {referrers[0]}",
+                        "revision": self._revision,
+                        "key": key,
+                        "referrers": referrers[:10],
+                    }
+                overlay[key] = _GONE
+        return None
+
+    def _index_references(self, key: str, old: Any, new: Any) -> None:
+        for ref in self._references:
+            old_parent = ref.parent_of(key, old)
+            new_parent = ref.parent_of(key, new)
+            if old_parent == new_parent:
+                continue
+            if old_parent is not None:
+                kids = self._children.get(old_parent)
+                if kids is not None:
+                    kids.discard(key)
+                    if not kids:
+                        del self._children[old_parent]
+            if new_parent is not None:
+                self._children.setdefault(new_parent, set()).add(key)
+
     def _write(self, key: str, value: Any, revision: int) -> KeyValue:
         prev = self._data.get(key)
+        if self._references:
+            self._index_references(key, None if prev is None else prev.value, value)
         if prev is None:
             kv = KeyValue(key, value, revision, revision, 1)
             bisect.insort(self._keys, key)
@@ -303,6 +418,8 @@ class StateMachine:
 
     def _remove(self, key: str, revision: int) -> None:
         prev = self._data.pop(key)
+        if self._references:
+            self._index_references(key, prev.value, None)
         i = bisect.bisect_left(self._keys, key)
         del self._keys[i]
         gone = KeyValue(key, None, prev.create_revision, revision, 0)
@@ -377,6 +494,8 @@ class StateMachine:
         self._history_bytes = sum(e.size for e in history)
         self._dedup = dedup
         self._revision, self._applied_index, self._compacted = revision, applied, compacted
+        for kv in kvs.values():
+            self._index_references(kv.key, None, kv.value)
 
     def items(self) -> Iterable[KeyValue]:
         return self._data.values()

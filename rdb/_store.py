@@ -20,17 +20,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 from pysyncobj.config import FAIL_REASON
 
 from rdb import _commands
 from rdb._errors import NoQuorum, NotApplied, OutcomeUnknown
 from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
-from rdb._state import Event, KeyValue, Result, StateMachine
+from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 
 _RETRY_PAUSE = 0.05
+T = TypeVar("T")
 
 
 class StoreView(Protocol):
@@ -60,6 +61,7 @@ class ReplicatedStore:
         election_timeout: tuple[float, float] = (0.6, 1.2),
         compaction_entries: int = 20_000,
         history_limit: int = 10_000,
+        references: Iterable[Reference] = (),
     ) -> None:
         self._raft_address = raft_address
         self._partners = partner_addresses
@@ -69,7 +71,7 @@ class ReplicatedStore:
         self._compaction_entries = compaction_entries
         self.request_timeout = request_timeout
         self._lock = threading.Lock()
-        self._sm = StateMachine(history_limit=history_limit)
+        self._sm = StateMachine(history_limit=history_limit, references=references)
         self._raft: RaftNode | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
@@ -184,6 +186,16 @@ class ReplicatedStore:
     @property
     def compacted_revision(self) -> int:
         return self._sm.compacted_revision
+
+    def read(self, fn: Callable[[StateMachine], T]) -> T:
+        """Run ``fn`` on committed state with no commit applied meanwhile (it must not
+        write, and should be quick: it holds up the Raft apply thread)."""
+        with self._lock:
+            return fn(self._sm)
+
+    def children(self, parent_key: str) -> frozenset[str]:
+        with self._lock:
+            return self._sm.children(parent_key)
 
     def read_state(self) -> tuple[int, int]:
         """(revision, applied index) read together."""
