@@ -18,25 +18,29 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel
 
+from node._common import (
+    CLIENT,
+    CONFIG,
+    MAX_BODY_BYTES,
+    MAX_LIST_LIMIT,
+    MEMBERS_PREFIX,
+    METRICS,
+    RESERVED_PREFIX,
+    STORE,
+    WATCH_KEEPALIVE_SECONDS,
+    consistent_read,
+    int_param,
+    json_body,
+    members_registry,
+    request_id,
+)
 from node._config import NodeConfig
 from node._errors import ApiError, error_response, translate
 from node._models import MemberBody, PutBody, TxnBody, openapi
-from rdb import MAX_VALUE_BYTES, Compacted, KeyValue, ReplicatedStore, check_key
+from rdb import Compacted, KeyValue, ReplicatedStore, check_key
 
 log = logging.getLogger("node.http")
-
-MEMBERS_PREFIX = "_rdb/members/"
-RESERVED_PREFIX = "_rdb/"
-MAX_BODY_BYTES = MAX_VALUE_BYTES + 256 * 1024  # JSON overhead around a 1 MiB value
-MAX_LIST_LIMIT = 10_000
-WATCH_KEEPALIVE_SECONDS = 10.0
-
-STORE = web.AppKey("store", ReplicatedStore)
-CONFIG = web.AppKey("config", NodeConfig)
-METRICS = web.AppKey("metrics", Counter)
-CLIENT = web.AppKey("client", aiohttp.ClientSession)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
@@ -76,33 +80,6 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 # ---------------------------------------------------------------- helpers
 
 
-async def _json_body(request: web.Request, model: type[BaseModel]) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY_BYTES} bytes", applied=False)
-    raw = await request.read()
-    if not raw:
-        raise ApiError(400, "bad_json", "request body is empty; a JSON object is required", applied=False)
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
-    return model.model_validate(data)
-
-
-def _int_param(request: web.Request, name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "bad_parameter", f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ApiError(422, "bad_parameter", f"{name} must be {bound}")
-    return value
-
-
 def _user_key(request: web.Request) -> str:
     key = request.match_info["key"]
     try:
@@ -117,16 +94,6 @@ def _check_writable(key: str) -> None:
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
 
 
-def _request_id(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not key or len(key) > 128:
-        raise ApiError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 128 characters", applied=False)
-    # Namespaced by operation, so the same key on a different call is a different request.
-    return f"idem:{request.method}:{request.path}:{key}"
-
-
 def _answer(body: Any, revision: int, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, headers={"X-Rdb-Revision": str(revision)})
 
@@ -135,31 +102,12 @@ def _kv(kv: KeyValue) -> dict[str, Any]:
     return kv.to_dict()
 
 
-async def _consistent_read(request: web.Request) -> dict[str, Any] | None:
-    """Linearizable by default: a read barrier first. Serializable: local, with staleness."""
-    store = request.app[STORE]
-    consistency = request.query.get("consistency", "linearizable")
-    if consistency == "linearizable":
-        await store.linearizable_barrier()
-        return None
-    if consistency == "serializable":
-        st = store.status()
-        return {
-            "consistency": "serializable",
-            "applied_index": st.applied_index,
-            "commit_index": st.commit_index,
-            "leader_contact_age_seconds": round(store.last_leader_contact_age(), 3),
-            "quorum": st.quorum,
-        }
-    raise ApiError(422, "bad_parameter", "consistency must be linearizable or serializable")
-
-
 # ---------------------------------------------------------------- key space
 
 
 async def get_key(request: web.Request) -> web.Response:
     key = _user_key(request)
-    staleness = await _consistent_read(request)
+    staleness = await consistent_read(request)
     store = request.app[STORE]
     kv = store.get(key)
     revision = store.revision
@@ -174,17 +122,17 @@ async def get_key(request: web.Request) -> web.Response:
 async def put_key(request: web.Request) -> web.Response:
     key = _user_key(request)
     _check_writable(key)
-    prev = _int_param(request, "prev_revision")
-    body = await _json_body(request, PutBody)
-    result = await request.app[STORE].put(key, body.value, prev_revision=prev, request_id=_request_id(request))
+    prev = int_param(request, "prev_revision")
+    body = await json_body(request, PutBody)
+    result = await request.app[STORE].put(key, body.value, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
 
 
 async def delete_key(request: web.Request) -> web.Response:
     key = _user_key(request)
     _check_writable(key)
-    prev = _int_param(request, "prev_revision")
-    result = await request.app[STORE].delete(key, prev_revision=prev, request_id=_request_id(request))
+    prev = int_param(request, "prev_revision")
+    result = await request.app[STORE].delete(key, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
 
 
@@ -208,9 +156,9 @@ def _write_answer(result: dict[str, Any], key: str) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     prefix = request.query.get("prefix", "")
-    limit = _int_param(request, "limit", minimum=1, maximum=MAX_LIST_LIMIT) or 1000
+    limit = int_param(request, "limit", minimum=1, maximum=MAX_LIST_LIMIT) or 1000
     start_after = request.query.get("start_after") or None
-    staleness = await _consistent_read(request)
+    staleness = await consistent_read(request)
     store = request.app[STORE]
     kvs, more = store.range(prefix, start_after=start_after, limit=limit)
     revision = store.revision
@@ -221,7 +169,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def txn(request: web.Request) -> web.Response:
-    body = await _json_body(request, TxnBody)
+    body = await json_body(request, TxnBody)
     for op in (*body.success, *body.failure):
         if op.op != "get":
             _check_writable(op.key)
@@ -229,7 +177,7 @@ async def txn(request: web.Request) -> web.Response:
         [c.model_dump() for c in body.compare],
         [o.model_dump() for o in body.success],
         [o.model_dump() for o in body.failure],
-        request_id=_request_id(request),
+        request_id=request_id(request),
     )
     if result.get("status") != "ok":
         raise ApiError(422, "invalid", str(result.get("message", "rejected")), applied=False)
@@ -240,7 +188,7 @@ async def txn(request: web.Request) -> web.Response:
 async def watch(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     prefix = request.query.get("prefix", "")
-    from_revision = _int_param(request, "from_revision", minimum=1)
+    from_revision = int_param(request, "from_revision", minimum=1)
     if from_revision is None and request.headers.get("Last-Event-ID", "").isdigit():
         from_revision = int(request.headers["Last-Event-ID"]) + 1
     if from_revision is None:
@@ -282,26 +230,11 @@ def _sse(event: str, revision: int | None, data: Any) -> bytes:
 # ---------------------------------------------------------------- node and cluster
 
 
-def _members_registry(app: web.Application) -> dict[str, dict[str, str]]:
-    """raft address -> {id, raft_address, http_url}, from config and the replicated registry."""
-    cfg = app[CONFIG]
-    out: dict[str, dict[str, str]] = {
-        cfg.raft_address: {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url}
-    }
-    for peer in cfg.peers:
-        out[peer.raft_address] = {"id": peer.id, "raft_address": peer.raft_address, "http_url": peer.http_url}
-    kvs, _ = app[STORE].range(MEMBERS_PREFIX, limit=MAX_LIST_LIMIT)
-    for kv in kvs:
-        if isinstance(kv.value, dict) and isinstance(kv.value.get("raft_address"), str):
-            out[kv.value["raft_address"]] = {k: str(v) for k, v in kv.value.items()}
-    return out
-
-
 def node_status(app: web.Application) -> dict[str, Any]:
     cfg = app[CONFIG]
     store = app[STORE]
     st = store.status()
-    registry = _members_registry(app)
+    registry = members_registry(app)
 
     def name(address: str | None) -> str | None:
         if address is None:
@@ -382,9 +315,9 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 async def add_member(request: web.Request) -> web.Response:
-    body = await _json_body(request, MemberBody)
+    body = await json_body(request, MemberBody)
     store = request.app[STORE]
-    registry = _members_registry(request.app)
+    registry = members_registry(request.app)
     members = store.status().members
     if body.raft_address in members:
         raise ApiError(409, "already_member", f"{body.raft_address} is already a member", applied=False)
@@ -399,7 +332,7 @@ async def remove_member(request: web.Request) -> web.Response:
     member_id = request.match_info["id"]
     store = request.app[STORE]
     members = set(store.status().members)
-    match = [a for a, m in _members_registry(request.app).items() if m.get("id") == member_id and a in members]
+    match = [a for a, m in members_registry(request.app).items() if m.get("id") == member_id and a in members]
     if not match:
         raise ApiError(404, "not_found", f"no member with id {member_id!r}", applied=False)
     if len(members) <= 1:

@@ -1,0 +1,277 @@
+"""The fencing policy: pure, declarative, deterministic.
+
+``decide(policy, state, outcome, now) -> Decision`` is the whole behaviour: it takes
+the current ``FenceState``, one observed outcome (a resync result, a lag reading, a
+quorum change, a reset, or a clock tick) and the time, and returns the new state plus
+the events it produced (resync failures, fences raised and lifted). No I/O, no clock.
+
+``guard(state, protocol, vserver)`` is the one check every data-plane handler makes;
+it fails closed: a table that was never synced counts as failed.
+
+ONTAP-like defaults (``default_policy``): NFS depends on vservers, LIFs, export rules
+and the volume-location cache; CIFS on vservers, LIFs, CIFS shares and the
+volume-location cache; iSCSI on vservers and LIFs; every protocol on the D-blade
+volume table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+PROTOCOLS = ("nfs", "cifs", "iscsi")
+
+
+@dataclass(frozen=True)
+class FencePolicy:
+    """Which protocols depend on which tables, and when to fence, retry and unfence."""
+
+    dependencies: Mapping[str, frozenset[str]]
+    #: Fence once a table has failed this many times in a row...
+    failures_to_fence: int = 1
+    #: ...or has been failing for this long (seconds), whichever comes first.
+    fence_after_seconds: float = 0.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 30.0
+    backoff_factor: float = 2.0
+    #: A table further behind than this (revisions or seconds) counts as failed.
+    max_lag_revisions: int = 10_000
+    max_lag_seconds: float = 5.0
+    #: Per protocol: how long a node without quorum keeps serving last-known config.
+    quorum_grace: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, 5.0))
+
+    def tables(self) -> frozenset[str]:
+        return frozenset(t for deps in self.dependencies.values() for t in deps)
+
+    def backoff(self, failures: int) -> float:
+        """Delay before retry number ``failures`` (>= 1): capped exponential."""
+        return min(self.backoff_max, self.backoff_initial * self.backoff_factor ** max(0, failures - 1))
+
+
+def default_policy(**overrides: Any) -> FencePolicy:
+    deps = {
+        "nfs": frozenset({"vservers", "lifs", "export_rules", "vldb", "volumes"}),
+        "cifs": frozenset({"vservers", "lifs", "cifs_shares", "vldb", "volumes"}),
+        "iscsi": frozenset({"vservers", "lifs", "volumes"}),
+    }
+    return FencePolicy(dependencies=overrides.pop("dependencies", deps), **overrides)
+
+
+# ------------------------------------------------------------------ outcomes (inputs)
+
+
+@dataclass(frozen=True)
+class ResyncOk:
+    table: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class ResyncFailed:
+    table: str
+    cause: str  # error | timeout | verification | lag
+    message: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class LagObserved:
+    table: str
+    revisions: int
+    seconds: float
+    revision: int
+
+
+@dataclass(frozen=True)
+class QuorumChanged:
+    has_quorum: bool
+
+
+@dataclass(frozen=True)
+class Reset:
+    """A leader change or a load event: retry failed tables at once."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed (quorum grace periods expire on ticks)."""
+
+
+Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | Reset | Tick
+
+
+# ------------------------------------------------------------------ state
+
+
+@dataclass(frozen=True)
+class TableHealth:
+    ok: bool = False
+    failures: int = 0
+    failing_since: float | None = None
+    cause: str | None = "not_synced"
+    message: str | None = "not resynced yet"
+    revision: int = 0
+    retry_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fence:
+    protocol: str
+    table: str
+    cause: str
+    message: str
+    since: float
+    revision: int
+    vserver: str | None = None  # None: every vserver
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "vserver": self.vserver,
+            "table": self.table,
+            "cause": self.cause,
+            "message": self.message,
+            "since": self.since,
+            "revision": self.revision,
+        }
+
+
+@dataclass(frozen=True)
+class FenceState:
+    tables: Mapping[str, TableHealth]
+    fences: Mapping[str, Fence]  # protocol -> fence
+    quorum_lost_since: float | None = None
+    awaiting_resync: frozenset[str] = frozenset()  # after a rejoin, until each table resyncs
+
+
+def initial_state(policy: FencePolicy, now: float) -> FenceState:
+    """Every table unsynced, so every protocol starts fenced (fail closed)."""
+    tables = {t: TableHealth(failing_since=now) for t in sorted(policy.tables())}
+    state = FenceState(tables=tables, fences={})
+    return _refence(policy, state, now, [])[0]
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: FenceState
+    events: list[dict[str, Any]]
+
+    @property
+    def summary(self) -> str:
+        """A short string for logs and tests, e.g. 'fenced:nfs,cifs' or 'steady'."""
+        kinds = [f"{e['type']}:{e.get('protocol') or e.get('table')}" for e in self.events]
+        return ",".join(kinds) if kinds else "steady"
+
+
+def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
+    """The new fence state after ``outcome`` at time ``now``. Pure."""
+    events: list[dict[str, Any]] = []
+    tables = dict(state.tables)
+    quorum_lost_since = state.quorum_lost_since
+    awaiting = state.awaiting_resync
+
+    if isinstance(outcome, ResyncOk) and outcome.table in tables:
+        tables[outcome.table] = TableHealth(ok=True, cause=None, message=None, revision=outcome.revision)
+        awaiting = awaiting - {outcome.table}
+    elif isinstance(outcome, ResyncFailed | LagObserved) and outcome.table in tables:
+        if isinstance(outcome, LagObserved):
+            over = outcome.revisions > policy.max_lag_revisions or outcome.seconds > policy.max_lag_seconds
+            if not over:
+                return Decision(state, [])
+            cause = "lag"
+            message = f"{outcome.revisions} revision(s), {outcome.seconds:.1f}s behind the committed state"
+        else:
+            cause, message = outcome.cause, outcome.message
+        old = tables[outcome.table]
+        failures = old.failures + 1
+        tables[outcome.table] = TableHealth(
+            ok=False,
+            failures=failures,
+            failing_since=old.failing_since if not old.ok and old.failing_since is not None else now,
+            cause=cause,
+            message=message,
+            revision=outcome.revision,
+            retry_at=now + policy.backoff(failures),
+        )
+        events.append({"type": "resync_failed", "table": outcome.table, "cause": cause, "message": message,
+                       "revision": outcome.revision, "failures": failures})
+    elif isinstance(outcome, QuorumChanged):
+        if not outcome.has_quorum and quorum_lost_since is None:
+            quorum_lost_since = now
+            events.append({"type": "quorum_lost"})
+        elif outcome.has_quorum and quorum_lost_since is not None:
+            quorum_lost_since = None
+            awaiting = frozenset(tables)
+            events.append({"type": "quorum_regained"})
+    elif isinstance(outcome, Reset):
+        tables = {name: h if h.ok else replace(h, retry_at=now) for name, h in tables.items()}
+
+    new_state = FenceState(tables, state.fences, quorum_lost_since, awaiting)
+    return Decision(*_refence(policy, new_state, now, events))
+
+
+def _refence(
+    policy: FencePolicy, state: FenceState, now: float, events: list[dict[str, Any]]
+) -> tuple[FenceState, list[dict[str, Any]]]:
+    """Recompute every protocol's fence from table health and quorum."""
+    fences: dict[str, Fence] = {}
+    for protocol in sorted(policy.dependencies):
+        fence = _fence_for(policy, state, protocol, now)
+        old = state.fences.get(protocol)
+        if fence is None:
+            if old is not None:
+                events.append({"type": "unfenced", "protocol": protocol, "was": old.to_dict()})
+            continue
+        if old is not None and (old.table, old.cause) == (fence.table, fence.cause):
+            fence = old  # same reason: keep its original 'since'
+        elif old is None:
+            events.append({"type": "fenced", "protocol": protocol, "fence": fence.to_dict()})
+        else:
+            events.append({"type": "fence_changed", "protocol": protocol, "fence": fence.to_dict()})
+        fences[protocol] = fence
+    return replace(state, fences=fences), events
+
+
+def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float) -> Fence | None:
+    for table in sorted(policy.dependencies[protocol]):
+        health = state.tables.get(table)
+        if health is None or health.ok:
+            continue
+        long_enough = health.failing_since is not None and now - health.failing_since >= policy.fence_after_seconds
+        if health.cause == "not_synced" or health.failures >= policy.failures_to_fence or long_enough:
+            return Fence(protocol, table, health.cause or "failed", health.message or "resync failed",
+                         health.failing_since if health.failing_since is not None else now, health.revision)
+    grace = policy.quorum_grace.get(protocol, 5.0)
+    if state.quorum_lost_since is not None and now - state.quorum_lost_since >= grace:
+        return Fence(protocol, "*", "no_quorum", f"no quorum for {now - state.quorum_lost_since:.1f}s "
+                     f"(grace {grace:g}s)", state.quorum_lost_since, 0)
+    if state.quorum_lost_since is None and state.awaiting_resync & policy.dependencies[protocol]:
+        pending = sorted(state.awaiting_resync & policy.dependencies[protocol])
+        old = state.fences.get(protocol)
+        if old is not None and old.cause == "no_quorum":
+            return replace(old, message=f"rejoined; waiting for resync of {', '.join(pending)}")
+    return None
+
+
+def guard(state: FenceState, protocol: str, vserver: str | None = None) -> Fence | None:
+    """The fence that stops serving ``protocol`` (for ``vserver``) now, or None. Fails
+    closed: an unknown protocol is fenced."""
+    fence = state.fences.get(protocol)
+    if fence is not None and (fence.vserver is None or fence.vserver == vserver):
+        return fence
+    if protocol not in PROTOCOLS and protocol not in state.fences:
+        return Fence(protocol, "*", "unknown_protocol", f"no policy for protocol {protocol!r}", 0.0, 0)
+    return None
+
+
+def due_for_retry(state: FenceState, now: float) -> frozenset[str]:
+    """Failed tables whose backoff has expired."""
+    return frozenset(t for t, h in state.tables.items() if not h.ok and h.cause != "not_synced" and h.retry_at <= now)
+
+
+def backing_off(state: FenceState, now: float) -> frozenset[str]:
+    """Failed tables still inside their backoff window."""
+    return frozenset(t for t, h in state.tables.items() if not h.ok and h.cause != "not_synced" and h.retry_at > now)
