@@ -178,6 +178,8 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
         awaiting = awaiting - {outcome.table}
     elif isinstance(outcome, ResyncFailed | LagObserved) and outcome.table in tables:
         if isinstance(outcome, LagObserved):
+            if not tables[outcome.table].ok:
+                return Decision(state, [])  # already failing: the lag is a symptom, not news
             over = outcome.revisions > policy.max_lag_revisions or outcome.seconds > policy.max_lag_seconds
             if not over:
                 return Decision(state, [])
@@ -196,8 +198,16 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
             revision=outcome.revision,
             retry_at=now + policy.backoff(failures),
         )
-        events.append({"type": "resync_failed", "table": outcome.table, "cause": cause, "message": message,
-                       "revision": outcome.revision, "failures": failures})
+        events.append(
+            {
+                "type": "resync_failed",
+                "table": outcome.table,
+                "cause": cause,
+                "message": message,
+                "revision": outcome.revision,
+                "failures": failures,
+            }
+        )
     elif isinstance(outcome, QuorumChanged):
         if not outcome.has_quorum and quorum_lost_since is None:
             quorum_lost_since = now
@@ -242,12 +252,24 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
             continue
         long_enough = health.failing_since is not None and now - health.failing_since >= policy.fence_after_seconds
         if health.cause == "not_synced" or health.failures >= policy.failures_to_fence or long_enough:
-            return Fence(protocol, table, health.cause or "failed", health.message or "resync failed",
-                         health.failing_since if health.failing_since is not None else now, health.revision)
+            return Fence(
+                protocol,
+                table,
+                health.cause or "failed",
+                health.message or "resync failed",
+                health.failing_since if health.failing_since is not None else now,
+                health.revision,
+            )
     grace = policy.quorum_grace.get(protocol, 5.0)
     if state.quorum_lost_since is not None and now - state.quorum_lost_since >= grace:
-        return Fence(protocol, "*", "no_quorum", f"no quorum for {now - state.quorum_lost_since:.1f}s "
-                     f"(grace {grace:g}s)", state.quorum_lost_since, 0)
+        return Fence(
+            protocol,
+            "*",
+            "no_quorum",
+            f"no quorum for {now - state.quorum_lost_since:.1f}s (grace {grace:g}s)",
+            state.quorum_lost_since,
+            0,
+        )
     if state.quorum_lost_since is None and state.awaiting_resync & policy.dependencies[protocol]:
         pending = sorted(state.awaiting_resync & policy.dependencies[protocol])
         old = state.fences.get(protocol)

@@ -107,6 +107,8 @@ class BladeTable:
     async def apply(self, actions: Sequence[Action]) -> None:
         if self.apply_delay:
             await asyncio.sleep(self.apply_delay)
+        if not actions:
+            await self._check_fault()  # a resync with nothing to change still fails
         for action in actions:
             await self._check_fault()
             if action.kind == "remove":

@@ -39,6 +39,7 @@ class NodeConfig:
     fault_injection: bool = False
     advertise_url: str = field(default="")
     history_limit: int = 10_000
+    audit_interval: float = 60.0
 
     @property
     def http_url(self) -> str:
@@ -60,6 +61,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--request-timeout", "REQUEST_TIMEOUT", "seconds a write or linearizable read may wait for quorum"),
     ("--log-format", "LOG_FORMAT", "auto, json or text"),
     ("--advertise-url", "ADVERTISE_URL", "HTTP URL other nodes and clients use to reach this node"),
+    ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
 )
 
@@ -150,6 +152,13 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     history_text = pick("history_limit", "HISTORY_LIMIT") or "10000"
     if not history_text.isdigit() or not 1 <= int(history_text) <= 10_000_000:
         raise ConfigError("--history-limit must be an integer between 1 and 10000000")
+    audit_text = pick("audit_interval", "AUDIT_INTERVAL") or "60"
+    try:
+        audit = float(audit_text)
+    except ValueError:
+        raise ConfigError(f"--audit-interval {audit_text!r} is not a number") from None
+    if not 0.05 <= audit <= 86400:
+        raise ConfigError("--audit-interval must be between 0.05 and 86400 seconds")
     log_format = pick("log_format", "LOG_FORMAT") or "auto"
     if log_format not in ("auto", "json", "text"):
         raise ConfigError("--log-format must be auto, json or text")
@@ -172,4 +181,5 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         fault_injection=fault,
         advertise_url=(pick("advertise_url", "ADVERTISE_URL") or "").rstrip("/"),
         history_limit=int(history_text),
+        audit_interval=audit,
     )

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from node._runtime import Fenced
 from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
 
 log = logging.getLogger("node.http")
@@ -52,6 +53,11 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     applied_if_write: bool | None = False if is_write else None
+    if isinstance(exc, Fenced):
+        f = exc.fence
+        return ApiError(
+            503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
+        )
     if isinstance(exc, InvalidCommand):
         return ApiError(422, "invalid", str(exc), applied=applied_if_write)
     if isinstance(exc, ValidationError):

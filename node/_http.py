@@ -27,6 +27,7 @@ from node._common import (
     MEMBERS_PREFIX,
     METRICS,
     RESERVED_PREFIX,
+    RUNTIME,
     STORE,
     WATCH_KEEPALIVE_SECONDS,
     consistent_read,
@@ -36,8 +37,12 @@ from node._common import (
     request_id,
 )
 from node._config import NodeConfig
+from node._debug import add_debug_routes
 from node._errors import ApiError, error_response, translate
+from node._mgmt import add_routes, check_row, constraint_error
 from node._models import MemberBody, PutBody, TxnBody, openapi
+from node._runtime import BladeRuntime
+from node._tables import split_storage_key
 from rdb import Compacted, KeyValue, ReplicatedStore, check_key
 
 log = logging.getLogger("node.http")
@@ -94,6 +99,16 @@ def _check_writable(key: str) -> None:
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
 
 
+def _checked_value(key: str, value: Any) -> Any:
+    """Writes into a management table through the key space get the table's schema."""
+    table = split_storage_key(key)
+    if table is None:
+        if key.startswith("tables/"):
+            raise ApiError(422, "unknown_table", f"{key!r} is not under a known management table", applied=False)
+        return value
+    return check_row(table[0], table[1], value)
+
+
 def _answer(body: Any, revision: int, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, headers={"X-Rdb-Revision": str(revision)})
 
@@ -124,7 +139,8 @@ async def put_key(request: web.Request) -> web.Response:
     _check_writable(key)
     prev = int_param(request, "prev_revision")
     body = await json_body(request, PutBody)
-    result = await request.app[STORE].put(key, body.value, prev_revision=prev, request_id=request_id(request))
+    value = _checked_value(key, body.value)
+    result = await request.app[STORE].put(key, value, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
 
 
@@ -151,6 +167,8 @@ def _write_answer(result: dict[str, Any], key: str) -> web.Response:
         )
     if status == "not_found":
         raise ApiError(404, "not_found", f"key {key!r} does not exist", {"revision": revision}, applied=False)
+    if status == "constraint":
+        raise constraint_error(result)
     raise ApiError(422, "invalid", str(result.get("message", "rejected by the state machine")), applied=False)
 
 
@@ -170,15 +188,20 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def txn(request: web.Request) -> web.Response:
     body = await json_body(request, TxnBody)
-    for op in (*body.success, *body.failure):
-        if op.op != "get":
-            _check_writable(op.key)
+    branches: list[list[dict[str, Any]]] = [[], []]
+    for branch, ops in zip(branches, (body.success, body.failure), strict=True):
+        for op in ops:
+            item = op.model_dump()
+            if op.op != "get":
+                _check_writable(op.key)
+            if op.op == "put":
+                item["value"] = _checked_value(op.key, op.value)
+            branch.append(item)
     result = await request.app[STORE].txn(
-        [c.model_dump() for c in body.compare],
-        [o.model_dump() for o in body.success],
-        [o.model_dump() for o in body.failure],
-        request_id=request_id(request),
+        [c.model_dump() for c in body.compare], branches[0], branches[1], request_id=request_id(request)
     )
+    if result.get("status") == "constraint":
+        raise constraint_error(result)
     if result.get("status") != "ok":
         raise ApiError(422, "invalid", str(result.get("message", "rejected")), applied=False)
     revision = int(result["revision"])
@@ -263,8 +286,8 @@ def node_status(app: web.Application) -> dict[str, Any]:
             "truncations_below_commit": st.truncations_below_commit,
             "suppressed_truncations": st.suppressed_truncations,
         },
-        "tables": {},
-        "fences": [],
+        "tables": app[RUNTIME].table_status(),
+        "fences": app[RUNTIME].fences(),
         "reachable": True,
     }
 
@@ -355,6 +378,15 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.append("no quorum")
     if st.applied_index < st.commit_index:
         reasons.append(f"catching up: applied {st.applied_index} of {st.commit_index}")
+    cfg = request.app[CONFIG]
+    if request.app[STORE].get(MEMBERS_PREFIX + cfg.id) is None:
+        reasons.append("not yet registered in the member registry")
+    runtime = request.app[RUNTIME]
+    for name, table in runtime.engine.status.items():
+        if table.state != "in_sync":
+            reasons.append(f"blade table {name} is {table.state}")
+    for fence in runtime.fences():
+        reasons.append(f"{fence['protocol']} fenced: {fence['table']} {fence['cause']}: {fence['message']}")
     if reasons:
         raise ApiError(503, "not_ready", "; ".join(reasons), {"reasons": reasons})
     return web.json_response({"ready": True})
@@ -382,10 +414,41 @@ async def metrics(request: web.Request) -> web.Response:
         f"rdb_truncations_below_commit_total {st.truncations_below_commit}",
         "# TYPE rdb_read_barriers_total counter",
         f"rdb_read_barriers_total {store.barriers_proposed}",
-        "# TYPE http_responses_total counter",
     ]
+    runtime = request.app[RUNTIME]
+    lines.append("# TYPE rdb_blade_applied_revision gauge")
+    lines += [
+        f'rdb_blade_applied_revision{{table="{n}"}} {st.applied_revision}' for n, st in runtime.engine.status.items()
+    ]
+    lines.append("# TYPE rdb_blade_lag_revisions gauge")
+    lines += [
+        f'rdb_blade_lag_revisions{{table="{n}"}} {max(0, store.revision - st.applied_revision)}'
+        for n, st in runtime.engine.status.items()
+    ]
+    lines.append("# TYPE rdb_blade_drift_total counter")
+    lines += [f'rdb_blade_drift_total{{table="{n}"}} {st.drift_count}' for n, st in runtime.engine.status.items()]
+    lines.append("# TYPE rdb_blade_in_sync gauge")
+    lines += [
+        f'rdb_blade_in_sync{{table="{n}"}} {int(st.state == "in_sync")}' for n, st in runtime.engine.status.items()
+    ]
+    lines.append("# TYPE rdb_resync_runs_total counter")
+    lines += [f'rdb_resync_runs_total{{run="{k}"}} {v}' for k, v in sorted(runtime.decisions.items())]
+    fenced = {f["protocol"] for f in runtime.fences()}
+    lines.append("# TYPE rdb_protocol_fenced gauge")
+    lines += [f'rdb_protocol_fenced{{protocol="{p}"}} {int(p in fenced)}' for p in sorted(runtime.policy.dependencies)]
+    lines.append("# TYPE rdb_fence_events_total counter")
+    lines += [f'rdb_fence_events_total{{type="{k}"}} {v}' for k, v in sorted(runtime.event_counts.items())]
+    lines.append("# TYPE http_responses_total counter")
     lines += [f"{name} {value}" for name, value in sorted(request.app[METRICS].items())]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def events(request: web.Request) -> web.Response:
+    """The bounded, ordered log of resync failures, fences and unfences on this node."""
+    after = int_param(request, "after_seq") or 0
+    runtime = request.app[RUNTIME]
+    items = [e for e in runtime.events if e["seq"] > after]
+    return web.json_response({"node": request.app[CONFIG].id, "events": items})
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -413,19 +476,22 @@ async def _register_self(app: web.Application) -> None:
             await asyncio.sleep(1.0)
 
 
-def build_app(config: NodeConfig, store: ReplicatedStore) -> web.Application:
+def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime | None = None) -> web.Application:
     """The node's application. The store must already be started on this loop."""
     app = web.Application(middlewares=[_error_middleware, _auth_middleware], client_max_size=MAX_BODY_BYTES)
     app[STORE] = store
     app[CONFIG] = config
     app[METRICS] = Counter()
+    app[RUNTIME] = runtime or BladeRuntime(config.id, store, audit_interval=config.audit_interval)
 
     async def lifecycle(app: web.Application) -> Any:
         app[CLIENT] = aiohttp.ClientSession()
-        registration = asyncio.get_running_loop().create_task(_register_self(app))
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(_register_self(app)), loop.create_task(app[RUNTIME].run())]
         yield
-        registration.cancel()
-        await asyncio.gather(registration, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app[CLIENT].close()
 
     app.cleanup_ctx.append(lifecycle)
@@ -443,6 +509,10 @@ def build_app(config: NodeConfig, store: ReplicatedStore) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/v1/events", events)
+    add_routes(app)
+    if config.fault_injection:
+        add_debug_routes(app)
     return app
 
 

@@ -1,13 +1,18 @@
-"""The node's blade runtime: the blade tables, the resync engine and its worker loop.
+"""The node's blade runtime: blade tables, the resync engine, the fence state, and the
+worker loop that drives them.
 
 The worker runs on the node's asyncio loop (owned by the app's cleanup context). Each
-iteration brings every table up to the committed revision and returns a decision
-string that is logged and counted:
+iteration:
 
-- ``load``: a load event (start-up, snapshot install, rejoin after losing quorum,
-  restore) marks every table for a full resync;
-- ``incremental``: after commits, only the affected rows;
-- ``audit``: every ``audit_interval`` seconds, a full comparison that counts drift.
+1. brings every table up to the committed revision: a full resync for tables marked by
+   a load event (start-up, snapshot install, rejoin, restore) or a failure whose backoff
+   expired, incremental for the rest; a periodic audit compares everything and counts
+   drift;
+2. feeds each resync outcome, the lag of every table, quorum changes and the clock to
+   the pure fencing policy, whose events go to the event log and the metrics.
+
+Every resync outcome reaches ``fencing.decide`` synchronously, on the loop, before any
+other request handler runs: a failed table is fenced before the next data-plane request.
 """
 
 from __future__ import annotations
@@ -15,14 +20,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
+from fencing import (
+    Fence,
+    FencePolicy,
+    LagObserved,
+    Outcome,
+    QuorumChanged,
+    Reset,
+    ResyncFailed,
+    ResyncOk,
+    Tick,
+    backing_off,
+    decide,
+    default_policy,
+    guard,
+    initial_state,
+)
 from node._blades import BladeTable, build_blades
 from rdb import ReplicatedStore
 from resync import ResyncEngine, TableOutcome
 
 log = logging.getLogger("node.resync")
+
+EVENT_LOG_SIZE = 1000
+
+
+class Fenced(Exception):
+    """A data-plane request hit a fence (answered 503 ``fenced``)."""
+
+    def __init__(self, fence: Fence) -> None:
+        super().__init__(fence.message)
+        self.fence = fence
 
 
 class BladeRuntime:
@@ -31,43 +62,75 @@ class BladeRuntime:
         node_id: str,
         store: ReplicatedStore,
         *,
+        policy: FencePolicy | None = None,
         audit_interval: float = 60.0,
-        action_timeout: float = 2.0,
+        action_timeout: float = 1.0,
     ) -> None:
         self.node_id = node_id
         self.store = store
         self.blades = build_blades(node_id)
         self.tables: dict[str, BladeTable] = {t.name: t for b in self.blades.values() for t in b.values()}
         self.audit_interval = audit_interval
+        self.policy = policy or default_policy()
+        self.fence_state = initial_state(self.policy, time.time())
         self.decisions: Counter[str] = Counter()
-        self.recent: list[dict[str, Any]] = []
+        self.event_counts: Counter[str] = Counter()
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_SIZE)
+        self._event_seq = 0
         self.engine = ResyncEngine(
             store,
             list(self.tables.values()),
             clock=time.time,
             action_timeout=action_timeout,
-            on_outcome=self._record,
+            on_outcome=self._on_resync_outcome,
         )
         self._wake = asyncio.Event()
+        self._behind_since: dict[str, float] = {}
         self.worker_delay = 0.0  # fault injection: hold the worker back
         store.add_load_listener(self.load_event)
 
-    def _record(self, outcome: TableOutcome) -> None:
-        self.decisions[f"{outcome.kind}:{outcome.decision}"] += 1
-        if not outcome.ok:
-            log.warning("resync of %s failed (%s): %s", outcome.table, outcome.cause, outcome.error)
-        elif outcome.actions and outcome.kind != "incremental":
-            log.info(
-                "resync %s of %s: %d action(s), drift %d",
-                outcome.kind,
-                outcome.table,
-                len(outcome.actions),
-                outcome.drift,
-            )
+    # ------------------------------------------------------------ fencing
 
-    def load_event(self) -> None:
+    def observe(self, outcome: Outcome) -> None:
+        """Feed one outcome to the pure policy; record what it decided. Loop thread."""
+        now = time.time()
+        decision = decide(self.policy, self.fence_state, outcome, now)
+        self.fence_state = decision.state
+        for event in decision.events:
+            self._event_seq += 1
+            self.events.append({"seq": self._event_seq, "at": now, "node": self.node_id, **event})
+            self.event_counts[event["type"]] += 1
+            level = logging.WARNING if event["type"] in ("fenced", "resync_failed", "quorum_lost") else logging.INFO
+            log.log(level, "%s %s", event["type"], {k: v for k, v in event.items() if k != "type"})
+
+    def _on_resync_outcome(self, outcome: TableOutcome) -> None:
+        self.decisions[f"{outcome.kind}:{outcome.decision}"] += 1
+        if outcome.dry_run:
+            return
+        if outcome.ok:
+            self.observe(ResyncOk(outcome.table, outcome.revision))
+        else:
+            self.observe(ResyncFailed(outcome.table, outcome.cause or "error", outcome.error or "", outcome.revision))
+
+    def guard(self, protocol: str, vserver: str | None = None) -> None:
+        """Raise ``Fenced`` if ``protocol`` may not be served now. Fails closed."""
+        fence = guard(self.fence_state, protocol, vserver)
+        if fence is not None:
+            raise Fenced(fence)
+
+    def fences(self) -> list[dict[str, Any]]:
+        return [f.to_dict() for f in self.fence_state.fences.values()]
+
+    # ------------------------------------------------------------ load events and status
+
+    def load_event(self, reason: str = "load") -> None:
         """Snapshot install, restore or rejoin: resync everything in full. Loop thread."""
         self.engine.mark_load()
+        self.observe(Reset(reason))
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Run the worker's next iteration now."""
         self._wake.set()
 
     def applied_revision(self) -> int:
@@ -76,34 +139,58 @@ class BladeRuntime:
 
     def table_status(self) -> dict[str, Any]:
         revision = self.store.revision
-        return {name: st.to_dict(revision) for name, st in self.engine.status.items()}
+        out = {}
+        for name, st in self.engine.status.items():
+            row = st.to_dict(revision)
+            health = self.fence_state.tables.get(name)
+            if health is not None and not health.ok:
+                row["retry_at"] = health.retry_at
+                row["consecutive_failures"] = health.failures
+            out[name] = row
+        return out
+
+    # ------------------------------------------------------------ the worker
 
     async def run(self) -> None:
         """The worker loop; cancelled by the app's cleanup context."""
         next_audit = time.monotonic() + self.audit_interval
-        had_quorum = True
+        had_quorum: bool | None = None
+        leader: str | None = None
         while True:
             changed = self.store.changed()
             if self.worker_delay:
                 await asyncio.sleep(self.worker_delay)
+            status = self.store.status()
+            if status.quorum != had_quorum and not (had_quorum is None and status.quorum):
+                self.observe(QuorumChanged(status.quorum))
+                if status.quorum and had_quorum is not None:
+                    self.load_event("rejoin")  # trust nothing incremental after a partition
+                had_quorum = status.quorum
+            if status.leader != leader and status.leader is not None:
+                if leader is not None:
+                    self.observe(Reset("leader_change"))
+                leader = status.leader
             try:
-                await self.engine.run_pending()
+                await self.engine.run_pending(skip=backing_off(self.fence_state, time.time()))
+                if time.monotonic() >= next_audit:
+                    next_audit = time.monotonic() + self.audit_interval
+                    await self.engine.resync(None, "audit")
             except Exception:
                 log.exception("resync worker iteration failed")
-            if time.monotonic() >= next_audit:
-                await self.engine.resync(None, "audit")
-                next_audit = time.monotonic() + self.audit_interval
-            quorum = self.store.status().quorum
-            if quorum and not had_quorum:
-                self.load_event()  # rejoined after a partition: trust nothing incremental
-            had_quorum = quorum
-            if any(st.needs_full for st in self.engine.status.values()) and not self._wake.is_set():
-                # A failed table is retried after a short pause (fencing adds backoff).
-                self._wake.clear()
-                await _wait_any(changed, self._wake, timeout=0.2)
-                continue
+            self._observe_lag()
+            self.observe(Tick())
             self._wake.clear()
-            await _wait_any(changed, self._wake, timeout=min(0.5, max(0.01, next_audit - time.monotonic())))
+            await _wait_any(changed, self._wake, timeout=0.1)
+
+    def _observe_lag(self) -> None:
+        now = time.time()
+        revision = self.store.revision
+        for name, st in self.engine.status.items():
+            if st.applied_revision >= revision:
+                self._behind_since.pop(name, None)
+                continue
+            since = self._behind_since.setdefault(name, now)
+            self.observe(LagObserved(name, revision - st.applied_revision, now - since, revision))
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:

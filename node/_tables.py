@@ -65,13 +65,17 @@ class Volume(_Row):
     export_policy: Name = "default"
 
 
+def _nfs_only() -> list[Protocol]:
+    return ["nfs"]
+
+
 class ExportRule(_Row):
     vserver: Name
     policy: Name
     index: int = Field(ge=1, le=65535)
     client_match: str
     access: Literal["ro", "rw"]
-    protocols: list[Protocol] = Field(default_factory=lambda: ["nfs"])
+    protocols: list[Protocol] = Field(default_factory=lambda: _nfs_only())
 
     @field_validator("client_match")
     @classmethod
@@ -121,7 +125,10 @@ TABLES: dict[str, TableDef] = {
         TableDef("aggregates", Aggregate, _by_name),
         TableDef("volumes", Volume, _by_name, (("vserver", "vservers"), ("aggregate", "aggregates"))),
         TableDef(
-            "export_rules", ExportRule, lambda r: f"{r['vserver']}:{r['policy']}:{r['index']}", (("vserver", "vservers"),)
+            "export_rules",
+            ExportRule,
+            lambda r: f"{r['vserver']}:{r['policy']}:{r['index']}",
+            (("vserver", "vservers"),),
         ),
         TableDef("cifs_shares", CifsShare, lambda r: f"{r['vserver']}:{r['share']}", (("vserver", "vservers"),)),
     )
@@ -166,8 +173,9 @@ def json_schemas() -> dict[str, Any]:
     return {
         name: {
             "schema": t.model.model_json_schema(),
-            "key": "name" if t.key_of is _by_name else ("<vserver>:<policy>:<index>" if name == "export_rules"
-                                                       else "<vserver>:<share>"),
+            "key": "name"
+            if t.key_of is _by_name
+            else ("<vserver>:<policy>:<index>" if name == "export_rules" else "<vserver>:<share>"),
             "references": [{"field": f, "table": p} for f, p in t.references],
         }
         for name, t in TABLES.items()

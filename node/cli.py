@@ -28,6 +28,7 @@ from aiohttp import web
 
 from node._config import ConfigError, NodeConfig, add_node_arguments, parse_node_config
 from node._http import build_app
+from node._tables import REFERENCES
 from rdb import ReplicatedStore
 
 log = logging.getLogger("node")
@@ -92,6 +93,7 @@ async def serve_node(config: NodeConfig) -> None:
         password=config.secret,
         request_timeout=config.request_timeout,
         history_limit=config.history_limit,
+        references=REFERENCES,
     )
     store.start(loop)
     app = build_app(config, store)

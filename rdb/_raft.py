@@ -207,7 +207,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             appendEntriesBatchSizeBytes=4 * 1024 * 1024,
             logCompactionMinEntries=compaction_entries,
             logCompactionMinTime=compaction_seconds,
-            logCompactionSplit=True,
+            logCompactionSplit=False,
         )
         super().__init__(self_address, partner_addresses, conf=conf, transportClass=_HoldingTransport)
         self.addOnTickCallback(self._persist_and_release)

@@ -376,7 +376,9 @@ class StateMachine:
                 overlay[key] = value
             else:
                 if exists(key) and child_count(key) > 0:
-                    referrers = sorted((self._children.get(key, set()) | added.get(key, set())) - removed.get(key, set()))
+                    referrers = sorted(
+                        (self._children.get(key, set()) | added.get(key, set())) - removed.get(key, set())
+                    )
                     return {
                         "status": "constraint",
                         "code": "still_referenced",

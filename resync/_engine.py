@@ -20,7 +20,7 @@ adapter failures are caught and recorded, never raised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -207,13 +207,14 @@ class ResyncEngine:
 
     # ------------------------------------------------------------------ runs
 
-    async def run_pending(self) -> list[TableOutcome]:
+    async def run_pending(self, skip: Collection[str] = ()) -> list[TableOutcome]:
         """Bring every table up to the current revision: full for tables that need it
-        (after a load event or a failure), incremental for the rest."""
+        (after a load event or a failure), incremental for the rest. Tables in ``skip``
+        (say, backing off after a failure) are left alone."""
         async with self._lock:
-            full = [n for n, st in self.status.items() if st.needs_full]
+            full = [n for n, st in self.status.items() if st.needs_full and n not in skip]
             outcomes = [await self._full(n, "load") for n in full]
-            rest = [n for n in self._adapters if n not in full]
+            rest = [n for n in self._adapters if n not in full and n not in skip and not self.status[n].needs_full]
             outcomes += await self._incremental(rest)
             return outcomes
 
@@ -287,8 +288,8 @@ class ResyncEngine:
         st.state = "syncing"
         cause, error = None, None
         try:
-            if actions:
-                await asyncio.wait_for(adapter.apply(actions), self.action_timeout)
+            # Called even with no actions: an adapter may check its own health here.
+            await asyncio.wait_for(adapter.apply(actions), self.action_timeout)
         except TimeoutError:
             cause, error = "timeout", f"resync of {name} did not finish within {self.action_timeout}s"
         except Exception as exc:  # noqa: BLE001 - an adapter failure is an outcome, not a crash
@@ -314,15 +315,26 @@ class ResyncEngine:
             st.drift_count += drift
             st.failures = 0
             if work.keys is None:
-                st.last_full_resync = {"at": now, "revision": work.revision, "kind": kind,
-                                       "duration_ms": round(duration * 1000, 3), "actions": len(actions)}
+                st.last_full_resync = {
+                    "at": now,
+                    "revision": work.revision,
+                    "kind": kind,
+                    "duration_ms": round(duration * 1000, 3),
+                    "actions": len(actions),
+                }
         else:
             st.state = "failed"
             st.needs_full = True
             st.failures += 1
             st.last_error = {"cause": cause, "message": error, "revision": work.revision, "at": now, "kind": kind}
-        st.last_run = {"kind": kind, "decision": outcome.decision, "revision": work.revision, "at": now,
-                       "actions": len(actions), "duration_ms": round(duration * 1000, 3)}
+        st.last_run = {
+            "kind": kind,
+            "decision": outcome.decision,
+            "revision": work.revision,
+            "at": now,
+            "actions": len(actions),
+            "duration_ms": round(duration * 1000, 3),
+        }
         return self._finish(outcome)
 
     def _finish(self, outcome: TableOutcome) -> TableOutcome:
