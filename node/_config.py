@@ -40,6 +40,8 @@ class NodeConfig:
     advertise_url: str = field(default="")
     history_limit: int = 10_000
     audit_interval: float = 60.0
+    quorum_grace: float = 5.0
+    compaction_entries: int = 20_000
 
     @property
     def http_url(self) -> str:
@@ -61,6 +63,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--request-timeout", "REQUEST_TIMEOUT", "seconds a write or linearizable read may wait for quorum"),
     ("--log-format", "LOG_FORMAT", "auto, json or text"),
     ("--advertise-url", "ADVERTISE_URL", "HTTP URL other nodes and clients use to reach this node"),
+    ("--quorum-grace", "QUORUM_GRACE", "seconds protocols keep serving without quorum before fencing (default 5)"),
+    (
+        "--compaction-entries",
+        "COMPACTION_ENTRIES",
+        "log entries before a snapshot compacts the journal (default 20000)",
+    ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
 )
@@ -95,6 +103,16 @@ def _check_host_port(value: str, what: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{what} {value!r} must be host:port")
+    return value
+
+
+def _number(text: str, flag: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} must be between {low:g} and {high:g}")
     return value
 
 
@@ -152,13 +170,9 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     history_text = pick("history_limit", "HISTORY_LIMIT") or "10000"
     if not history_text.isdigit() or not 1 <= int(history_text) <= 10_000_000:
         raise ConfigError("--history-limit must be an integer between 1 and 10000000")
-    audit_text = pick("audit_interval", "AUDIT_INTERVAL") or "60"
-    try:
-        audit = float(audit_text)
-    except ValueError:
-        raise ConfigError(f"--audit-interval {audit_text!r} is not a number") from None
-    if not 0.05 <= audit <= 86400:
-        raise ConfigError("--audit-interval must be between 0.05 and 86400 seconds")
+    audit = _number(pick("audit_interval", "AUDIT_INTERVAL") or "60", "--audit-interval", 0.05, 86400)
+    grace = _number(pick("quorum_grace", "QUORUM_GRACE") or "5", "--quorum-grace", 0.0, 3600)
+    compaction = _number(pick("compaction_entries", "COMPACTION_ENTRIES") or "20000", "--compaction-entries", 10, 10**8)
     log_format = pick("log_format", "LOG_FORMAT") or "auto"
     if log_format not in ("auto", "json", "text"):
         raise ConfigError("--log-format must be auto, json or text")
@@ -182,4 +196,6 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         advertise_url=(pick("advertise_url", "ADVERTISE_URL") or "").rstrip("/"),
         history_limit=int(history_text),
         audit_interval=audit,
+        quorum_grace=grace,
+        compaction_entries=int(compaction),
     )

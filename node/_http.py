@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from fencing import PROTOCOLS, default_policy
 from node._common import (
     CLIENT,
     CONFIG,
@@ -279,8 +280,15 @@ def node_status(app: web.Application) -> dict[str, Any]:
         "last_log_index": st.last_index,
         "revision": store.revision,
         "members": [
-            {"id": name(m), "raft_address": m, "http_url": registry.get(m, {}).get("http_url")} for m in st.members
+            {
+                "id": name(m),
+                "raft_address": m,
+                "http_url": registry.get(m, {}).get("http_url"),
+                "connected": m == cfg.raft_address or m in st.connected,
+            }
+            for m in st.members
         ],
+        "snapshot_loads": store.load_count,
         "journal": {
             "syncs": st.journal_syncs,
             "truncations_below_commit": st.truncations_below_commit,
@@ -482,7 +490,12 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app[STORE] = store
     app[CONFIG] = config
     app[METRICS] = Counter()
-    app[RUNTIME] = runtime or BladeRuntime(config.id, store, audit_interval=config.audit_interval)
+    app[RUNTIME] = runtime or BladeRuntime(
+        config.id,
+        store,
+        audit_interval=config.audit_interval,
+        policy=default_policy(quorum_grace=dict.fromkeys(PROTOCOLS, config.quorum_grace)),
+    )
 
     async def lifecycle(app: web.Application) -> Any:
         app[CLIENT] = aiohttp.ClientSession()

@@ -94,6 +94,7 @@ async def serve_node(config: NodeConfig) -> None:
         request_timeout=config.request_timeout,
         history_limit=config.history_limit,
         references=REFERENCES,
+        compaction_entries=config.compaction_entries,
     )
     store.start(loop)
     app = build_app(config, store)

@@ -117,6 +117,7 @@ class RaftStatus:
     last_index: int
     quorum: bool
     members: list[str]
+    connected: list[str]
     journal_syncs: int
     truncations_below_commit: int
     suppressed_truncations: int
@@ -325,6 +326,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         state, last, prev, cluster = load_snapshot(path)
         # An installed snapshot arrives through PySyncObj's un-fsynced rename: make it
         # durable before anything acknowledges it.
+        os.chmod(path, 0o600)  # PySyncObj writes an installed snapshot with the umask's mode
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -358,6 +360,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             last_index=journal.last_index,
             quorum=quorum,
             members=sorted([self.selfNode.id] + [n.id for n in others]),
+            connected=sorted(n.id for n in others if self.isNodeConnected(n)),
             journal_syncs=journal.sync_count,
             truncations_below_commit=self.truncations_below_commit,
             suppressed_truncations=self.suppressed_truncations,
