@@ -1,0 +1,180 @@
+"""Fencing on a live three-node cluster: no client is served from config that failed to sync."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.cluster import Cluster, http, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(tmp_path: Any) -> Iterator[Cluster]:
+    c = Cluster(
+        str(tmp_path),
+        3,
+        env={"RDBSYNC_QUORUM_GRACE": "1.5", "RDBSYNC_REQUEST_TIMEOUT": "2"},
+        extra_args=["--fault-injection"],
+    )
+    c.start()
+    try:
+        c.wait_ready()
+        _configure(c)
+        yield c
+    finally:
+        c.close()
+
+
+def _configure(c: Cluster) -> None:
+    url = c.url("n1")
+    rows = [
+        ("vservers", "vs1", {"name": "vs1", "protocols": ["nfs", "cifs", "iscsi"]}),
+        ("aggregates", "a1", {"name": "a1", "home_node": "n2", "size_mb": 10}),
+        (
+            "volumes",
+            "vol1",
+            {"name": "vol1", "vserver": "vs1", "aggregate": "a1", "size_mb": 1, "junction_path": "/vol1"},
+        ),
+        ("cifs_shares", "vs1:s", {"vserver": "vs1", "share": "s", "path": "/vol1"}),
+        (
+            "export_rules",
+            "vs1:default:1",
+            {"vserver": "vs1", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "rw"},
+        ),
+    ]
+    for table, key, row in rows:
+        r = http("PUT", f"{url}/v1/tables/{table}/{key}?wait=applied", row)
+        assert r.status == 200, r.body
+
+
+def nfs(c: Cluster, nid: str) -> Any:
+    return http("GET", f"{c.url(nid)}/v1/data/nfs/mount?vserver=vs1&path=/vol1&client=10.0.0.1")
+
+
+def cifs(c: Cluster, nid: str) -> Any:
+    return http("GET", f"{c.url(nid)}/v1/data/cifs/connect?vserver=vs1&share=s")
+
+
+def fenced_protocols(c: Cluster, nid: str) -> set[str]:
+    return {f["protocol"] for f in c.status(nid)["fences"]}
+
+
+def test_injected_failure_fences_only_dependents_on_that_node_then_unfences(cluster: Cluster) -> None:
+    c = cluster
+    assert nfs(c, "n2").status == 200 and cifs(c, "n2").status == 200
+    r = http("POST", f"{c.url('n2')}/v1/debug/faults", {"table": "export_rules", "mode": "error"})
+    assert r.status == 200
+    wait_for(lambda: fenced_protocols(c, "n2") == {"nfs"}, 5, "nfs fenced on n2")
+    denied = nfs(c, "n2")
+    assert denied.status == 503 and denied.body["error"]["code"] == "fenced"
+    details = denied.body["error"]["details"]
+    assert details["table"] == "export_rules" and details["cause"] == "error" and details["since"] > 0
+    assert cifs(c, "n2").status == 200  # cifs does not depend on export rules
+    for other in ("n1", "n3"):
+        assert nfs(c, other).status == 200 and not fenced_protocols(c, other)
+    readyz = http("GET", f"{c.url('n2')}/readyz")
+    assert readyz.status == 503 and any("nfs fenced" in r for r in readyz.body["error"]["details"]["reasons"])
+    metrics = str(http("GET", f"{c.url('n2')}/metrics").body)
+    assert 'rdb_protocol_fenced{protocol="nfs"} 1' in metrics
+    # Clearing the fault: the backoff retry resyncs and unfences by itself.
+    assert http("DELETE", f"{c.url('n2')}/v1/debug/faults").status == 200
+    wait_for(lambda: nfs(c, "n2").status == 200, 10, "nfs served again on n2")
+    assert not fenced_protocols(c, "n2")
+    kinds = [e["type"] for e in http("GET", f"{c.url('n2')}/v1/events").body["events"]]
+    assert "resync_failed" in kinds and "fenced" in kinds and kinds[-1] == "unfenced"
+    seqs = [e["seq"] for e in http("GET", f"{c.url('n2')}/v1/events").body["events"]]
+    assert seqs == sorted(seqs)
+
+
+def test_counted_fault_clears_itself_and_vservers_failure_fences_everything(cluster: Cluster) -> None:
+    c = cluster
+    http("POST", f"{c.url('n3')}/v1/debug/faults", {"table": "vservers", "mode": "error", "count": 2})
+    wait_for(lambda: fenced_protocols(c, "n3") == {"nfs", "cifs", "iscsi"}, 5, "all fenced on n3")
+    assert cifs(c, "n3").status == 503
+    wait_for(lambda: not fenced_protocols(c, "n3"), 10, "n3 unfenced after the counted fault")
+    assert nfs(c, "n3").status == 200
+
+
+def test_hang_is_detected_by_timeout(cluster: Cluster) -> None:
+    c = cluster
+    http("POST", f"{c.url('n1')}/v1/debug/faults", {"table": "cifs_shares", "mode": "hang"})
+    wait_for(lambda: fenced_protocols(c, "n1") == {"cifs"}, 10, "cifs fenced by the hang")
+    fence = next(f for f in c.status("n1")["fences"] if f["protocol"] == "cifs")
+    assert fence["cause"] == "timeout"
+    assert nfs(c, "n1").status == 200
+    http("DELETE", f"{c.url('n1')}/v1/debug/faults")
+    wait_for(lambda: cifs(c, "n1").status == 200, 10, "cifs back")
+
+
+def test_tamper_repaired_without_fence_but_fenced_when_repair_fails(cluster: Cluster) -> None:
+    c = cluster
+    tamper = {
+        "table": "export_rules",
+        "key": "vs1:default:1",
+        "row": {
+            "vserver": "vs1",
+            "policy": "default",
+            "index": 1,
+            "client_match": "0.0.0.0/0",
+            "access": "ro",
+            "protocols": ["nfs"],
+        },
+    }
+    last_seq = max([e["seq"] for e in http("GET", f"{c.url('n2')}/v1/events").body["events"]], default=0)
+    assert http("POST", f"{c.url('n2')}/v1/debug/tamper", tamper).status == 200
+    # A manual resync repairs it cleanly: no fence.
+    repaired = http("POST", f"{c.url('n2')}/v1/resync?table=export_rules")
+    assert repaired.body["ok"] and repaired.body["results"][0]["actions"] == 1
+    assert nfs(c, "n2").body["access"] == "rw"
+    assert not fenced_protocols(c, "n2")
+    since = http("GET", f"{c.url('n2')}/v1/events?after_seq={last_seq}").body["events"]
+    assert not [e for e in since if e["type"] in ("fenced", "resync_failed")]
+    # Now the repair itself fails: fenced, and never served from the tampered row.
+    http("POST", f"{c.url('n2')}/v1/debug/faults", {"table": "export_rules", "mode": "error"})
+    http("POST", f"{c.url('n2')}/v1/debug/tamper", tamper)
+    failed = http("POST", f"{c.url('n2')}/v1/resync?table=export_rules")
+    assert failed.status == 503 and failed.body["ok"] is False
+    answer = nfs(c, "n2")
+    assert answer.status == 503 and answer.body["error"]["code"] == "fenced"
+    http("DELETE", f"{c.url('n2')}/v1/debug/faults")
+    wait_for(lambda: nfs(c, "n2").status == 200, 10, "unfenced after repair")
+    assert nfs(c, "n2").body["access"] == "rw"
+
+
+def test_isolated_node_fences_after_grace_and_unfences_after_heal(cluster: Cluster) -> None:
+    c = cluster
+    others = ["n1", "n2"]
+    for nid in others:
+        c.signal(nid, signal.SIGSTOP)
+    try:
+        # Within the grace period the last-known config is still served...
+        first = nfs(c, "n3")
+        assert first.status == 200
+        # ...then every protocol fences with cause no_quorum.
+        wait_for(lambda: nfs(c, "n3").status == 503, 15, "n3 fenced without quorum")
+        fence = next(f for f in c.status("n3")["fences"] if f["protocol"] == "nfs")
+        assert fence["cause"] == "no_quorum"
+        w = http("PUT", f"{c.url('n3')}/v1/kv/x", {"value": 1})
+        assert w.status == 503 and w.body["error"]["code"] == "no_quorum"
+    finally:
+        for nid in others:
+            c.signal(nid, signal.SIGCONT)
+    wait_for(lambda: nfs(c, "n3").status == 200, 20, "n3 unfenced after it rejoined and resynced")
+    kinds = [e["type"] for e in http("GET", f"{c.url('n3')}/v1/events").body["events"]]
+    assert "quorum_lost" in kinds and "quorum_regained" in kinds
+
+
+def test_debug_endpoints_do_not_exist_without_the_flag(tmp_path: Any) -> None:
+    c = Cluster(str(tmp_path), 1)
+    c.start()
+    try:
+        c.wait_ready()
+        r = http("POST", f"{c.url('n1')}/v1/debug/faults", {"table": "vservers", "mode": "error"})
+        assert r.status == 404
+    finally:
+        c.close()
