@@ -30,7 +30,7 @@ class FencePolicy:
     dependencies: Mapping[str, frozenset[str]]
     #: Fence once a table has failed this many times in a row...
     failures_to_fence: int = 1
-    #: ...or has been failing for this long (seconds), whichever comes first.
+    #: ...or has been failing for this long (seconds), whichever comes first (0: off).
     fence_after_seconds: float = 0.0
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
@@ -161,8 +161,11 @@ class Decision:
 
     @property
     def summary(self) -> str:
-        """A short string for logs and tests, e.g. 'fenced:nfs,cifs' or 'steady'."""
-        kinds = [f"{e['type']}:{e.get('protocol') or e.get('table')}" for e in self.events]
+        """A short string for logs and tests, e.g. 'resync_failed:vldb,fenced:cifs,fenced:nfs' or 'steady'."""
+        kinds = [
+            f"{e['type']}:{subject}" if (subject := e.get("protocol") or e.get("table")) else e["type"]
+            for e in self.events
+        ]
         return ",".join(kinds) if kinds else "steady"
 
 
@@ -236,7 +239,7 @@ def _refence(
                 events.append({"type": "unfenced", "protocol": protocol, "was": old.to_dict()})
             continue
         if old is not None and (old.table, old.cause) == (fence.table, fence.cause):
-            fence = old  # same reason: keep its original 'since'
+            fence = replace(fence, since=old.since)  # same reason: keep its original 'since'
         elif old is None:
             events.append({"type": "fenced", "protocol": protocol, "fence": fence.to_dict()})
         else:
@@ -250,7 +253,11 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
         health = state.tables.get(table)
         if health is None or health.ok:
             continue
-        long_enough = health.failing_since is not None and now - health.failing_since >= policy.fence_after_seconds
+        long_enough = (
+            policy.fence_after_seconds > 0
+            and health.failing_since is not None
+            and now - health.failing_since >= policy.fence_after_seconds
+        )
         if health.cause == "not_synced" or health.failures >= policy.failures_to_fence or long_enough:
             return Fence(
                 protocol,

@@ -451,6 +451,39 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
+MAX_RESTORE_BYTES = 512 * 1024 * 1024
+
+
+async def get_snapshot(request: web.Request) -> web.Response:
+    """A linearizable backup of the whole key space (msgpack), for POST /v1/restore."""
+    data, revision = await request.app[STORE].snapshot()
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={
+            "X-Rdb-Revision": str(revision),
+            "Content-Disposition": f'attachment; filename="rdbsync-{revision}.snapshot"',
+        },
+    )
+
+
+async def post_restore(request: web.Request) -> web.Response:
+    """Replace the key space with an uploaded snapshot; every node resyncs in full."""
+    if request.content_length is not None and request.content_length > MAX_RESTORE_BYTES:
+        raise ApiError(413, "too_large", f"a snapshot is at most {MAX_RESTORE_BYTES} bytes", applied=False)
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > MAX_RESTORE_BYTES:
+            raise ApiError(413, "too_large", f"a snapshot is at most {MAX_RESTORE_BYTES} bytes", applied=False)
+        chunks.append(chunk)
+    if not size:
+        raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
+    result = await request.app[STORE].restore(b"".join(chunks))
+    revision = int(result["revision"])
+    return _answer({"revision": revision, "restored_keys": result.get("restored_keys")}, revision)
+
+
 async def events(request: web.Request) -> web.Response:
     """The bounded, ordered log of resync failures, fences and unfences on this node."""
     after = int_param(request, "after_seq") or 0
@@ -523,6 +556,8 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/snapshot", get_snapshot)
+    app.router.add_post("/v1/restore", post_restore)
     add_routes(app)
     if config.fault_injection:
         add_debug_routes(app)

@@ -127,3 +127,29 @@ def txn(
     if total > MAX_VALUE_BYTES:
         raise InvalidCommand(f"a txn carries more than {MAX_VALUE_BYTES} bytes of values (puts, value compares)")
     return _encode({"kind": "txn", "rid": request_id, "compare": compare, "success": success, "failure": failure})
+
+
+RESTORE_CHUNK_BYTES = 256 * 1024
+
+
+def restore_commands(snapshot: bytes, upload: str) -> list[bytes]:
+    """The command sequence that restores ``snapshot``: begin, chunks, commit.
+
+    Each log entry stays well under PySyncObj's 64 KiB-chunking threshold multiple,
+    whatever the snapshot size.
+    """
+    cmds = [_encode({"kind": "restore_begin", "upload": upload, "rid": f"{upload}:begin"})]
+    for seq, start in enumerate(range(0, len(snapshot), RESTORE_CHUNK_BYTES)):
+        cmds.append(
+            _encode(
+                {
+                    "kind": "restore_chunk",
+                    "upload": upload,
+                    "seq": seq,
+                    "data": snapshot[start : start + RESTORE_CHUNK_BYTES],
+                    "rid": f"{upload}:{seq}",
+                }
+            )
+        )
+    cmds.append(_encode({"kind": "restore_commit", "upload": upload, "rid": f"{upload}:commit"}))
+    return cmds

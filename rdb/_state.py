@@ -113,6 +113,7 @@ class StateMachine:
         references: Iterable[Reference] = (),
     ) -> None:
         self._references = tuple(references)
+        self.restores_applied = 0  # local counter: a restore is a load event for the node
         self._history_limit = history_limit
         self._history_bytes_limit = history_bytes
         self._dedup_limit = dedup_limit
@@ -129,6 +130,7 @@ class StateMachine:
         self._compacted = 0  # events with revision <= this are gone
         self._dedup: OrderedDict[str, Result] = OrderedDict()
         self._children: dict[str, set[str]] = {}  # parent key -> child keys referring to it
+        self._staging: tuple[str, list[bytes]] | None = None  # a restore being uploaded
 
     # ------------------------------------------------------------------ reads
 
@@ -232,7 +234,50 @@ class StateMachine:
             return self._delete_cmd(cmd)
         if kind == "txn":
             return self._txn_cmd(cmd)
+        if kind in ("restore_begin", "restore_chunk", "restore_commit"):
+            return self._restore_cmd(kind, cmd)
         raise _Invalid(f"unknown command kind {kind!r}")
+
+    def _restore_cmd(self, kind: str, cmd: Mapping[str, Any]) -> Result:
+        """A restore arrives in chunks (log entries stay small), then commits atomically."""
+        upload = cmd.get("upload")
+        if not isinstance(upload, str) or not upload:
+            raise _Invalid("restore commands need an upload id")
+        if kind == "restore_begin":
+            self._staging = (upload, [])
+            return {"status": "ok", "revision": self._revision}
+        if self._staging is None or self._staging[0] != upload:
+            raise _Invalid(f"no restore upload {upload!r} in progress")
+        chunks = self._staging[1]
+        if kind == "restore_chunk":
+            data = cmd.get("data")
+            if not isinstance(data, bytes) or cmd.get("seq") != len(chunks):
+                raise _Invalid(f"restore chunk out of order: expected seq {len(chunks)}")
+            chunks.append(data)
+            return {"status": "ok", "revision": self._revision}
+        self._staging = None
+        incoming = StateMachine(references=self._references)
+        try:
+            incoming.restore(b"".join(chunks))
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
+        # Revisions never go backwards: the restored state is one new revision, and watch
+        # history restarts there (older revisions answer 410, so watchers re-list).
+        revision = max(self._revision, incoming._revision) + 1
+        dedup = self._dedup
+        self._reset()
+        self._data = {
+            k: KeyValue(k, kv.value, min(kv.create_revision, revision), min(kv.mod_revision, revision), kv.version)
+            for k, kv in incoming._data.items()
+        }
+        self._keys = list(incoming._keys)
+        self._dedup = dedup
+        self._revision = revision
+        self._compacted = revision
+        for kv in self._data.values():
+            self._index_references(kv.key, None, kv.value)
+        self.restores_applied += 1
+        return {"status": "ok", "revision": revision, "restored_keys": len(self._data)}
 
     def _put_cmd(self, cmd: Mapping[str, Any]) -> Result:
         key = _key(cmd.get("key"))
@@ -458,6 +503,7 @@ class StateMachine:
                 [e.revision, e.type, _kv_row(e.kv), None if e.prev_kv is None else _kv_row(e.prev_kv)] for e in live
             ],
             "dedup": list(self._dedup.items()),
+            "staging": None if self._staging is None else [self._staging[0], self._staging[1]],
         }
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
         return packed
@@ -486,6 +532,8 @@ class StateMachine:
                 for r in doc["history"]
             ]
             dedup = OrderedDict((rid, res) for rid, res in doc["dedup"])
+            staging_doc = doc.get("staging")
+            staging = None if staging_doc is None else (str(staging_doc[0]), [bytes(c) for c in staging_doc[1]])
             revision, applied, compacted = int(doc["revision"]), int(doc["applied_index"]), int(doc["compacted"])
         except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
             raise ValueError(f"malformed snapshot: {exc}") from exc
@@ -496,6 +544,7 @@ class StateMachine:
         self._history_bytes = sum(e.size for e in history)
         self._dedup = dedup
         self._revision, self._applied_index, self._compacted = revision, applied, compacted
+        self._staging = staging
         for kv in kvs.values():
             self._index_references(kv.key, None, kv.value)
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 from pysyncobj.config import FAIL_REASON
 
 from rdb import _commands
-from rdb._errors import NoQuorum, NotApplied, OutcomeUnknown
+from rdb._errors import InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown
 from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
 from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 
@@ -119,10 +119,14 @@ class ReplicatedStore:
     def _apply(self, payload: bytes, index: int) -> Result:
         with self._lock:
             before = self._sm.revision
+            restores = self._sm.restores_applied
             result = self._sm.apply(payload, index)
             changed = self._sm.revision != before
-        if changed:
-            self._schedule_notify()
+            restored = self._sm.restores_applied != restores
+        if restored:
+            self.load_count += 1
+        if changed or restored:
+            self._schedule_notify(load=restored)
         return result
 
     def _snapshot(self) -> bytes:
@@ -278,6 +282,28 @@ class ReplicatedStore:
     ) -> Result:
         payload = _commands.txn(compare, success, failure, request_id=request_id or _commands.new_request_id())
         return await self.propose(payload, timeout=timeout)
+
+    async def snapshot(self) -> tuple[bytes, int]:
+        """A linearizable backup: (snapshot bytes, the revision it holds)."""
+        await self.linearizable_barrier()
+        return self.read(lambda sm: (sm.snapshot(), sm.revision))
+
+    async def restore(self, snapshot: bytes, *, timeout: float | None = None) -> Result:
+        """Replace the whole key space with ``snapshot`` on every node (a load event).
+
+        Raises ``InvalidCommand`` for a malformed snapshot (nothing proposed), or the
+        ``propose`` errors; a failed upload leaves the current state untouched.
+        """
+        try:
+            StateMachine().restore(snapshot)
+        except ValueError as exc:
+            raise InvalidCommand(str(exc)) from None
+        result: Result = {}
+        for payload in _commands.restore_commands(snapshot, _commands.new_request_id()):
+            result = await self.propose(payload, timeout=timeout)
+            if result.get("status") != "ok":
+                raise InvalidCommand(str(result.get("message", "restore rejected")))
+        return result
 
     # ------------------------------------------------------------ linearizable reads
 

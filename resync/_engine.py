@@ -167,7 +167,7 @@ class _Work:
     revision: int
     keys: set[str] | None  # None: the whole table
     desired: dict[str, Row]
-    explained: set[str] = field(default_factory=set)  # keys changed by commits since applied
+    explained: set[str] = field(default_factory=set)  # keys changed by commits since applied; "*": unknown
 
 
 class ResyncEngine:
@@ -264,12 +264,10 @@ class ResyncEngine:
                 try:
                     explained = adapter.affected(reader, reader.events_since(applied + 1))
                 except Compacted:
-                    explained = set()  # cannot tell drift from change: count none
+                    explained = {"*"}  # cannot tell drift from change: count none
             return _Work(revision, None, adapter.desired_all(reader), explained)
 
         work = self._store.read(read)
-        if kind == "audit" and applied < work.revision and not work.explained:
-            work = _Work(work.revision, None, work.desired, {"*"})
         return await self._execute(name, kind, work, dry_run=dry_run)
 
     async def _execute(self, name: str, kind: RunKind, work: _Work, *, dry_run: bool = False) -> TableOutcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import signal
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -374,3 +375,28 @@ def test_table_api_errors(faulty_cluster: Cluster) -> None:
     assert http("PUT", f"{url}/v1/kv/tables/vservers/raw", {"value": {"name": "raw"}}).status == 200
     assert http("GET", f"{url}/v1/tables/vservers/raw").body["row"]["state"] == "running"
     assert http("GET", f"{url}/v1/blades/xblade/vservers").status == 404
+
+
+def test_restore_is_a_load_event_on_every_node(faulty_cluster: Cluster) -> None:
+    c = faulty_cluster
+    random_config_writes(c, random.Random(99), 25)
+    backup = http_raw("GET", f"{c.url('n2')}/v1/snapshot")
+    saved, _ = committed(c, "n1")
+    put_row(c, "n1", "vservers", "after-backup", {"name": "after-backup", "protocols": []})
+    loads_before = {nid: c.status(nid)["snapshot_loads"] for nid in c.nodes}
+    restored = http("POST", f"{c.url('n3')}/v1/restore", raw=backup)
+    assert restored.status == 200, restored.body
+    now, _ = committed(c, "n1")
+    assert now == saved  # exactly the backup: the later row is gone
+    for nid in c.nodes:
+        wait_for(lambda nid=nid: c.status(nid)["snapshot_loads"] > loads_before[nid], 10, f"{nid} load event")
+    assert_blades_match(c)
+    assert "after-backup" not in http("GET", f"{c.url('n2')}/v1/blades/nblade/vservers").body["rows"]
+    garbage = http("POST", f"{c.url('n3')}/v1/restore", raw=b"not a snapshot")
+    assert garbage.status == 422 and garbage.body["error"]["applied"] is False
+
+
+def http_raw(method: str, url: str) -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as resp:
+        data: bytes = resp.read()
+        return data

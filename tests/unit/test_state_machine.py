@@ -531,17 +531,17 @@ def test_range_paging_visits_every_key_once(range_node: Node, prefix: str, limit
     expected = keys(range_node.sm.range(prefix)[0])
     seen: list[str] = []
     start_after = None
-    pages = 0
-    while True:
+    max_pages = len(expected) // limit + 1
+    for _ in range(max_pages):
         page, more = range_node.sm.range(prefix, start_after=start_after, limit=limit)
-        pages += 1
         assert len(page) <= limit
         seen += keys(page)
         if not more:
             break
         start_after = page[-1].key
+    else:
+        raise AssertionError(f"paging did not finish in {max_pages} pages: {seen}")
     assert seen == expected
-    assert pages <= len(expected) // limit + 1
 
 
 def test_range_start_after(range_node: Node) -> None:

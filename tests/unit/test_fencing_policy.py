@@ -1,0 +1,478 @@
+"""Unit and property tests of the pure fencing policy (``fencing.decide`` and ``guard``).
+
+Time is a plain float passed in; nothing here sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fencing import (
+    PROTOCOLS,
+    Decision,
+    FencePolicy,
+    FenceState,
+    LagObserved,
+    Outcome,
+    QuorumChanged,
+    Reset,
+    ResyncFailed,
+    ResyncOk,
+    Tick,
+    backing_off,
+    decide,
+    default_policy,
+    due_for_retry,
+    guard,
+    initial_state,
+)
+
+POLICY = default_policy()
+TABLES = sorted(POLICY.tables())
+T0 = 1000.0
+
+
+def fenced(state: FenceState) -> set[str]:
+    return {p for p in PROTOCOLS if guard(state, p) is not None}
+
+
+def run(policy: FencePolicy, state: FenceState, steps: Iterable[tuple[Outcome, float]]) -> FenceState:
+    for outcome, now in steps:
+        state = decide(policy, state, outcome, now).state
+    return state
+
+
+def synced(policy: FencePolicy = POLICY, now: float = T0) -> FenceState:
+    """Every table resynced cleanly at ``now``."""
+    state = initial_state(policy, now)
+    return run(policy, state, [(ResyncOk(t, 1), now) for t in sorted(policy.tables())])
+
+
+def fail(table: str, cause: str = "error", revision: int = 2) -> ResyncFailed:
+    return ResyncFailed(table, cause, f"{table} broke", revision)
+
+
+# ------------------------------------------------------------------ start-up and clean resyncs
+
+
+def test_default_policy_dependencies() -> None:
+    assert POLICY.dependencies == {
+        "nfs": {"vservers", "lifs", "export_rules", "vldb", "volumes"},
+        "cifs": {"vservers", "lifs", "cifs_shares", "vldb", "volumes"},
+        "iscsi": {"vservers", "lifs", "volumes"},
+    }
+    assert TABLES == ["cifs_shares", "export_rules", "lifs", "vldb", "volumes", "vservers"]
+    assert default_policy(max_lag_seconds=1.0).max_lag_seconds == 1.0
+    custom = default_policy(dependencies={"nfs": frozenset({"x"})})
+    assert custom.tables() == {"x"}
+
+
+def test_initial_state_fences_every_protocol_until_synced() -> None:
+    state = initial_state(POLICY, T0)
+    assert set(state.fences) == set(PROTOCOLS) == fenced(state)
+    for fence in state.fences.values():
+        assert fence.cause == "not_synced" and fence.since == T0 and fence.vserver is None
+    assert all(not h.ok and h.cause == "not_synced" for h in state.tables.values())
+    assert set(state.tables) == set(TABLES)
+    # Never-synced tables are not "failed with backoff": they are retried by the load run.
+    assert due_for_retry(state, T0 + 100) == frozenset() and backing_off(state, T0) == frozenset()
+
+
+def test_resync_ok_for_every_table_unfences_all() -> None:
+    state = initial_state(POLICY, T0)
+    events: list[dict[str, object]] = []
+    for table in TABLES:
+        assert fenced(state)
+        decision = decide(POLICY, state, ResyncOk(table, 7), T0 + 1)
+        state, events = decision.state, events + decision.events
+    assert fenced(state) == set() and state.fences == {}
+    assert sorted(e["protocol"] for e in events if e["type"] == "unfenced") == sorted(PROTOCOLS)
+    assert all(h.ok and h.revision == 7 and h.cause is None for h in state.tables.values())
+
+
+def test_protocol_unfences_once_its_own_tables_are_synced() -> None:
+    state = initial_state(POLICY, T0)
+    state = run(POLICY, state, [(ResyncOk(t, 1), T0) for t in ("vservers", "lifs", "volumes")])
+    assert fenced(state) == {"nfs", "cifs"}  # iscsi needs only these three
+
+
+# ------------------------------------------------------------------ which failure fences what
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("export_rules", {"nfs"}),
+        ("cifs_shares", {"cifs"}),
+        ("vservers", {"nfs", "cifs", "iscsi"}),
+        ("lifs", {"nfs", "cifs", "iscsi"}),
+        ("volumes", {"nfs", "cifs", "iscsi"}),
+        ("vldb", {"nfs", "cifs"}),
+    ],
+)
+def test_a_failed_table_fences_exactly_the_protocols_that_depend_on_it(table: str, expected: set[str]) -> None:
+    decision = decide(POLICY, synced(), fail(table, "timeout"), T0 + 1)
+    assert fenced(decision.state) == expected
+    for protocol in expected:
+        fence = decision.state.fences[protocol]
+        assert (fence.table, fence.cause, fence.message, fence.since, fence.revision) == (
+            table,
+            "timeout",
+            f"{table} broke",
+            T0 + 1,
+            2,
+        )
+    assert [e["type"] for e in decision.events] == ["resync_failed"] + ["fenced"] * len(expected)
+    assert decision.events[0] == {
+        "type": "resync_failed",
+        "table": table,
+        "cause": "timeout",
+        "message": f"{table} broke",
+        "revision": 2,
+        "failures": 1,
+    }
+
+
+def test_a_failure_of_a_table_no_protocol_depends_on_changes_nothing() -> None:
+    state = synced()
+    decision = decide(POLICY, state, fail("not_a_table"), T0 + 1)
+    assert decision.state == state and decision.summary == "steady"
+
+
+def test_clean_resync_lifts_the_fence_and_says_so() -> None:
+    state = decide(POLICY, synced(), fail("export_rules"), T0 + 1).state
+    decision = decide(POLICY, state, ResyncOk("export_rules", 3), T0 + 2)
+    assert fenced(decision.state) == set()
+    (event,) = decision.events
+    assert event["type"] == "unfenced" and event["protocol"] == "nfs"
+    assert event["was"]["table"] == "export_rules" and event["was"]["cause"] == "error"
+    assert decision.summary == "unfenced:nfs"
+    assert (
+        decision.state.tables["export_rules"]
+        == decide(POLICY, synced(), ResyncOk("export_rules", 3), 0).state.tables["export_rules"]
+    )
+
+
+def test_fence_keeps_its_original_since_while_the_cause_is_unchanged() -> None:
+    state = decide(POLICY, synced(), fail("export_rules"), T0 + 1).state
+    for i in range(2, 6):
+        decision = decide(POLICY, state, fail("export_rules"), T0 + i)
+        state = decision.state
+        assert state.fences["nfs"].since == T0 + 1
+        assert [e["type"] for e in decision.events] == ["resync_failed"]
+    assert state.tables["export_rules"].failing_since == T0 + 1
+    assert state.tables["export_rules"].failures == 5
+
+
+def test_a_new_cause_changes_the_fence() -> None:
+    state = decide(POLICY, synced(), fail("export_rules", "error"), T0 + 1).state
+    decision = decide(POLICY, state, fail("export_rules", "verification"), T0 + 2)
+    assert decision.state.fences["nfs"].cause == "verification"
+    assert decision.state.fences["nfs"].since == T0 + 1  # failing since the first failure
+    assert [e["type"] for e in decision.events] == ["resync_failed", "fence_changed"]
+
+
+def test_the_first_failing_table_in_name_order_names_the_fence() -> None:
+    state = run(POLICY, synced(), [(fail("vservers"), T0 + 1), (fail("export_rules"), T0 + 2)])
+    assert state.fences["nfs"].table == "export_rules"
+    assert state.fences["iscsi"].table == "vservers"
+    state = decide(POLICY, state, ResyncOk("export_rules", 5), T0 + 3).state
+    assert state.fences["nfs"].table == "vservers"
+    state = decide(POLICY, state, ResyncOk("vservers", 5), T0 + 4).state
+    assert fenced(state) == set()
+
+
+# ------------------------------------------------------------------ backoff and retries
+
+
+def test_backoff_doubles_from_100ms_up_to_the_30s_cap() -> None:
+    delays = [POLICY.backoff(n) for n in range(1, 13)]
+    assert delays[:9] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6])
+    assert delays[9:] == [30.0, 30.0, 30.0]
+    assert POLICY.backoff(0) == pytest.approx(0.1)
+    assert POLICY.backoff(1000) == 30.0
+
+
+def test_retry_times_follow_the_backoff_and_reset_makes_them_due_now() -> None:
+    state = synced()
+    for n in range(1, 12):
+        now = T0 + n * 100
+        state = decide(POLICY, state, fail("vldb"), now).state
+        health = state.tables["vldb"]
+        assert health.failures == n
+        assert health.retry_at == pytest.approx(now + min(30.0, 0.1 * 2 ** (n - 1)))
+    now = T0 + 1100
+    assert backing_off(state, now) == {"vldb"} and due_for_retry(state, now) == frozenset()
+    assert due_for_retry(state, now + 30) == {"vldb"} and backing_off(state, now + 30) == frozenset()
+
+    decision = decide(POLICY, state, Reset("leader_change"), now + 1)
+    assert decision.state.tables["vldb"].retry_at == now + 1
+    assert due_for_retry(decision.state, now + 1) == {"vldb"}
+    assert decision.state.tables["vldb"].failures == 11  # a reset does not forgive
+    assert fenced(decision.state) == {"nfs", "cifs"}
+    assert decision.summary == "steady"
+    # Healthy tables are untouched by a reset.
+    assert decision.state.tables["lifs"] == state.tables["lifs"]
+
+
+def test_due_and_backing_off_only_list_failed_tables() -> None:
+    state = decide(POLICY, synced(), fail("lifs"), T0).state
+    assert due_for_retry(state, T0 + 0.1) == {"lifs"}
+    assert backing_off(state, T0 + 0.05) == {"lifs"}
+    assert due_for_retry(state, T0 + 0.05) == frozenset()
+
+
+# ------------------------------------------------------------------ lag
+
+
+def test_lag_over_the_revision_bound_fences_with_cause_lag() -> None:
+    decision = decide(POLICY, synced(), LagObserved("vservers", 10_001, 0.0, 50), T0 + 1)
+    assert fenced(decision.state) == set(PROTOCOLS)
+    assert {f.cause for f in decision.state.fences.values()} == {"lag"}
+    assert decision.state.fences["nfs"].revision == 50
+    assert decision.state.tables["vservers"].cause == "lag"
+    assert "10001 revision(s)" in decision.state.fences["nfs"].message
+    assert decision.events[0]["type"] == "resync_failed" and decision.events[0]["cause"] == "lag"
+
+
+def test_lag_over_the_time_bound_fences() -> None:
+    decision = decide(POLICY, synced(), LagObserved("cifs_shares", 1, 5.5, 9), T0 + 1)
+    assert fenced(decision.state) == {"cifs"}
+    assert decision.state.fences["cifs"].cause == "lag"
+    assert "5.5s behind" in decision.state.fences["cifs"].message
+
+
+@pytest.mark.parametrize(("revisions", "seconds"), [(0, 0.0), (10_000, 5.0), (3, 4.9)])
+def test_lag_within_the_bound_changes_nothing(revisions: int, seconds: float) -> None:
+    state = synced()
+    decision = decide(POLICY, state, LagObserved("vservers", revisions, seconds, 9), T0 + 1)
+    assert decision.state is state and decision.events == []
+
+
+def test_lag_is_ignored_while_the_table_is_already_failing() -> None:
+    state = decide(POLICY, synced(), fail("export_rules", "timeout"), T0 + 1).state
+    decision = decide(POLICY, state, LagObserved("export_rules", 50_000, 60.0, 9), T0 + 2)
+    assert decision.state is state and decision.events == []
+    assert decision.state.fences["nfs"].cause == "timeout"
+    # Also before the first sync: the table is not_synced, not lagging.
+    fresh = initial_state(POLICY, T0)
+    assert decide(POLICY, fresh, LagObserved("vservers", 50_000, 60.0, 9), T0).state is fresh
+
+
+def test_lag_limits_are_configurable() -> None:
+    policy = default_policy(max_lag_revisions=5, max_lag_seconds=0.5)
+    state = synced(policy)
+    assert fenced(decide(policy, state, LagObserved("lifs", 6, 0.0, 9), T0).state) == set(PROTOCOLS)
+    assert fenced(decide(policy, state, LagObserved("lifs", 0, 0.6, 9), T0).state) == set(PROTOCOLS)
+    assert fenced(decide(policy, state, LagObserved("lifs", 5, 0.5, 9), T0).state) == set()
+
+
+# ------------------------------------------------------------------ quorum
+
+
+def test_quorum_loss_fences_only_after_the_grace_period() -> None:
+    decision = decide(POLICY, synced(), QuorumChanged(False), T0)
+    assert decision.events == [{"type": "quorum_lost"}]
+    state = decision.state
+    assert state.quorum_lost_since == T0
+    assert fenced(decide(POLICY, state, Tick(), T0 + 4.99).state) == set()
+    decision = decide(POLICY, state, Tick(), T0 + 5.0)
+    assert fenced(decision.state) == set(PROTOCOLS)
+    for fence in decision.state.fences.values():
+        assert (fence.cause, fence.table, fence.since) == ("no_quorum", "*", T0)
+        assert "grace 5s" in fence.message
+    assert decision.summary == "fenced:cifs,fenced:iscsi,fenced:nfs"
+    # A second "no quorum" does not restart the clock.
+    again = decide(POLICY, state, QuorumChanged(False), T0 + 3)
+    assert again.state.quorum_lost_since == T0 and again.events == []
+
+
+def test_quorum_grace_is_per_protocol() -> None:
+    policy = default_policy(quorum_grace={"nfs": 1.0, "cifs": 10.0, "iscsi": 0.0})
+    state = decide(policy, synced(policy), QuorumChanged(False), T0).state
+    assert fenced(state) == {"iscsi"}
+    assert fenced(decide(policy, state, Tick(), T0 + 1.0).state) == {"nfs", "iscsi"}
+    assert fenced(decide(policy, state, Tick(), T0 + 9.9).state) == {"nfs", "iscsi"}
+    assert fenced(decide(policy, state, Tick(), T0 + 10.0).state) == set(PROTOCOLS)
+
+
+def test_quorum_regained_before_the_grace_needs_no_fence() -> None:
+    state = decide(POLICY, synced(), QuorumChanged(False), T0).state
+    decision = decide(POLICY, state, QuorumChanged(True), T0 + 2)
+    assert decision.events == [{"type": "quorum_regained"}]
+    assert fenced(decision.state) == set()
+    assert fenced(decide(POLICY, decision.state, Tick(), T0 + 100).state) == set()
+
+
+def test_quorum_fence_stays_until_every_dependent_table_has_resynced() -> None:
+    state = run(POLICY, synced(), [(QuorumChanged(False), T0), (Tick(), T0 + 6)])
+    assert fenced(state) == set(PROTOCOLS)
+    decision = decide(POLICY, state, QuorumChanged(True), T0 + 7)
+    state = decision.state
+    assert decision.summary == "quorum_regained"
+    assert state.quorum_lost_since is None and state.awaiting_resync == set(TABLES)
+    assert fenced(state) == set(PROTOCOLS)
+    assert all(f.cause == "no_quorum" for f in state.fences.values())
+    assert "waiting for resync" in state.fences["nfs"].message
+    assert fenced(decide(POLICY, state, Tick(), T0 + 100).state) == set(PROTOCOLS)
+
+    for table in ("vservers", "lifs", "volumes"):
+        state = decide(POLICY, state, ResyncOk(table, 9), T0 + 8).state
+    assert fenced(state) == {"nfs", "cifs"}  # iscsi's tables are all back
+    assert "export_rules" in state.fences["nfs"].message and "vldb" in state.fences["nfs"].message
+    state = decide(POLICY, state, ResyncOk("vldb", 9), T0 + 9).state
+    state = decide(POLICY, state, ResyncOk("export_rules", 9), T0 + 9).state
+    assert fenced(state) == {"cifs"}
+    decision = decide(POLICY, state, ResyncOk("cifs_shares", 9), T0 + 9)
+    assert fenced(decision.state) == set() and decision.state.awaiting_resync == frozenset()
+    assert decision.summary == "unfenced:cifs"
+
+
+def test_a_table_failure_while_rejoining_takes_over_the_fence() -> None:
+    state = run(POLICY, synced(), [(QuorumChanged(False), T0), (Tick(), T0 + 6), (QuorumChanged(True), T0 + 7)])
+    state = decide(POLICY, state, fail("vservers"), T0 + 8).state
+    assert {f.cause for f in state.fences.values()} == {"error"}
+    state = decide(POLICY, state, ResyncOk("vservers", 9), T0 + 9).state
+    # vservers is fine now, but nothing else has resynced since the rejoin; the
+    # no_quorum fence is gone, so the protocols are served again.
+    assert fenced(state) == set()
+
+
+# ------------------------------------------------------------------ thresholds
+
+
+def test_failures_to_fence_needs_that_many_failures_in_a_row() -> None:
+    policy = default_policy(failures_to_fence=3)
+    state = synced(policy)
+    for n in (1, 2):
+        state = decide(policy, state, fail("export_rules"), T0 + n).state
+        assert fenced(state) == set(), n
+    decision = decide(policy, state, fail("export_rules"), T0 + 3)
+    assert fenced(decision.state) == {"nfs"}
+    assert decision.state.fences["nfs"].since == T0 + 1
+    # A clean resync resets the count.
+    state = decide(policy, decision.state, ResyncOk("export_rules", 3), T0 + 4).state
+    state = decide(policy, state, fail("export_rules"), T0 + 5).state
+    assert fenced(state) == set()
+
+
+def test_failures_to_fence_does_not_delay_the_first_sync() -> None:
+    policy = default_policy(failures_to_fence=3)
+    assert fenced(initial_state(policy, T0)) == set(PROTOCOLS)
+
+
+def test_fence_after_seconds_fences_a_table_failing_for_long_enough() -> None:
+    policy = default_policy(failures_to_fence=100, fence_after_seconds=2.0)
+    state = decide(policy, synced(policy), fail("cifs_shares"), T0).state
+    assert fenced(state) == set()
+    assert fenced(decide(policy, state, Tick(), T0 + 1.9).state) == set()
+    decision = decide(policy, state, Tick(), T0 + 2.0)
+    assert fenced(decision.state) == {"cifs"} and decision.summary == "fenced:cifs"
+    assert decision.state.fences["cifs"].since == T0
+    # The second failure also counts from the first.
+    assert fenced(decide(policy, state, fail("cifs_shares"), T0 + 2.5).state) == {"cifs"}
+
+
+# ------------------------------------------------------------------ guard and summary
+
+
+def test_guard_fails_closed_for_an_unknown_protocol() -> None:
+    state = synced()
+    fence = guard(state, "smb3")
+    assert fence is not None and fence.cause == "unknown_protocol" and "smb3" in fence.message
+    assert guard(state, "nfs") is None
+    assert guard(state, "nfs", "vs1") is None
+
+
+def test_guard_applies_a_node_wide_fence_to_every_vserver() -> None:
+    state = decide(POLICY, synced(), fail("export_rules"), T0).state
+    for vserver in (None, "vs1", "vs2"):
+        fence = guard(state, "nfs", vserver)
+        assert fence is not None and fence.table == "export_rules"
+    assert guard(state, "cifs", "vs1") is None
+
+
+def test_fence_to_dict() -> None:
+    fence = decide(POLICY, synced(), fail("lifs"), T0).state.fences["iscsi"]
+    assert fence.to_dict() == {
+        "protocol": "iscsi",
+        "vserver": None,
+        "table": "lifs",
+        "cause": "error",
+        "message": "lifs broke",
+        "since": T0,
+        "revision": 2,
+    }
+
+
+def test_decision_summary() -> None:
+    assert Decision(synced(), []).summary == "steady"
+    decision = decide(POLICY, synced(), fail("vldb"), T0)
+    assert decision.summary == "resync_failed:vldb,fenced:cifs,fenced:nfs"
+    decision = decide(POLICY, decision.state, ResyncOk("vldb", 3), T0)
+    assert decision.summary == "unfenced:cifs,unfenced:nfs"
+    assert decide(POLICY, synced(), QuorumChanged(False), T0).summary == "quorum_lost"
+    assert decide(POLICY, synced(), Tick(), T0).summary == "steady"
+
+
+# ------------------------------------------------------------------ properties
+
+OUTCOMES = st.one_of(
+    st.builds(ResyncOk, st.sampled_from(TABLES), st.integers(0, 50)),
+    st.builds(
+        ResyncFailed,
+        st.sampled_from(TABLES),
+        st.sampled_from(["error", "timeout", "verification"]),
+        st.just("boom"),
+        st.integers(0, 50),
+    ),
+    st.builds(
+        LagObserved,
+        st.sampled_from(TABLES),
+        st.integers(0, 20_000),
+        st.floats(0, 10, allow_nan=False),
+        st.integers(0, 50),
+    ),
+    st.builds(QuorumChanged, st.booleans()),
+    st.builds(Reset, st.just("leader_change")),
+    st.just(Tick()),
+)
+STEPS = st.lists(st.tuples(OUTCOMES, st.floats(0, 3, allow_nan=False)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_fencing_invariants_over_random_histories(steps: list[tuple[Outcome, float]]) -> None:
+    now = T0
+    state = initial_state(POLICY, now)
+    failing = set(TABLES)  # tables whose last outcome was a failure (or that never synced)
+    for outcome, dt in steps:
+        now += dt
+        before = copy.deepcopy(state)
+        decision = decide(POLICY, state, outcome, now)
+        assert state == before  # (c) the input state is not mutated
+        assert decide(POLICY, before, outcome, now) == decision  # (d) deterministic
+        state = decision.state
+
+        if isinstance(outcome, ResyncOk):
+            failing.discard(outcome.table)
+        elif isinstance(outcome, ResyncFailed):
+            failing.add(outcome.table)
+        elif isinstance(outcome, LagObserved) and (outcome.revisions > 10_000 or outcome.seconds > 5.0):
+            failing.add(outcome.table)
+
+        for protocol in PROTOCOLS:
+            deps = POLICY.dependencies[protocol]
+            if deps & failing:  # (a) fail closed
+                assert guard(state, protocol) is not None, (protocol, deps & failing)
+            within_grace = state.quorum_lost_since is None or now - state.quorum_lost_since < 5.0
+            if not deps & failing and within_grace and not deps & state.awaiting_resync:
+                assert guard(state, protocol) is None, protocol  # (b) no fence without a reason
+        assert {t for t, h in state.tables.items() if not h.ok} == failing
+        if state.quorum_lost_since is not None and now - state.quorum_lost_since >= 5.0:
+            assert fenced(state) == set(PROTOCOLS)

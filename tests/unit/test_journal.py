@@ -1,0 +1,533 @@
+"""Tests of ``rdb._journal.DurableJournal``: group commit, crash recovery, truncation,
+compaction and durable term/vote.
+
+A "crash" is simulated by dropping the journal object without ``sync``/``_destroy``
+(closing only its file descriptor) and opening a new one on the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from rdb._journal import _MAGIC, _RECORD, DurableJournal, fsync_directory, write_file_atomically
+
+Entry = tuple[bytes, int, int]
+
+
+def cmd(i: int) -> bytes:
+    return f"command-{i}".encode() * (1 + i % 3)
+
+
+def entries(lo: int, hi: int, term: int = 1) -> list[Entry]:
+    return [(cmd(i), i, term) for i in range(lo, hi + 1)]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "raft.journal")
+
+
+@pytest.fixture
+def opened() -> Iterator[list[DurableJournal]]:
+    """Journals a test opened; their descriptors are closed at teardown."""
+    journals: list[DurableJournal] = []
+    yield journals
+    for j in journals:
+        try:
+            os.close(j._fd)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def open_journal(path: str, opened: list[DurableJournal]) -> Callable[[], DurableJournal]:
+    def _open() -> DurableJournal:
+        j = DurableJournal(path)
+        opened.append(j)
+        return j
+
+    return _open
+
+
+def crash(j: DurableJournal) -> None:
+    """Lose the process: nothing buffered is written, the meta is not stored."""
+    os.close(j._fd)
+    j._fd = -1
+
+
+def contents(j: DurableJournal) -> list[Entry]:
+    return [(bytes(e[0]), e[1], e[2]) for e in (j[i] for i in range(len(j)))]
+
+
+def add_all(j: DurableJournal, items: list[Entry]) -> None:
+    for c, i, t in items:
+        j.add(c, i, t)
+
+
+# =========================================================================== basics
+
+
+def test_new_journal_is_empty_with_header(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    assert len(j) == 0
+    assert j.last_index == 0
+    assert j.durable_index == 0
+    assert j.dirty is False
+    assert j.getCurrentTerm() == 0
+    assert j.getVotedForNodeId() is None
+    assert j.getRaftCommitIndex() == 1
+    with open(path, "rb") as f:
+        assert f.read() == _MAGIC
+
+
+def test_add_sync_reopen_same_entries(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    items = [*entries(1, 50), (b"", 51, 2), (bytes(range(256)) * 40, 52, 2)]
+    add_all(j, items)
+    assert contents(j) == items  # readable before the sync
+    assert j[0] == items[0]
+    assert j[-1][1] == 52
+    assert [e[1] for e in j[1:3]] == [2, 3]
+    assert j.sync() is True
+    crash(j)
+    again = open_journal()
+    assert contents(again) == items
+    assert again.last_index == 52
+    assert again.durable_index == 52
+    assert again.torn_bytes_dropped == 0
+
+
+def test_add_after_reopen_appends(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 3))
+    j.sync()
+    crash(j)
+    j = open_journal()
+    add_all(j, entries(4, 6))
+    j.sync()
+    crash(j)
+    assert contents(open_journal()) == entries(1, 6)
+
+
+def test_unsynced_entries_are_not_on_disk(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 5))
+    j.sync()
+    size = os.path.getsize(path)
+    add_all(j, entries(6, 9))
+    assert j.dirty is True
+    assert j.durable_index == 5
+    assert j.last_index == 9
+    assert os.path.getsize(path) == size  # add() only buffers
+    crash(j)
+    again = open_journal()
+    assert contents(again) == entries(1, 5)
+    assert again.torn_bytes_dropped == 0
+
+
+def test_sync_with_nothing_pending_is_a_no_op(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    assert j.sync() is False
+    j.add(b"x", 1, 1)
+    assert j.sync() is True
+    assert j.sync() is False
+    assert j.sync_count == 1
+    assert j.synced_entries == 1
+    assert j.dirty is False
+
+
+def test_flush_and_destroy_sync(path: str, opened: list[DurableJournal]) -> None:
+    j = DurableJournal(path)
+    j.add(b"a", 1, 1)
+    j.flush()
+    assert j.dirty is False
+    j.add(b"b", 2, 1)
+    j.setRaftCommitIndex(2)
+    j._destroy()  # closes its own descriptor
+    again = DurableJournal(path)
+    opened.append(again)
+    assert contents(again) == [(b"a", 1, 1), (b"b", 2, 1)]
+    assert again.getRaftCommitIndex() == 2
+
+
+def test_not_a_journal_is_refused(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(b"something else entirely")
+    with pytest.raises(RuntimeError, match="not an rdbsync journal"):
+        DurableJournal(path)
+
+
+def test_file_shorter_than_header_is_reinitialised(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    with open(path, "wb") as f:
+        f.write(_MAGIC[:3])  # crash while creating the file
+    j = open_journal()
+    assert len(j) == 0
+    with open(path, "rb") as f:
+        assert f.read() == _MAGIC
+
+
+# =========================================================================== group commit
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def wrap(self, real: Callable[[int], None]) -> Callable[[int], None]:
+        def wrapped(fd: int) -> None:
+            self.calls.append(fd)
+            real(fd)
+
+        return wrapped
+
+
+def test_group_commit_one_fdatasync_for_many_adds(
+    monkeypatch: pytest.MonkeyPatch, open_journal: Callable[[], DurableJournal]
+) -> None:
+    j = open_journal()
+    datasyncs, fsyncs, writes = Counter(), Counter(), []
+    monkeypatch.setattr(os, "fdatasync", datasyncs.wrap(os.fdatasync))
+    monkeypatch.setattr(os, "fsync", fsyncs.wrap(os.fsync))
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        writes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    add_all(j, entries(1, 100))
+    assert datasyncs.calls == [] and fsyncs.calls == [] and writes == []  # add() does no I/O
+    assert j.sync() is True
+    assert datasyncs.calls == [j._fd]
+    assert fsyncs.calls == []
+    assert j.sync_count == 1
+    assert j.synced_entries == 100
+    assert j.durable_index == 100
+    assert j.sync() is False
+    assert len(datasyncs.calls) == 1
+    add_all(j, entries(101, 110))
+    j.sync()
+    assert len(datasyncs.calls) == 2
+    assert j.sync_count == 2
+    assert j.synced_entries == 110
+
+
+def test_durable_index_follows_sync(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 3))
+    assert j.durable_index == 0
+    j.sync()
+    assert j.durable_index == 3
+    add_all(j, entries(4, 4))
+    assert j.durable_index == 3
+    j.sync()
+    assert j.durable_index == 4
+
+
+# =========================================================================== torn tails
+
+
+def test_torn_tail_garbage_is_cut(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 10))
+    j.sync()
+    crash(j)
+    good = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(b"\xde\xad\xbe\xef" * 7)
+    again = open_journal()
+    assert contents(again) == entries(1, 10)
+    assert again.torn_bytes_dropped == 28
+    assert os.path.getsize(path) == good  # cut on disk too
+    # New appends land right after the last good record.
+    add_all(again, entries(11, 12))
+    again.sync()
+    crash(again)
+    assert contents(open_journal()) == entries(1, 12)
+
+
+def test_every_truncation_point_of_the_last_record_is_recovered(
+    path: str, open_journal: Callable[[], DurableJournal]
+) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 4))
+    j.sync()
+    end_of_three = j._offsets[3]
+    crash(j)
+    with open(path, "rb") as f:
+        full = f.read()
+    for cut in range(end_of_three, len(full)):
+        with open(path, "wb") as f:
+            f.write(full[:cut])
+        again = open_journal()
+        assert contents(again) == entries(1, 3), cut
+        assert again.torn_bytes_dropped == cut - end_of_three
+        crash(again)
+        assert os.path.getsize(path) == end_of_three
+    with open(path, "wb") as f:
+        f.write(full)
+    assert contents(open_journal()) == entries(1, 4)
+
+
+def test_corrupted_record_cuts_it_and_everything_after(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 6))
+    j.sync()
+    offset = j._offsets[4]
+    crash(j)
+    with open(path, "r+b") as f:
+        f.seek(offset + _RECORD.size + 2)  # a byte of entry 5's payload
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    again = open_journal()
+    assert contents(again) == entries(1, 4)
+
+
+def test_huge_length_field_is_a_torn_tail(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 2))
+    j.sync()
+    crash(j)
+    with open(path, "ab") as f:
+        f.write(_RECORD.pack(2**31, 0, 3, 1) + b"partial")
+    again = open_journal()
+    assert contents(again) == entries(1, 2)
+    assert again.torn_bytes_dropped == _RECORD.size + 7
+
+
+def test_header_record_fields(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    j.add(b"payload", 7, 3)
+    j.sync()
+    with open(path, "rb") as f:
+        data = f.read()
+    length, crc, idx, term = _RECORD.unpack_from(data, len(_MAGIC))
+    assert (length, idx, term) == (7, 7, 3)
+    assert crc == zlib.crc32(struct.pack("<QQ", 7, 3) + b"payload")
+    assert data[len(_MAGIC) + _RECORD.size :] == b"payload"
+
+
+# =========================================================================== deleteEntriesFrom
+
+
+def test_delete_entries_from_survives_reopen(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 10))
+    j.sync()
+    j.deleteEntriesFrom(6)  # a position: keeps entries 1..6
+    assert contents(j) == entries(1, 6)
+    assert j.last_index == 6
+    add_all(j, entries(7, 8, term=2))
+    j.sync()
+    crash(j)
+    again = open_journal()
+    assert contents(again) == entries(1, 6) + entries(7, 8, term=2)
+
+
+def test_delete_entries_from_with_unsynced_tail(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 4))
+    j.sync()
+    add_all(j, entries(5, 8))  # buffered
+    j.deleteEntriesFrom(6)  # cut inside the buffered part
+    assert j.dirty is False
+    assert contents(j) == entries(1, 6)
+    crash(j)
+    assert contents(open_journal()) == entries(1, 6)
+
+
+def test_delete_entries_from_everything_and_past_the_end(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 3))
+    j.sync()
+    j.deleteEntriesFrom(10)  # past the end: nothing
+    j.deleteEntriesFrom(3)
+    assert len(j) == 3
+    j.deleteEntriesFrom(0)
+    assert len(j) == 0
+    assert j.last_index == 0
+    add_all(j, entries(1, 2, term=5))
+    j.sync()
+    crash(j)
+    assert contents(open_journal()) == entries(1, 2, term=5)
+
+
+def test_delete_entries_from_is_durable_at_once(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 5))
+    j.sync()
+    j.deleteEntriesFrom(2)
+    crash(j)  # no sync after the truncation
+    assert contents(open_journal()) == entries(1, 2)
+
+
+# =========================================================================== deleteEntriesTo (compaction)
+
+
+def test_delete_entries_to_survives_reopen(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 10))
+    j.sync()
+    j.deleteEntriesTo(4)  # drops positions 0..3 (indexes 1..4)
+    assert contents(j) == entries(5, 10)
+    assert j[0][1] == 5
+    add_all(j, entries(11, 12))
+    j.sync()
+    crash(j)
+    again = open_journal()
+    assert contents(again) == entries(5, 12)
+    # and truncation still works on the compacted file
+    again.deleteEntriesFrom(3)  # keeps 5, 6, 7
+    crash(again)
+    assert contents(open_journal()) == entries(5, 7)
+
+
+def test_delete_entries_to_includes_unsynced_entries(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 5))
+    j.sync()
+    add_all(j, entries(6, 8))  # buffered
+    j.deleteEntriesTo(2)
+    assert j.dirty is False
+    assert contents(j) == entries(3, 8)
+    crash(j)
+    assert contents(open_journal()) == entries(3, 8)
+
+
+def test_delete_entries_to_fsyncs_dir_before_rewriting(
+    path: str, monkeypatch: pytest.MonkeyPatch, open_journal: Callable[[], DurableJournal]
+) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 5))
+    j.sync()
+    log: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        log.append("fsync:" + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        log.append(f"replace:{os.path.basename(src)}->{os.path.basename(dst)}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    j.deleteEntriesTo(3)
+    directory = os.path.dirname(os.path.abspath(path))
+    assert log == [
+        f"fsync:{directory}",  # the snapshot rename that justified the compaction
+        f"fsync:{path}.tmp",
+        "replace:raft.journal.tmp->raft.journal",
+        f"fsync:{directory}",
+    ]
+    assert not os.path.exists(path + ".tmp")
+
+
+def test_clear_survives_reopen(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 5))
+    j.sync()
+    add_all(j, entries(6, 7))
+    j.clear()
+    assert len(j) == 0
+    assert j.dirty is False
+    add_all(j, entries(100, 101, term=9))
+    j.sync()
+    crash(j)
+    assert contents(open_journal()) == entries(100, 101, term=9)
+
+
+# =========================================================================== term, vote, commit index
+
+
+def test_set_current_term_is_durable_before_return(
+    path: str, monkeypatch: pytest.MonkeyPatch, open_journal: Callable[[], DurableJournal]
+) -> None:
+    j = open_journal()
+    meta = path + ".meta"
+    directory = os.path.dirname(os.path.abspath(path))
+    log: list[tuple[str, Any]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        content = None
+        if os.path.isfile(target):
+            with open(target, "rb") as f:
+                content = msgpack.unpackb(f.read(), raw=False)
+        log.append(("fsync", target, content))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        log.append(("replace", src, dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    j.setCurrentTerm(7, "node-b:4321")
+    # The new term and vote were fsynced in the temporary file, renamed, and the
+    # rename itself was made durable, all before setCurrentTerm returned.
+    assert log == [
+        ("fsync", meta + ".tmp", {"term": 7, "voted_for": "node-b:4321"}),
+        ("replace", meta + ".tmp", meta),
+        ("fsync", directory, None),
+    ]
+    assert j.getCurrentTerm() == 7
+    assert j.getVotedForNodeId() == "node-b:4321"
+    crash(j)
+    again = open_journal()
+    assert again.getCurrentTerm() == 7
+    assert again.getVotedForNodeId() == "node-b:4321"
+
+
+def test_set_current_term_clears_vote(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    j.setCurrentTerm(3, "a:1")
+    j.setCurrentTerm(4, None)
+    crash(j)
+    again = open_journal()
+    assert again.getCurrentTerm() == 4
+    assert again.getVotedForNodeId() is None
+
+
+def test_commit_index_is_stored_on_timer_and_capped_by_the_log(open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 10))
+    j.sync()
+    j.setRaftCommitIndex(8)
+    assert j.getRaftCommitIndex() == 8
+    crash(j)
+    # not stored yet: the commit index is lazy (it is only a hint)
+    j = open_journal()
+    assert j.getRaftCommitIndex() == 1
+    j.setRaftCommitIndex(8)
+    j.onOneSecondTimer()
+    crash(j)
+    j = open_journal()
+    assert j.getRaftCommitIndex() == 8
+    # A stored commit index past the durable log end is capped to the log.
+    j.deleteEntriesFrom(4)
+    assert j.getRaftCommitIndex() == 4
+
+
+# =========================================================================== helpers
+
+
+def test_write_file_atomically(tmp_path: Path) -> None:
+    target = str(tmp_path / "f")
+    write_file_atomically(target, b"one")
+    write_file_atomically(target, b"two")
+    with open(target, "rb") as f:
+        assert f.read() == b"two"
+    assert os.listdir(tmp_path) == ["f"]
+    fsync_directory(str(tmp_path))
