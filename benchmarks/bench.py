@@ -154,7 +154,7 @@ class Node:
 class LocalCluster:
     """Three node processes on loopback, each in its own session, logs in ``base_dir``."""
 
-    def __init__(self, base_dir: str) -> None:
+    def __init__(self, base_dir: str, *, fault_injection: bool = False) -> None:
         self.base_dir = base_dir
         base = _port_block(2 * NODES)
         ensure_secret(os.path.join(base_dir, "cluster.secret"))
@@ -165,7 +165,7 @@ class LocalCluster:
             raft_base=base,
             http_base=base + NODES,
             cluster_address=None,
-            fault_injection=False,
+            fault_injection=fault_injection,
             python=sys.executable,
         )
         self.nodes = [Node(nid, argv, url, os.path.join(base_dir, f"{nid}.log")) for nid, argv, url in commands]

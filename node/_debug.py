@@ -77,7 +77,21 @@ async def delay_worker(request: web.Request) -> web.Response:
     return web.json_response({"worker_delay": body.seconds})
 
 
+async def timings(request: web.Request) -> web.Response:
+    """Wall times at which revisions were applied to the store and to every blade table
+    on this node (the benchmark computes commit-to-blade latency from them)."""
+    runtime = request.app[RUNTIME]
+    since = int(request.query.get("since", "0") or 0)
+    return web.json_response(
+        {
+            "commits": [[r, t] for r, t in runtime.store.commit_times if r > since],
+            "blades": [[r, t] for r, t in runtime.blade_times if r > since],
+        }
+    )
+
+
 def add_debug_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/debug/timings", timings)
     app.router.add_post("/v1/debug/faults", set_fault)
     app.router.add_delete("/v1/debug/faults", clear_faults)
     app.router.add_post("/v1/debug/tamper", tamper)

@@ -86,6 +86,8 @@ class BladeRuntime:
         )
         self._wake = asyncio.Event()
         self._behind_since: dict[str, float] = {}
+        #: (revision, wall time every blade table reflected it): commit-to-blade figures.
+        self.blade_times: deque[tuple[int, float]] = deque(maxlen=20_000)
         self.worker_delay = 0.0  # fault injection: hold the worker back
         store.add_load_listener(self.load_event)
 
@@ -177,10 +179,16 @@ class BladeRuntime:
                     await self.engine.resync(None, "audit")
             except Exception:
                 log.exception("resync worker iteration failed")
+            self._record_blade_time()
             self._observe_lag()
             self.observe(Tick())
             self._wake.clear()
             await _wait_any(changed, self._wake, timeout=0.1)
+
+    def _record_blade_time(self) -> None:
+        applied = self.applied_revision()
+        if not self.blade_times or applied > self.blade_times[-1][0]:
+            self.blade_times.append((applied, time.time()))
 
     def _observe_lag(self) -> None:
         now = time.time()

@@ -69,3 +69,56 @@ def plan_append(
         assert last_term is not None
         return AppendPlan(last_index, last_term, [], False, last_index, "match_known_tail")
     return AppendPlan(prev_index, prev_term, [], True, prev_index, "match_keep_unverified_tail")
+
+
+def _last_index_term(message: dict[str, Any]) -> tuple[Any, Any]:
+    entries = message.get("entries") or []
+    if entries:
+        return entries[-1][1], entries[-1][2]
+    return message.get("prevLogIdx"), message.get("prevLogTerm")
+
+
+def _plain_append(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and message.get("type") == "append_entries"
+        and "prevLogIdx" in message
+        and "transmission" not in message
+        and "serialized" not in message
+    )
+
+
+def _plain_ack(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and message.get("type") == "next_node_idx"
+        and message.get("success") is True
+        and not message.get("reset")
+    )
+
+
+def coalesce_outgoing(held: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Merge messages held back during one group commit, per destination, in order.
+
+    - consecutive AppendEntries to one node that continue each other (same term, the
+      second's ``prev`` is the first's last entry) become one message;
+    - consecutive successful acks to one node collapse to the latest (acks are
+      cumulative: ``next_node_idx`` only grows).
+    Messages of other kinds, and the order of everything per node, are kept. Pure.
+    """
+    per_node: dict[Any, list[Any]] = {}
+    for node, message in held:
+        queue = per_node.setdefault(node, [])
+        last: Any = queue[-1] if queue else None
+        if _plain_append(message) and _plain_append(last) and last["term"] == message["term"]:
+            if _last_index_term(last) == (message["prevLogIdx"], message["prevLogTerm"]):
+                merged = dict(last)
+                merged["entries"] = list(last.get("entries") or []) + list(message.get("entries") or [])
+                merged["commit_index"] = max(last["commit_index"], message["commit_index"])
+                queue[-1] = merged
+                continue
+        if _plain_ack(message) and _plain_ack(last) and message["next_node_idx"] >= last["next_node_idx"]:
+            queue[-1] = message
+            continue
+        queue.append(message)
+    return [(node, message) for node, queue in per_node.items() for message in queue]

@@ -37,7 +37,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
-from rdb._append import plan_append
+from rdb._append import coalesce_outgoing, plan_append
 from rdb._journal import DurableJournal, fsync_directory
 
 log = logging.getLogger("rdb.raft")
@@ -92,6 +92,8 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, sync_obj: Any, self_node: Any, other_nodes: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
+        self.sent_held = 0  # messages held back for a group commit...
+        self.sent_merged = 0  # ...and how many actually left after coalescing
         super().__init__(sync_obj, self_node, other_nodes)
 
     def send(self, node: Any, message: Any) -> bool:
@@ -103,7 +105,10 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
 
     def release_held(self) -> None:
         held, self._held = self._held, []
-        for node, message in held:
+        self.sent_held += len(held)
+        merged = coalesce_outgoing(held)
+        self.sent_merged += len(merged)
+        for node, message in merged:
             super().send(node, message)
 
 

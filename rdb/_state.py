@@ -264,8 +264,9 @@ class StateMachine:
         # Revisions never go backwards: the restored state is one new revision, and watch
         # history restarts there (older revisions answer 410, so watchers re-list).
         revision = max(self._revision, incoming._revision) + 1
-        dedup = self._dedup
+        dedup, applied = self._dedup, self._applied_index
         self._reset()
+        self._applied_index = applied  # this entry's index, set by apply() before dispatch
         self._data = {
             k: KeyValue(k, kv.value, min(kv.create_revision, revision), min(kv.mod_revision, revision), kv.version)
             for k, kv in incoming._data.items()

@@ -8,6 +8,7 @@ gives the node process:
 - ``linearizable_barrier``: a read barrier through the log. Concurrent reads are
   coalesced onto one barrier that is *submitted after* they all arrived, never onto one
   already in flight (its index could precede a write acknowledged before the read);
+  up to ``MAX_BARRIERS_IN_FLIGHT`` barriers are pipelined;
 - a read-only ``StoreView`` (get, range, events, revision) for readers such as resync;
 - change and load notifications on the asyncio loop.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +33,8 @@ from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
 from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 
 _RETRY_PAUSE = 0.05
+#: Read barriers pipelined at once: each read waits for the first one submitted after it.
+MAX_BARRIERS_IN_FLIGHT = 4
 T = TypeVar("T")
 
 
@@ -77,12 +81,14 @@ class ReplicatedStore:
         self._changed = asyncio.Event()
         self._notify_pending = False
         self._barrier_waiting: list[asyncio.Future[None]] = []
-        self._barrier_running = False
-        self._barrier_task: asyncio.Task[None] | None = None
+        self._barriers_in_flight = 0
+        self._barrier_tasks: set[asyncio.Task[None]] = set()
         self._membership_lock = asyncio.Lock()
         self.load_count = 0
         self._load_listeners: list[Callable[[], None]] = []
         self.barriers_proposed = 0
+        #: (revision, wall time applied here): for commit-to-blade latency figures.
+        self.commit_times: deque[tuple[int, float]] = deque(maxlen=20_000)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -125,6 +131,8 @@ class ReplicatedStore:
             restored = self._sm.restores_applied != restores
         if restored:
             self.load_count += 1
+        if changed:
+            self.commit_times.append((result.get("revision", 0), time.time()))
         if changed or restored:
             self._schedule_notify(load=restored)
         return result
@@ -315,33 +323,39 @@ class ReplicatedStore:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._barrier_waiting.append(fut)
-        if not self._barrier_running:
-            self._barrier_running = True
-            self._barrier_task = loop.create_task(self._run_barriers(timeout))
+        if self._barriers_in_flight < MAX_BARRIERS_IN_FLIGHT:
+            self._launch_barrier(timeout)
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.request_timeout if timeout is None else timeout)
         except TimeoutError:
             raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
 
-    async def _run_barriers(self, timeout: float | None) -> None:
+    def _launch_barrier(self, timeout: float | None) -> None:
+        # The batch is exactly the reads that arrived before this barrier was submitted.
+        batch, self._barrier_waiting = self._barrier_waiting, []
+        self._barriers_in_flight += 1
+        self.barriers_proposed += 1
+        task = asyncio.get_running_loop().create_task(self._one_barrier(batch, timeout))
+        self._barrier_tasks.add(task)
+        task.add_done_callback(self._barrier_tasks.discard)
+
+    async def _one_barrier(self, batch: list[asyncio.Future[None]], timeout: float | None) -> None:
         try:
-            while self._barrier_waiting:
-                batch, self._barrier_waiting = self._barrier_waiting, []
-                self.barriers_proposed += 1
-                try:
-                    await self.propose(_commands.barrier(), timeout=timeout)
-                except (NoQuorum, NotApplied, OutcomeUnknown) as exc:
-                    err = NoQuorum(str(exc), exc.reason, applied=False)
-                    for fut in batch:
-                        if not fut.done():
-                            fut.set_exception(err)
-                            fut.exception()  # mark retrieved: a timed-out waiter is gone
-                    continue
-                for fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+            await self.propose(_commands.barrier(), timeout=timeout)
+        except (NoQuorum, NotApplied, OutcomeUnknown) as exc:
+            err = NoQuorum(str(exc), exc.reason, applied=False)
+            for fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+                    fut.exception()  # mark retrieved: a timed-out waiter is gone
+        else:
+            for fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
         finally:
-            self._barrier_running = False
+            self._barriers_in_flight -= 1
+            if self._barrier_waiting:
+                self._launch_barrier(timeout)
 
     # ------------------------------------------------------------------ status
 

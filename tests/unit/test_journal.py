@@ -370,6 +370,33 @@ def test_delete_entries_from_is_durable_at_once(path: str, open_journal: Callabl
     assert contents(open_journal()) == entries(1, 2)
 
 
+def test_truncation_and_clear_are_fsynced_after_the_cut(
+    path: str, monkeypatch: pytest.MonkeyPatch, open_journal: Callable[[], DurableJournal]
+) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 5))
+    j.sync()
+    log: list[tuple[str, int]] = []
+    real_fsync, real_ftruncate = os.fsync, os.ftruncate
+
+    def fsync(fd: int) -> None:
+        log.append(("fsync", fd))
+        real_fsync(fd)
+
+    def ftruncate(fd: int, length: int) -> None:
+        log.append(("ftruncate", length))
+        real_ftruncate(fd, length)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    cut = j._offsets[3]
+    j.deleteEntriesFrom(3)
+    assert log == [("ftruncate", cut), ("fsync", j._fd)]
+    log.clear()
+    j.clear()
+    assert log == [("ftruncate", len(_MAGIC)), ("fsync", j._fd)]
+
+
 # =========================================================================== deleteEntriesTo (compaction)
 
 

@@ -1026,3 +1026,78 @@ def test_apply_never_raises_on_random_bytes(data: bytes) -> None:
     result = node.apply(data)
     assert isinstance(result, dict)
     assert result["status"] in {"ok", "invalid", "conflict", "not_found"}
+
+
+# =========================================================================== chunked restore commands
+
+
+def _restore_via_log(node: Node, snapshot: bytes, upload: str = "up-1") -> list[dict[str, Any]]:
+    return [node.apply(c) for c in cmds.restore_commands(snapshot, upload)]
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_restore_commands_replace_state_with_a_new_revision(big: bool) -> None:
+    source = build_rich_state()
+    if big:  # several chunks
+        source.put("blob", b"x" * (cmds.RESTORE_CHUNK_BYTES * 2 + 17))
+    snapshot = source.sm.snapshot()
+    target = Node()
+    for i in range(20):
+        target.put(f"old{i}", i)
+    results = _restore_via_log(target, snapshot)
+    chunks = -(-len(snapshot) // cmds.RESTORE_CHUNK_BYTES)
+    assert chunks > 2 if big else chunks == 1
+    assert len(results) == 2 + chunks
+    assert all(r["status"] == "ok" for r in results)
+    sm = target.sm
+    revision = max(20, source.sm.revision) + 1
+    assert results[-1] == {"status": "ok", "revision": revision, "restored_keys": len(source.sm)}
+    assert sm.revision == revision
+    assert sm.applied_index == target.index  # the commit entry's index, not reset
+    assert [kv.key for kv in contents(sm)] == [kv.key for kv in contents(source.sm)]
+    assert [kv.value for kv in contents(sm)] == [kv.value for kv in contents(source.sm)]
+    assert sm.get("old0") is None
+    # Watch history restarts at the restore.
+    assert sm.compacted_revision == revision
+    with pytest.raises(Compacted):
+        sm.events_since(revision)
+    assert sm.events_since(revision + 1) == []
+    # The target's own request ids are kept: its retries stay deduplicated.
+    assert target.put("anything", 1, rid="rid-1")["duplicate"] is True
+    assert target.put("next", 1)["revision"] == revision + 1
+
+
+def test_restore_commit_of_garbage_changes_nothing(node: Node) -> None:
+    node.put("a", 1)
+    before = node.sm.snapshot()
+    results = _restore_via_log(node, b"not a snapshot")
+    assert results[-1]["status"] == "invalid"
+    assert contents(node.sm) == contents(restored(before))
+    assert node.sm.revision == 1
+
+
+def test_restore_chunks_must_follow_their_upload(node: Node) -> None:
+    node.put("a", 1)
+    snapshot = build_rich_state().sm.snapshot()
+    _begin, chunk, commit = cmds.restore_commands(snapshot, "u1")
+    assert node.apply(chunk)["status"] == "invalid"  # no upload in progress
+    assert node.apply(commit)["status"] == "invalid"
+    other_begin = cmds.restore_commands(snapshot, "u2")[0]
+    assert node.apply(other_begin)["status"] == "ok"
+    assert node.apply(chunk)["status"] == "invalid"  # chunk of another upload
+    assert node.sm.get("a") is not None
+    assert node.sm.revision == 1
+
+
+def test_restore_upload_in_progress_survives_snapshot() -> None:
+    node = Node()
+    node.put("a", 1)
+    snapshot = build_rich_state().sm.snapshot()
+    begin, chunk, commit = cmds.restore_commands(snapshot, "u")
+    node.apply(begin)
+    node.apply(chunk)
+    twin = Node(restored(node.sm.snapshot()))
+    twin._rids = itertools.count(500)
+    assert twin.apply(commit)["status"] == "ok"
+    assert twin.sm.get("cfg/a") is not None
+    assert twin.sm.get("a") is None

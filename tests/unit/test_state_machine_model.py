@@ -127,21 +127,19 @@ class Model:
         return {"status": "ok", "succeeded": ok, "revision": revision, "responses": responses}
 
 
+_INT_TARGETS = ["mod_revision", "create_revision", "version"]
+
+# A compare value is either a literal or ("rel", offset): the key's current attribute
+# plus offset, resolved when the rule runs, so ==, <, > hit their boundaries often.
 compares = st.fixed_dictionaries(
     {
         "key": keys,
         "result": st.sampled_from(["==", "!=", "<", ">"]),
+        "target": st.sampled_from([*_INT_TARGETS, "value"]),
+        "value": st.one_of(st.tuples(st.just("rel"), st.integers(-1, 1)), values, st.integers(0, 8)),
     }
-).flatmap(
-    lambda c: st.one_of(
-        st.builds(lambda v: {**c, "target": "value", "value": v}, values),
-        st.builds(
-            lambda t, v: {**c, "target": t, "value": v},
-            st.sampled_from(["mod_revision", "create_revision", "version"]),
-            st.integers(0, 8),
-        ),
-    )
 )
+
 
 ops = st.one_of(
     st.builds(lambda k: {"op": "get", "key": k}, keys),
@@ -223,8 +221,24 @@ class StateMachineVsModel(RuleBasedStateMachine):
         prev = self.prev_choice(key, choice)
         self.apply(cmds.delete(key, prev_revision=prev, request_id=self.rid()), self.model.delete(key, prev))
 
-    @rule(compare=st.lists(compares, max_size=3), success=branches, failure=branches)
-    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]]) -> None:
+    def resolve(self, c: dict[str, Any]) -> dict[str, Any]:
+        value = c["value"]
+        m = self.model.data.get(c["key"])
+        if c["target"] == "value":
+            if isinstance(value, tuple):  # the current value
+                value = None if m is None else m.value
+        elif isinstance(value, tuple):
+            field = {"mod_revision": "mod", "create_revision": "create", "version": "version"}[c["target"]]
+            value = max(0, (0 if m is None else getattr(m, field)) + value[1])
+        elif not isinstance(value, int) or isinstance(value, bool):
+            value = 1
+        return {**c, "value": value}
+
+    @rule(raw_compare=st.lists(compares, max_size=3), success=branches, failure=branches)
+    def txn(
+        self, raw_compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]]
+    ) -> None:
+        compare = [self.resolve(c) for c in raw_compare]
         command = cmds.txn(compare, success, failure, request_id=self.rid())
         self.apply(command, self.model.txn(compare, success, failure))
 
@@ -266,6 +280,17 @@ class StateMachineVsModel(RuleBasedStateMachine):
             m = model.data.get(key)
             assert sm.get(key) == (None if m is None else m.as_kv(key))
         assert sm.range("a/")[0] == [kv for kv in expected if kv.key.startswith("a/")]
+        # Paging with start_after/limit visits the same entries.
+        paged: list[KeyValue] = []
+        start_after = None
+        for _ in range(len(expected) + 1):
+            page, more = sm.range("", start_after=start_after, limit=2)
+            assert len(page) <= 2
+            paged += page
+            if not more:
+                break
+            start_after = page[-1].key
+        assert paged == expected
         # History: the retained tail of the model's event list.
         assert sm.compacted_revision == model.compacted
         events = sm.events_since(model.compacted + 1)
