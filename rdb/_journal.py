@@ -123,7 +123,10 @@ class DurableJournal:
         try:
             with open(self._meta_path, "rb") as f:
                 meta = msgpack.unpackb(f.read(), raw=False)
-            return dict(meta) if isinstance(meta, dict) else {}
+            if not isinstance(meta, dict):
+                # Forgetting a vote is unsafe: refuse to start rather than guess.
+                raise RuntimeError(f"{self._meta_path} is corrupt (not a map); restore it or rebuild this node")
+            return dict(meta)
         except FileNotFoundError:
             return {}
 

@@ -818,7 +818,7 @@ def test_restore_of_garbage_raises_value_error_and_keeps_state(garbage: Any) -> 
     assert node.put("after", 1)["status"] == "ok"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=200))
 def test_restore_of_random_bytes_never_corrupts(data: bytes) -> None:
     sm = restored(GOOD_SNAPSHOT)
@@ -830,7 +830,7 @@ def test_restore_of_random_bytes_never_corrupts(data: bytes) -> None:
         sm.snapshot()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(pos=st.integers(min_value=0, max_value=len(GOOD_SNAPSHOT) - 1), byte=st.integers(0, 255))
 def test_restore_of_a_corrupted_snapshot_never_raises_anything_but_value_error(pos: int, byte: int) -> None:
     data = bytearray(GOOD_SNAPSHOT)
@@ -1002,7 +1002,7 @@ _fuzz_commands = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commands=st.lists(_fuzz_commands, min_size=1, max_size=6))
 def test_apply_never_raises_on_fuzzed_commands(commands: list[dict[str, Any]]) -> None:
     node = Node()
@@ -1019,7 +1019,7 @@ def test_apply_never_raises_on_fuzzed_commands(commands: list[dict[str, Any]]) -
     assert node.sm.range("")[0] == sorted(node.sm.items(), key=lambda kv: kv.key)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(data=st.binary(max_size=64))
 def test_apply_never_raises_on_random_bytes(data: bytes) -> None:
     node = Node()
