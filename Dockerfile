@@ -26,6 +26,7 @@ COPY rdb ./rdb
 COPY resync ./resync
 COPY fencing ./fencing
 COPY node ./node
+COPY chaos ./chaos
 RUN pip install --no-cache-dir . \
     && rm -rf /src
 

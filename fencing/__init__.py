@@ -7,6 +7,7 @@ needs neither).
 
 from fencing._policy import (
     PROTOCOLS,
+    CaughtUp,
     Decision,
     Fence,
     FencePolicy,
@@ -29,6 +30,7 @@ from fencing._policy import (
 
 __all__ = [
     "PROTOCOLS",
+    "CaughtUp",
     "Decision",
     "Fence",
     "FencePolicy",

@@ -89,6 +89,14 @@ class QuorumChanged:
 
 
 @dataclass(frozen=True)
+class CaughtUp:
+    """This node has applied everything the leader had committed; ``revision`` is the
+    store revision at that moment, which every table must reach before serving."""
+
+    revision: int
+
+
+@dataclass(frozen=True)
 class Reset:
     """A leader change or a load event: retry failed tables at once."""
 
@@ -100,7 +108,7 @@ class Tick:
     """Time passed (quorum grace periods expire on ticks)."""
 
 
-Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | Reset | Tick
+Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Reset | Tick
 
 
 # ------------------------------------------------------------------ state
@@ -115,6 +123,7 @@ class TableHealth:
     message: str | None = "not resynced yet"
     revision: int = 0
     retry_at: float = 0.0
+    synced_revision: int = 0  # the last revision a resync of this table succeeded at
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,12 @@ class FenceState:
     tables: Mapping[str, TableHealth]
     fences: Mapping[str, Fence]  # protocol -> fence
     quorum_lost_since: float | None = None
-    awaiting_resync: frozenset[str] = frozenset()  # after a rejoin, until each table resyncs
+    #: False at start-up and after a rejoin that followed a fenced quorum loss, until this
+    #: node has applied what the leader had committed (a restarted node must not serve
+    #: the old config it replays from disk).
+    caught_up: bool = False
+    #: Every table must have resynced to at least this revision before serving.
+    required_revision: int = 0
 
 
 def initial_state(policy: FencePolicy, now: float) -> FenceState:
@@ -174,11 +188,16 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
     events: list[dict[str, Any]] = []
     tables = dict(state.tables)
     quorum_lost_since = state.quorum_lost_since
-    awaiting = state.awaiting_resync
+    caught_up, required = state.caught_up, state.required_revision
 
     if isinstance(outcome, ResyncOk) and outcome.table in tables:
-        tables[outcome.table] = TableHealth(ok=True, cause=None, message=None, revision=outcome.revision)
-        awaiting = awaiting - {outcome.table}
+        tables[outcome.table] = TableHealth(
+            ok=True, cause=None, message=None, revision=outcome.revision, synced_revision=outcome.revision
+        )
+    elif isinstance(outcome, CaughtUp):
+        if not caught_up:
+            events.append({"type": "caught_up", "revision": outcome.revision})
+        caught_up, required = True, max(required, outcome.revision)
     elif isinstance(outcome, ResyncFailed | LagObserved) and outcome.table in tables:
         if isinstance(outcome, LagObserved):
             if not tables[outcome.table].ok:
@@ -200,6 +219,7 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
             message=message,
             revision=outcome.revision,
             retry_at=now + policy.backoff(failures),
+            synced_revision=old.synced_revision,
         )
         events.append(
             {
@@ -216,13 +236,16 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
             quorum_lost_since = now
             events.append({"type": "quorum_lost"})
         elif outcome.has_quorum and quorum_lost_since is not None:
+            # Within the grace period the node kept serving last-known config; past it,
+            # it may have missed anything: it must catch up again before serving.
+            if now - quorum_lost_since >= min(policy.quorum_grace.values(), default=0.0):
+                caught_up = False
             quorum_lost_since = None
-            awaiting = frozenset(tables)
             events.append({"type": "quorum_regained"})
     elif isinstance(outcome, Reset):
         tables = {name: h if h.ok else replace(h, retry_at=now) for name, h in tables.items()}
 
-    new_state = FenceState(tables, state.fences, quorum_lost_since, awaiting)
+    new_state = FenceState(tables, state.fences, quorum_lost_since, caught_up, required)
     return Decision(*_refence(policy, new_state, now, events))
 
 
@@ -277,11 +300,22 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
             state.quorum_lost_since,
             0,
         )
-    if state.quorum_lost_since is None and state.awaiting_resync & policy.dependencies[protocol]:
-        pending = sorted(state.awaiting_resync & policy.dependencies[protocol])
-        old = state.fences.get(protocol)
-        if old is not None and old.cause == "no_quorum":
-            return replace(old, message=f"rejoined; waiting for resync of {', '.join(pending)}")
+    if not state.caught_up:
+        # Never caught up (a restart replays old config from disk): no grace for that.
+        return Fence(protocol, "*", "catching_up", "not yet caught up with the leader's commit index", now, 0)
+    if state.quorum_lost_since is not None:
+        return None  # within the grace period: keep serving last-known config
+    for table in sorted(policy.dependencies[protocol]):
+        health = state.tables.get(table)
+        if health is not None and health.synced_revision < state.required_revision:
+            return Fence(
+                protocol,
+                table,
+                "catching_up",
+                f"{table} is at revision {health.synced_revision}; serving resumes at {state.required_revision}",
+                now,
+                health.synced_revision,
+            )
     return None
 
 

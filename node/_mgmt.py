@@ -290,7 +290,7 @@ async def data_nfs_mount(request: web.Request) -> web.Response:
         decision = nfs_mount(runtime.blades["nblade"], vserver, path, client)
     except ValueError:
         raise ApiError(422, "bad_parameter", f"client {client!r} is not an IP address") from None
-    revision = runtime.applied_revision()
+    revision = runtime.applied_revision(runtime.policy.dependencies["nfs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
 
 
@@ -299,7 +299,7 @@ async def data_cifs_connect(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     runtime.guard("cifs", vserver)
     decision = cifs_connect(runtime.blades["nblade"], vserver, share, request.query.get("user") or "Everyone")
-    revision = runtime.applied_revision()
+    revision = runtime.applied_revision(runtime.policy.dependencies["cifs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
 
 

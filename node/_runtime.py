@@ -21,9 +21,11 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any
 
 from fencing import (
+    CaughtUp,
     Fence,
     FencePolicy,
     LagObserved,
@@ -135,9 +137,10 @@ class BladeRuntime:
         """Run the worker's next iteration now."""
         self._wake.set()
 
-    def applied_revision(self) -> int:
-        """The revision every blade table on this node reflects (the minimum)."""
-        return min(st.applied_revision for st in self.engine.status.values())
+    def applied_revision(self, tables: Iterable[str] | None = None) -> int:
+        """The revision the given blade tables (default: all) on this node all reflect."""
+        names = set(self.engine.status) if tables is None else set(tables) & set(self.engine.status)
+        return min(self.engine.status[n].applied_revision for n in names)
 
     def table_status(self) -> dict[str, Any]:
         revision = self.store.revision
@@ -168,6 +171,13 @@ class BladeRuntime:
                 if status.quorum and had_quorum is not None:
                     self.load_event("rejoin")  # trust nothing incremental after a partition
                 had_quorum = status.quorum
+            if (
+                not self.fence_state.caught_up
+                and status.quorum
+                and status.leader_commit_index is not None
+                and status.applied_index >= status.leader_commit_index
+            ):
+                self.observe(CaughtUp(self.store.revision))
             if status.leader != leader and status.leader is not None:
                 if leader is not None:
                     self.observe(Reset("leader_change"))

@@ -253,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--cluster-address", default=os.environ.get("RDBSYNC_CLUSTER_ADDRESS", "127.0.0.1:8000"))
     run_p.add_argument("--api-token", default=os.environ.get("RDBSYNC_API_TOKEN"))
     run_p.add_argument("--fault-injection", action="store_true")
+    sub.add_parser("chaos", help="run the chaos harness (see rdbsync chaos --help)", add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chaos"]:
+        from chaos import main as chaos_main  # the harness is a separate tool: import it only when asked
+
+        return chaos_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "run":
         setup_logging("auto")

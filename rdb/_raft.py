@@ -119,6 +119,7 @@ class RaftStatus:
     leader: str | None
     commit_index: int
     applied_index: int
+    leader_commit_index: int | None  # the newest commit index heard from the leader
     last_index: int
     quorum: bool
     members: list[str]
@@ -361,6 +362,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             term=int(self.raftCurrentTerm),
             leader=None if leader is None else str(leader.id),
             commit_index=int(self.raftCommitIndex),
+            leader_commit_index=self._SyncObj__leaderCommitIndex,
             applied_index=int(self.raftLastApplied),
             last_index=journal.last_index,
             quorum=quorum,

@@ -210,65 +210,56 @@ class ResyncEngine:
     async def run_pending(self, skip: Collection[str] = ()) -> list[TableOutcome]:
         """Bring every table up to the current revision: full for tables that need it
         (after a load event or a failure), incremental for the rest. Tables in ``skip``
-        (say, backing off after a failure) are left alone."""
+        (say, backing off after a failure) are left alone.
+
+        Every table is planned from one consistent read, so the tables of a run all land
+        on the same revision, and (unless an adapter suspends) no request handler runs
+        between two tables' changes."""
         async with self._lock:
             full = [n for n, st in self.status.items() if st.needs_full and n not in skip]
-            outcomes = [await self._full(n, "load") for n in full]
-            rest = [n for n in self._adapters if n not in full and n not in skip and not self.status[n].needs_full]
-            outcomes += await self._incremental(rest)
-            return outcomes
+            rest = [n for n in self._adapters if n not in full and n not in skip]
+            work = self._store.read(lambda reader: self._read_work(reader, full, rest, "load"))
+            return [await self._execute(n, kind, w) for n, (kind, w) in work.items()]
 
     async def resync(self, table: str | None, kind: RunKind, *, dry_run: bool = False) -> list[TableOutcome]:
         """Full resync of one table (or all) as ``manual``/``audit``/``load``."""
         names = [self.adapter(table).name] if table else list(self._adapters)
         async with self._lock:
-            return [await self._full(n, kind, dry_run=dry_run) for n in names]
+            work = self._store.read(lambda reader: self._read_work(reader, names, [], kind))
+            return [await self._execute(n, k, w, dry_run=dry_run) for n, (k, w) in work.items()]
 
-    async def _incremental(self, names: list[str]) -> list[TableOutcome]:
-        if not names:
-            return []
-
-        def read(reader: Reader) -> dict[str, _Work] | None:
-            revision = reader.revision
-            stale = [n for n in names if self.status[n].applied_revision < revision]
-            if not stale:
-                return {}
-            start = min(self.status[n].applied_revision for n in stale) + 1
+    def _read_work(
+        self, reader: Reader, full: list[str], incremental: list[str], full_kind: RunKind
+    ) -> dict[str, tuple[RunKind, _Work]]:
+        """Plan inputs for every table from one consistent read (runs under the store lock)."""
+        revision = reader.revision
+        full = list(full)
+        stale = [n for n in incremental if self.status[n].applied_revision < revision]
+        events: list[Event] = []
+        if stale:
             try:
-                events = reader.events_since(start)
-            except Compacted:
-                return None
-            out = {}
-            for n in stale:
-                applied = self.status[n].applied_revision
-                adapter = self._adapters[n]
-                mine = [e for e in events if e.revision > applied]
-                keys = adapter.affected(reader, mine)
-                desired = {k: row for k in keys if (row := adapter.desired(reader, k)) is not None}
-                out[n] = _Work(revision, keys, desired)
-            return out
-
-        work = self._store.read(read)
-        if work is None:  # history no longer reaches back: fall back to full
-            return [await self._full(n, "load") for n in names]
-        return [await self._execute(n, "incremental", w) for n, w in work.items()]
-
-    async def _full(self, name: str, kind: RunKind, *, dry_run: bool = False) -> TableOutcome:
-        adapter = self._adapters[name]
-        applied = self.status[name].applied_revision
-
-        def read(reader: Reader) -> _Work:
-            revision = reader.revision
+                events = reader.events_since(min(self.status[n].applied_revision for n in stale) + 1)
+            except Compacted:  # history no longer reaches back: fall back to full
+                full += stale
+                stale = []
+        out: dict[str, tuple[RunKind, _Work]] = {}
+        for name in full:
+            adapter = self._adapters[name]
+            applied = self.status[name].applied_revision
             explained: set[str] = set()
-            if kind == "audit" and applied < revision:
+            if full_kind == "audit" and applied < revision:
                 try:
                     explained = adapter.affected(reader, reader.events_since(applied + 1))
                 except Compacted:
                     explained = {"*"}  # cannot tell drift from change: count none
-            return _Work(revision, None, adapter.desired_all(reader), explained)
-
-        work = self._store.read(read)
-        return await self._execute(name, kind, work, dry_run=dry_run)
+            out[name] = (full_kind, _Work(revision, None, adapter.desired_all(reader), explained))
+        for name in stale:
+            applied = self.status[name].applied_revision
+            adapter = self._adapters[name]
+            keys = adapter.affected(reader, [e for e in events if e.revision > applied])
+            desired = {k: row for k in keys if (row := adapter.desired(reader, k)) is not None}
+            out[name] = ("incremental", _Work(revision, keys, desired))
+        return out
 
     async def _execute(self, name: str, kind: RunKind, work: _Work, *, dry_run: bool = False) -> TableOutcome:
         adapter = self._adapters[name]
@@ -287,7 +278,10 @@ class ResyncEngine:
         cause, error = None, None
         try:
             # Called even with no actions: an adapter may check its own health here.
-            await asyncio.wait_for(adapter.apply(actions), self.action_timeout)
+            # asyncio.timeout (not wait_for) runs the adapter in this task: no other
+            # handler gets in between tables unless the adapter itself suspends.
+            async with asyncio.timeout(self.action_timeout):
+                await adapter.apply(actions)
         except TimeoutError:
             cause, error = "timeout", f"resync of {name} did not finish within {self.action_timeout}s"
         except Exception as exc:  # noqa: BLE001 - an adapter failure is an outcome, not a crash

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from fencing import (
     PROTOCOLS,
+    CaughtUp,
     Decision,
     FencePolicy,
     FenceState,
@@ -48,9 +49,14 @@ def run(policy: FencePolicy, state: FenceState, steps: Iterable[tuple[Outcome, f
 
 
 def synced(policy: FencePolicy = POLICY, now: float = T0) -> FenceState:
-    """Every table resynced cleanly at ``now``."""
+    """Caught up with the leader, then every table resynced cleanly at ``now``."""
     state = initial_state(policy, now)
-    return run(policy, state, [(ResyncOk(t, 1), now) for t in sorted(policy.tables())])
+    return run(policy, state, [(CaughtUp(0), now)] + [(ResyncOk(t, 1), now) for t in sorted(policy.tables())])
+
+
+def catching_up(state: FenceState) -> dict[str, str]:
+    """protocol -> the table its catching_up fence names."""
+    return {p: f.table for p, f in state.fences.items() if f.cause == "catching_up"}
 
 
 def fail(table: str, cause: str = "error", revision: int = 2) -> ResyncFailed:
@@ -79,13 +85,15 @@ def test_initial_state_fences_every_protocol_until_synced() -> None:
         assert fence.cause == "not_synced" and fence.since == T0 and fence.vserver is None
     assert all(not h.ok and h.cause == "not_synced" for h in state.tables.values())
     assert set(state.tables) == set(TABLES)
+    assert state.caught_up is False and state.required_revision == 0 and state.quorum_lost_since is None
     # Never-synced tables are not "failed with backoff": they are retried by the load run.
     assert due_for_retry(state, T0 + 100) == frozenset() and backing_off(state, T0) == frozenset()
 
 
 def test_resync_ok_for_every_table_unfences_all() -> None:
-    state = initial_state(POLICY, T0)
-    events: list[dict[str, object]] = []
+    decision = decide(POLICY, initial_state(POLICY, T0), CaughtUp(0), T0)
+    assert decision.events == [{"type": "caught_up", "revision": 0}]
+    state, events = decision.state, []
     for table in TABLES:
         assert fenced(state)
         decision = decide(POLICY, state, ResyncOk(table, 7), T0 + 1)
@@ -96,7 +104,7 @@ def test_resync_ok_for_every_table_unfences_all() -> None:
 
 
 def test_protocol_unfences_once_its_own_tables_are_synced() -> None:
-    state = initial_state(POLICY, T0)
+    state = decide(POLICY, initial_state(POLICY, T0), CaughtUp(0), T0).state
     state = run(POLICY, state, [(ResyncOk(t, 1), T0) for t in ("vservers", "lifs", "volumes")])
     assert fenced(state) == {"nfs", "cifs"}  # iscsi needs only these three
 
@@ -306,41 +314,146 @@ def test_quorum_regained_before_the_grace_needs_no_fence() -> None:
     decision = decide(POLICY, state, QuorumChanged(True), T0 + 2)
     assert decision.events == [{"type": "quorum_regained"}]
     assert fenced(decision.state) == set()
+    # A blip within the grace period does not make the node catch up again.
+    assert decision.state.caught_up is True and decision.state.required_revision == 0
     assert fenced(decide(POLICY, decision.state, Tick(), T0 + 100).state) == set()
 
 
-def test_quorum_fence_stays_until_every_dependent_table_has_resynced() -> None:
+def test_after_a_fenced_quorum_loss_the_node_must_catch_up_again() -> None:
     state = run(POLICY, synced(), [(QuorumChanged(False), T0), (Tick(), T0 + 6)])
     assert fenced(state) == set(PROTOCOLS)
+    assert {f.cause for f in state.fences.values()} == {"no_quorum"}
     decision = decide(POLICY, state, QuorumChanged(True), T0 + 7)
     state = decision.state
-    assert decision.summary == "quorum_regained"
-    assert state.quorum_lost_since is None and state.awaiting_resync == set(TABLES)
-    assert fenced(state) == set(PROTOCOLS)
-    assert all(f.cause == "no_quorum" for f in state.fences.values())
-    assert "waiting for resync" in state.fences["nfs"].message
-    assert fenced(decide(POLICY, state, Tick(), T0 + 100).state) == set(PROTOCOLS)
+    assert decision.summary == "quorum_regained,fence_changed:cifs,fence_changed:iscsi,fence_changed:nfs"
+    assert state.quorum_lost_since is None and state.caught_up is False
+    assert catching_up(state) == dict.fromkeys(PROTOCOLS, "*")
+    for fence in state.fences.values():
+        assert (fence.since, fence.revision) == (T0 + 7, 0)
+        assert fence.message == "not yet caught up with the leader's commit index"
+    assert decide(POLICY, state, Tick(), T0 + 100).state.fences == state.fences  # 'since' kept
 
-    for table in ("vservers", "lifs", "volumes"):
-        state = decide(POLICY, state, ResyncOk(table, 9), T0 + 8).state
-    assert fenced(state) == {"nfs", "cifs"}  # iscsi's tables are all back
-    assert "export_rules" in state.fences["nfs"].message and "vldb" in state.fences["nfs"].message
-    state = decide(POLICY, state, ResyncOk("vldb", 9), T0 + 9).state
-    state = decide(POLICY, state, ResyncOk("export_rules", 9), T0 + 9).state
+    # Resyncs alone do not unfence: the node has not caught up with the leader yet.
+    state = run(POLICY, state, [(ResyncOk(t, 9), T0 + 8) for t in ("vservers", "volumes")])
+    assert catching_up(state) == dict.fromkeys(PROTOCOLS, "*")
+
+    decision = decide(POLICY, state, CaughtUp(9), T0 + 9)
+    state = decision.state
+    assert decision.events[0] == {"type": "caught_up", "revision": 9}
+    assert decision.summary == "caught_up,fence_changed:cifs,fence_changed:iscsi,fence_changed:nfs"
+    assert state.caught_up is True and state.required_revision == 9
+    # Each protocol now waits for the first of its tables (in name order) still below 9.
+    assert catching_up(state) == {"nfs": "export_rules", "cifs": "cifs_shares", "iscsi": "lifs"}
+    assert state.fences["nfs"].message == "export_rules is at revision 1; serving resumes at 9"
+    assert state.fences["nfs"].revision == 1 and state.fences["nfs"].since == T0 + 9
+
+    decision = decide(POLICY, state, ResyncOk("lifs", 9), T0 + 10)
+    assert fenced(decision.state) == {"nfs", "cifs"}  # iscsi's tables are all at 9 now
+    assert decision.summary == "unfenced:iscsi"
+    state = run(POLICY, decision.state, [(ResyncOk("vldb", 8), T0 + 11), (ResyncOk("export_rules", 9), T0 + 11)])
+    assert catching_up(state) == {"nfs": "vldb", "cifs": "cifs_shares"}  # 8 is not enough
+    state = decide(POLICY, state, ResyncOk("vldb", 10), T0 + 12).state
     assert fenced(state) == {"cifs"}
-    decision = decide(POLICY, state, ResyncOk("cifs_shares", 9), T0 + 9)
-    assert fenced(decision.state) == set() and decision.state.awaiting_resync == frozenset()
-    assert decision.summary == "unfenced:cifs"
+    decision = decide(POLICY, state, ResyncOk("cifs_shares", 9), T0 + 13)
+    assert fenced(decision.state) == set() and decision.summary == "unfenced:cifs"
 
 
 def test_a_table_failure_while_rejoining_takes_over_the_fence() -> None:
     state = run(POLICY, synced(), [(QuorumChanged(False), T0), (Tick(), T0 + 6), (QuorumChanged(True), T0 + 7)])
     state = decide(POLICY, state, fail("vservers"), T0 + 8).state
-    assert {f.cause for f in state.fences.values()} == {"error"}
+    assert {(f.table, f.cause) for f in state.fences.values()} == {("vservers", "error")}
     state = decide(POLICY, state, ResyncOk("vservers", 9), T0 + 9).state
-    # vservers is fine now, but nothing else has resynced since the rejoin; the
-    # no_quorum fence is gone, so the protocols are served again.
-    assert fenced(state) == set()
+    # vservers is fine now, but the node has still not caught up since the rejoin.
+    assert catching_up(state) == dict.fromkeys(PROTOCOLS, "*")
+    state = decide(POLICY, state, CaughtUp(9), T0 + 10).state
+    assert catching_up(state) == {"nfs": "export_rules", "cifs": "cifs_shares", "iscsi": "lifs"}
+
+
+# ------------------------------------------------------------------ catching up with the leader
+
+
+def test_all_tables_synced_without_caught_up_stays_fenced() -> None:
+    state = run(POLICY, initial_state(POLICY, T0), [(ResyncOk(t, 5), T0 + 1) for t in TABLES])
+    assert all(h.ok for h in state.tables.values())
+    assert fenced(state) == set(PROTOCOLS)
+    assert catching_up(state) == dict.fromkeys(PROTOCOLS, "*")
+    for fence in state.fences.values():
+        assert fence.message == "not yet caught up with the leader's commit index" and fence.revision == 0
+    assert decide(POLICY, state, Tick(), T0 + 100).state.fences == state.fences
+    decision = decide(POLICY, state, CaughtUp(5), T0 + 2)
+    assert decision.summary == "caught_up,unfenced:cifs,unfenced:iscsi,unfenced:nfs"
+    assert decision.events[0] == {"type": "caught_up", "revision": 5}
+    assert decision.state.fences == {} and decision.state.required_revision == 5
+
+
+def test_caught_up_fences_each_protocol_on_its_first_lagging_table() -> None:
+    state = initial_state(POLICY, T0)
+    state = run(POLICY, state, [(ResyncOk(t, 5), T0) for t in TABLES])
+    state = run(POLICY, state, [(ResyncOk(t, 20), T0) for t in ("cifs_shares", "export_rules", "lifs")])
+    decision = decide(POLICY, state, CaughtUp(20), T0 + 1)
+    state = decision.state
+    assert fenced(state) == set(PROTOCOLS)
+    assert catching_up(state) == {"nfs": "vldb", "cifs": "vldb", "iscsi": "volumes"}
+    fence = state.fences["iscsi"]
+    assert (fence.cause, fence.since, fence.revision) == ("catching_up", T0 + 1, 5)
+    assert fence.message == "volumes is at revision 5; serving resumes at 20"
+    assert decision.summary == "caught_up,fence_changed:cifs,fence_changed:iscsi,fence_changed:nfs"
+
+
+def test_reaching_the_required_revision_unfences_exactly_that_protocol() -> None:
+    state = run(POLICY, initial_state(POLICY, T0), [(CaughtUp(10), T0)] + [(ResyncOk(t, 4), T0) for t in TABLES])
+    assert catching_up(state) == {"nfs": "export_rules", "cifs": "cifs_shares", "iscsi": "lifs"}
+    state = run(POLICY, state, [(ResyncOk("lifs", 10), T0 + 1), (ResyncOk("volumes", 12), T0 + 1)])
+    assert catching_up(state) == {"nfs": "export_rules", "cifs": "cifs_shares", "iscsi": "vservers"}
+    decision = decide(POLICY, state, ResyncOk("vservers", 9), T0 + 2)  # one short
+    assert fenced(decision.state) == set(PROTOCOLS)
+    decision = decide(POLICY, decision.state, ResyncOk("vservers", 10), T0 + 3)
+    assert decision.summary == "unfenced:iscsi"
+    assert fenced(decision.state) == {"nfs", "cifs"}
+    assert catching_up(decision.state) == {"nfs": "export_rules", "cifs": "cifs_shares"}
+
+
+def test_table_failures_take_precedence_over_catching_up() -> None:
+    # Before catching up: a never-synced table names the fence, not the catch-up.
+    state = decide(POLICY, initial_state(POLICY, T0), ResyncOk("lifs", 1), T0).state
+    assert {f.cause for f in state.fences.values()} == {"not_synced"}
+    state = decide(POLICY, state, fail("lifs"), T0 + 1).state
+    assert state.fences["iscsi"].cause == "error" and state.fences["iscsi"].table == "lifs"
+    state = run(POLICY, state, [(ResyncOk(t, 1), T0 + 2) for t in TABLES if t != "lifs"])
+    assert {(f.table, f.cause) for f in state.fences.values()} == {("lifs", "error")}
+    # After catching up, with every table behind the required revision.
+    state = decide(POLICY, state, CaughtUp(5), T0 + 3).state
+    assert {(f.table, f.cause) for f in state.fences.values()} == {("lifs", "error")}
+    state = decide(POLICY, state, ResyncOk("lifs", 5), T0 + 4).state
+    assert catching_up(state) == {"nfs": "export_rules", "cifs": "cifs_shares", "iscsi": "volumes"}
+    decision = decide(POLICY, state, fail("vservers", "timeout"), T0 + 5)
+    assert {(f.table, f.cause) for f in decision.state.fences.values()} == {("vservers", "timeout")}
+    # So does a quorum loss past its grace period.
+    state = run(POLICY, state, [(QuorumChanged(False), T0 + 6), (Tick(), T0 + 11)])
+    assert {f.cause for f in state.fences.values()} == {"no_quorum"}
+
+
+def test_caught_up_is_idempotent_and_the_required_revision_never_decreases() -> None:
+    state = decide(POLICY, synced(), CaughtUp(1), T0 + 1).state
+    assert state.caught_up is True and state.required_revision == 1 and fenced(state) == set()
+    again = decide(POLICY, state, CaughtUp(1), T0 + 2)
+    assert again.state == state and again.events == []
+    lower = decide(POLICY, state, CaughtUp(0), T0 + 3)
+    assert lower.state == state and lower.summary == "steady"
+    # A later, higher revision is required without a second caught_up event.
+    higher = decide(POLICY, state, CaughtUp(3), T0 + 4)
+    assert higher.state.required_revision == 3
+    assert higher.summary == "fenced:cifs,fenced:iscsi,fenced:nfs"
+    assert catching_up(higher.state) == {"nfs": "export_rules", "cifs": "cifs_shares", "iscsi": "lifs"}
+    assert decide(POLICY, higher.state, CaughtUp(2), T0 + 5).state.required_revision == 3
+    # Losing caught_up on a rejoin keeps the required revision.
+    state = run(
+        POLICY, higher.state, [(QuorumChanged(False), T0 + 6), (Tick(), T0 + 20), (QuorumChanged(True), T0 + 21)]
+    )
+    assert state.caught_up is False and state.required_revision == 3
+    decision = decide(POLICY, state, CaughtUp(2), T0 + 22)
+    assert decision.events[0] == {"type": "caught_up", "revision": 2}
+    assert decision.state.required_revision == 3
 
 
 # ------------------------------------------------------------------ thresholds
@@ -422,38 +535,47 @@ def test_decision_summary() -> None:
 
 # ------------------------------------------------------------------ properties
 
+# Small revision ranges, and "load events" that resync every table at one revision, so
+# that histories often reach "caught up with every table at the required revision".
+REVISIONS = st.integers(0, 10)
 OUTCOMES = st.one_of(
-    st.builds(ResyncOk, st.sampled_from(TABLES), st.integers(0, 50)),
+    st.builds(ResyncOk, st.sampled_from(TABLES), REVISIONS),
     st.builds(
         ResyncFailed,
         st.sampled_from(TABLES),
         st.sampled_from(["error", "timeout", "verification"]),
         st.just("boom"),
-        st.integers(0, 50),
+        REVISIONS,
     ),
     st.builds(
         LagObserved,
         st.sampled_from(TABLES),
         st.integers(0, 20_000),
         st.floats(0, 10, allow_nan=False),
-        st.integers(0, 50),
+        REVISIONS,
     ),
     st.builds(QuorumChanged, st.booleans()),
+    st.builds(CaughtUp, REVISIONS),
     st.builds(Reset, st.just("leader_change")),
     st.just(Tick()),
 )
-STEPS = st.lists(st.tuples(OUTCOMES, st.floats(0, 3, allow_nan=False)), max_size=40)
+LOAD = REVISIONS.map(lambda revision: tuple(ResyncOk(t, revision) for t in TABLES))
+BATCHES = st.one_of(OUTCOMES.map(lambda outcome: (outcome,)), LOAD)
+STEPS = st.lists(st.tuples(BATCHES, st.floats(0, 3, allow_nan=False)), max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, derandomize=True, deadline=None)
 @given(STEPS)
-def test_fencing_invariants_over_random_histories(steps: list[tuple[Outcome, float]]) -> None:
+def test_fencing_invariants_over_random_histories(batches: list[tuple[tuple[Outcome, ...], float]]) -> None:
     now = T0
     state = initial_state(POLICY, now)
     failing = set(TABLES)  # tables whose last outcome was a failure (or that never synced)
+    synced_at: dict[str, int] = {}  # table -> revision of its last ResyncOk, while not failing
+    caught_up, required = False, 0
+    steps = [(outcome, dt if i == 0 else 0.0) for outcomes, dt in batches for i, outcome in enumerate(outcomes)]
     for outcome, dt in steps:
         now += dt
-        before = copy.deepcopy(state)
+        previous, before = state, copy.deepcopy(state)
         decision = decide(POLICY, state, outcome, now)
         assert state == before  # (c) the input state is not mutated
         assert decide(POLICY, before, outcome, now) == decision  # (d) deterministic
@@ -461,18 +583,69 @@ def test_fencing_invariants_over_random_histories(steps: list[tuple[Outcome, flo
 
         if isinstance(outcome, ResyncOk):
             failing.discard(outcome.table)
+            synced_at[outcome.table] = outcome.revision
         elif isinstance(outcome, ResyncFailed):
             failing.add(outcome.table)
         elif isinstance(outcome, LagObserved) and (outcome.revisions > 10_000 or outcome.seconds > 5.0):
             failing.add(outcome.table)
+        elif isinstance(outcome, CaughtUp):
+            assert any(e["type"] == "caught_up" for e in decision.events) == (not caught_up)
+            caught_up, required = True, max(required, outcome.revision)
+        elif isinstance(outcome, QuorumChanged) and outcome.has_quorum and before.quorum_lost_since is not None:
+            if now - before.quorum_lost_since >= min(POLICY.quorum_grace.values()):
+                caught_up = False  # a rejoin after a quorum loss longer than the grace period
+        for table in failing:
+            synced_at.pop(table, None)
+        assert (state.caught_up, state.required_revision) == (caught_up, required)
 
+        quorum = state.quorum_lost_since is None
+        within_grace = quorum or now - state.quorum_lost_since < 5.0
         for protocol in PROTOCOLS:
             deps = POLICY.dependencies[protocol]
             if deps & failing:  # (a) fail closed
                 assert guard(state, protocol) is not None, (protocol, deps & failing)
-            within_grace = state.quorum_lost_since is None or now - state.quorum_lost_since < 5.0
-            if not deps & failing and within_grace and not deps & state.awaiting_resync:
+            if quorum and not caught_up:  # (a) ...and until caught up with the leader
+                assert guard(state, protocol) is not None, protocol
+            current = all(synced_at.get(t, -1) >= required for t in deps)
+            if current and caught_up and within_grace:
                 assert guard(state, protocol) is None, protocol  # (b) no fence without a reason
+            elif quorum and not current:
+                assert guard(state, protocol) is not None, protocol  # (a) not resynced far enough
         assert {t for t, h in state.tables.items() if not h.ok} == failing
         if state.quorum_lost_since is not None and now - state.quorum_lost_since >= 5.0:
-            assert fenced(state) == set(PROTOCOLS)
+            # A lag reading that is not news returns the input state as is, without
+            # re-evaluating time-based fences; the next outcome (at worst a Tick) does.
+            lag_noop = isinstance(outcome, LagObserved) and state is previous and not decision.events
+            current_state = decide(POLICY, state, Tick(), now).state if lag_noop else state
+            assert fenced(current_state) == set(PROTOCOLS)
+
+
+def test_rejoin_after_a_loss_past_grace_resets_catch_up_even_without_a_tick_or_behind_a_table_fence() -> None:
+    state = synced()
+    # Lost at T0 and regained much later, with no tick between: still a rejoin.
+    state = run(POLICY, state, [(QuorumChanged(False), T0), (QuorumChanged(True), T0 + 100)])
+    assert state.caught_up is False and fenced(state) == set(PROTOCOLS)
+    # A table failure hiding the no_quorum fence does not skip the catch-up either.
+    state = synced()
+    state = run(
+        POLICY,
+        state,
+        [
+            (fail("vservers"), T0),
+            (QuorumChanged(False), T0 + 1),
+            (Tick(), T0 + 10),
+            (QuorumChanged(True), T0 + 11),
+            (ResyncOk("vservers", 5), T0 + 12),
+        ],
+    )
+    assert state.caught_up is False and {f.cause for f in state.fences.values()} == {"catching_up"}
+
+
+def test_a_failed_attempt_does_not_count_as_reaching_the_required_revision() -> None:
+    policy = default_policy(failures_to_fence=3)
+    state = run(policy, synced(policy), [(CaughtUp(10), T0)])
+    state = run(policy, state, [(ResyncOk(t, 10), T0) for t in TABLES if t != "lifs"])
+    state = run(policy, state, [(ResyncOk("lifs", 5), T0), (fail("lifs", revision=12), T0 + 1)])
+    # lifs failed once (under the threshold) at 12: it has still only synced to 5.
+    assert fenced(state) == set(PROTOCOLS)
+    assert all(f.cause == "catching_up" and f.table == "lifs" for f in state.fences.values())

@@ -1,0 +1,5 @@
+import sys
+
+from chaos import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""Network namespaces for real partitions: one namespace per node on a bridge the harness
+creates, addresses from the benchmarking range 198.18.0.0/15, nftables rules for cuts
+and random packet loss.
+
+Only what this module created is ever touched: names carry a per-run tag, and
+``teardown`` removes every namespace and the bridge, also after an interrupt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+SUBNET_PREFIX = "198.18.0."
+HOST_ADDRESS = SUBNET_PREFIX + "1"
+
+
+class NetUnavailable(Exception):
+    """Namespaces cannot be made here (not root, or ip/nft missing, or the kernel says no)."""
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=20)
+
+
+class NetLab:
+    """A bridge and one namespace per node. Use as a context manager."""
+
+    def __init__(self, node_ids: Iterable[str], tag: str | None = None) -> None:
+        self.tag = tag or f"{os.getpid() % 100000:05d}"
+        self.bridge = f"rdbbr{self.tag}"
+        self.nodes = list(node_ids)
+        self.address = {nid: f"{SUBNET_PREFIX}{i + 2}" for i, nid in enumerate(self.nodes)}
+        self.created_ns: list[str] = []
+        self.bridge_created = False
+        self.loss_percent = 0
+        self.cuts: set[tuple[str, str]] = set()
+
+    def namespace(self, nid: str) -> str:
+        return f"rdbc{self.tag}{nid}"
+
+    @staticmethod
+    def check_available() -> None:
+        if os.geteuid() != 0:
+            raise NetUnavailable("network namespaces need root")
+        for tool in ("ip", "nft"):
+            if shutil.which(tool) is None:
+                raise NetUnavailable(f"{tool} is not installed (iproute2, nftables)")
+
+    def setup(self) -> None:
+        self.check_available()
+        try:
+            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            self.bridge_created = True
+            _run("ip", "addr", "add", HOST_ADDRESS + "/24", "dev", self.bridge)
+            _run("ip", "link", "set", self.bridge, "up")
+            for nid in self.nodes:
+                ns = self.namespace(nid)
+                veth = f"rdbv{self.tag}{nid}"[:15]
+                _run("ip", "netns", "add", ns)
+                self.created_ns.append(ns)
+                _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _run("ip", "link", "set", veth, "master", self.bridge, "up")
+                _run("ip", "-n", ns, "addr", "add", self.address[nid] + "/24", "dev", "eth0")
+                _run("ip", "-n", ns, "link", "set", "eth0", "up")
+                _run("ip", "-n", ns, "link", "set", "lo", "up")
+                self._nft(nid, "add table inet rdbchaos")
+                for hook in ("input", "output"):
+                    self._nft(nid, f"add chain inet rdbchaos {hook} {{ type filter hook {hook} priority 0; }}")
+        except (subprocess.CalledProcessError, OSError) as exc:
+            self.teardown()
+            detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+            raise NetUnavailable(f"cannot build the namespace lab: {detail}") from exc
+
+    def _nft(self, nid: str, rule: str) -> None:
+        _run("ip", "netns", "exec", self.namespace(nid), "nft", *rule.split())
+
+    def prefix_argv(self, nid: str) -> list[str]:
+        """Run a command inside node ``nid``'s namespace."""
+        return ["ip", "netns", "exec", self.namespace(nid)]
+
+    def apply(self, cuts: set[tuple[str, str]], loss_percent: int = 0) -> None:
+        """Make the rules say exactly: no traffic between each (a, b) pair in ``cuts``
+        (both ways), and ``loss_percent`` random loss on node-to-node packets."""
+        self.cuts = {tuple(sorted(c)) for c in cuts}  # type: ignore[misc]
+        self.loss_percent = loss_percent
+        for nid in self.nodes:
+            for hook in ("input", "output"):
+                self._nft(nid, f"flush chain inet rdbchaos {hook}")
+            peers = [b if a == nid else a for a, b in self.cuts if nid in (a, b)]
+            for peer in peers:
+                self._nft(nid, f"add rule inet rdbchaos output ip daddr {self.address[peer]} drop")
+                self._nft(nid, f"add rule inet rdbchaos input ip saddr {self.address[peer]} drop")
+            if loss_percent:
+                others = ", ".join(self.address[o] for o in self.nodes if o != nid)
+                rule = f"output ip daddr {{ {others} }} numgen random mod 100 < {loss_percent} drop"
+                self._nft(nid, f"add rule inet rdbchaos {rule}")
+
+    def heal(self) -> None:
+        self.apply(set(), 0)
+
+    def teardown(self) -> None:
+        for ns in self.created_ns:
+            _run("ip", "netns", "del", ns, check=False)
+        self.created_ns = []
+        if self.bridge_created:
+            _run("ip", "link", "del", self.bridge, check=False)
+            self.bridge_created = False
+
+    def __enter__(self) -> NetLab:
+        self.setup()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
