@@ -1,5 +1,5 @@
 """Network namespaces for real partitions: one namespace per node on a bridge the harness
-creates, addresses from the benchmarking range 198.18.0.0/15, nftables rules for cuts
+creates, on a free /24 of the benchmarking range 198.18.0.0/15, nftables rules for cuts
 and random packet loss.
 
 Only what this module created is ever touched: names carry a per-run tag, and
@@ -9,12 +9,25 @@ Only what this module created is ever touched: names carry a per-run tag, and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
 
-SUBNET_PREFIX = "198.18.0."
-HOST_ADDRESS = SUBNET_PREFIX + "1"
+BENCHMARK_RANGE = "198.18.0.0/15"  # RFC 2544: never routed off the machine
+
+
+def free_subnet_prefix() -> str:
+    """The first 198.18-19.x.0/24 no interface on this host uses yet (runs must not share
+    one: two bridges on one subnet would send a run's requests to the other's nodes)."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+    used = {f"{a}.{b}.{c}" for a, b, c in re.findall(r"inet (198)\.(1[89])\.(\d+)\.", out)}
+    for second in (18, 19):
+        for third in range(256):
+            prefix = f"198.{second}.{third}"
+            if prefix not in used:
+                return prefix + "."
+    raise NetUnavailable("every /24 of 198.18.0.0/15 is in use")
 
 
 class NetUnavailable(Exception):
@@ -32,7 +45,8 @@ class NetLab:
         self.tag = tag or f"{os.getpid() % 100000:05d}"
         self.bridge = f"rdbbr{self.tag}"
         self.nodes = list(node_ids)
-        self.address = {nid: f"{SUBNET_PREFIX}{i + 2}" for i, nid in enumerate(self.nodes)}
+        self.subnet_prefix = ""
+        self.address: dict[str, str] = {}
         self.created_ns: list[str] = []
         self.bridge_created = False
         self.loss_percent = 0
@@ -52,9 +66,11 @@ class NetLab:
     def setup(self) -> None:
         self.check_available()
         try:
+            self.subnet_prefix = free_subnet_prefix()
+            self.address = {nid: f"{self.subnet_prefix}{i + 2}" for i, nid in enumerate(self.nodes)}
             _run("ip", "link", "add", self.bridge, "type", "bridge")
             self.bridge_created = True
-            _run("ip", "addr", "add", HOST_ADDRESS + "/24", "dev", self.bridge)
+            _run("ip", "addr", "add", self.subnet_prefix + "1/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
             for nid in self.nodes:
                 ns = self.namespace(nid)

@@ -373,31 +373,40 @@ class ReplicatedStore:
     async def change_membership(self, action: str, raft_address: str, *, timeout: float | None = None) -> None:
         """Add or remove one member, one change at a time (PySyncObj does not enforce it).
 
-        Raises ``NoQuorum`` / ``NotApplied`` like ``propose``.
+        Retries what was definitely not applied (no leader yet, a leader change) until the
+        deadline. Raises ``NoQuorum``, ``NotApplied`` (the leader refused: another change
+        is in progress) or ``OutcomeUnknown``.
         """
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
         async with self._membership_lock:
-            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+            while True:
+                fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
-            def done(result: Any, reason: int) -> None:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_resolve, fut, (result, reason))
+                def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                    if not loop.is_closed():
+                        loop.call_soon_threadsafe(_resolve, fut, (result, reason))
 
-            if action == "add":
-                self.raft.add_member(raft_address, done)
-            else:
-                self.raft.remove_member(raft_address, done)
-            try:
-                _, reason = await asyncio.wait_for(fut, self.request_timeout if timeout is None else timeout)
-            except TimeoutError:
-                raise NoQuorum(
-                    "membership change not committed within the deadline", "timeout", applied="unknown"
-                ) from None
-            if reason != FAIL_REASON.SUCCESS:
+                if action == "add":
+                    self.raft.add_member(raft_address, done)
+                else:
+                    self.raft.remove_member(raft_address, done)
+                try:
+                    _, reason = await asyncio.wait_for(fut, max(0.01, deadline - loop.time()))
+                except TimeoutError:
+                    raise NoQuorum(
+                        "membership change not committed within the deadline", "timeout", applied="unknown"
+                    ) from None
+                if reason == FAIL_REASON.SUCCESS:
+                    return
                 name = REASON_NAMES.get(reason, str(reason))
-                if reason in NOT_APPLIED_REASONS:
+                if reason not in NOT_APPLIED_REASONS:
+                    raise OutcomeUnknown(f"membership change outcome unknown: {name}", name)
+                if reason == FAIL_REASON.REQUEST_DENIED:
                     raise NotApplied(f"membership change refused: {name}", name)
-                raise OutcomeUnknown(f"membership change outcome unknown: {name}", name)
+                if loop.time() + _RETRY_PAUSE >= deadline:
+                    raise NoQuorum(f"membership change not accepted before the deadline: {name}", name, applied=False)
+                await asyncio.sleep(_RETRY_PAUSE)
 
 
 def _resolve(fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
