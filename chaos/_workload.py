@@ -198,7 +198,9 @@ def _request(method: str, url: str, body: Any, headers: dict[str, str]) -> tuple
 
 
 class SetWorkload(Workload):
-    """No-lost-write set: each add writes a fresh key once (with an Idempotency-Key)."""
+    """No-lost-write set: each add writes a fresh key. An add whose outcome is unknown is
+    retried with the same Idempotency-Key (up to 3 tries), which exercises exactly-once
+    retries: a key applied twice would show version 2."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -209,7 +211,13 @@ class SetWorkload(Workload):
         key = f"set/p{self.process}-{self.n}"
         node, url = self.pick()
         invoke = self.history.now()
-        status, body = _put(url, key, self.n, {"Idempotency-Key": uuid.uuid4().hex})
+        idem = {"Idempotency-Key": uuid.uuid4().hex}
+        for _attempt in range(3):
+            status, body = _put(url, key, self.n, idem)
+            outcome = outcome_of(status, body, is_write=True)
+            if outcome != "unknown" or self.stop.is_set():
+                break
+            node, url = self.pick()  # the retry may go to another node: same request id
         self.history.record(
             {
                 "process": self.process,
@@ -220,7 +228,7 @@ class SetWorkload(Workload):
                 "node": node,
                 "invoke": invoke,
                 "complete": self.history.now(),
-                "outcome": outcome_of(status, body, is_write=True),
+                "outcome": outcome,
                 "result": body.get("revision") if status == 200 else None,
             }
         )

@@ -33,6 +33,11 @@ CLIENT = web.AppKey("client", aiohttp.ClientSession)
 RUNTIME: web.AppKey[BladeRuntime] = web.AppKey("runtime")
 
 
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: storing them would make later answers invalid JSON.
+    raise ApiError(400, "bad_json", f"{name} is not valid JSON", applied=False)
+
+
 async def json_body(request: web.Request, model: type[BaseModel] | None = None) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY_BYTES} bytes", applied=False)
@@ -40,9 +45,11 @@ async def json_body(request: web.Request, model: type[BaseModel] | None = None) 
     if not raw:
         raise ApiError(400, "bad_json", "request body is empty; a JSON object is required", applied=False)
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "body is nested too deeply", applied=False) from None
     return data if model is None else model.model_validate(data)
 
 

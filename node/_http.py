@@ -63,6 +63,8 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        raise  # the client went away mid-answer: nobody to answer
     except Exception as exc:  # noqa: BLE001 - the one translation point
         err = translate(exc, is_write=is_write)
         response = error_response(err)
@@ -236,13 +238,19 @@ async def watch(request: web.Request) -> web.StreamResponse:
             break
         if events:
             chunk = b"".join(_sse(e.type, e.revision, e.to_dict()) for e in events)
-            await response.write(chunk)
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                break  # the watcher went away
             next_revision = events[-1].revision + 1
             continue
         try:
             await asyncio.wait_for(changed.wait(), WATCH_KEEPALIVE_SECONDS)
         except TimeoutError:
-            await response.write(b": keepalive\n\n")
+            try:
+                await response.write(b": keepalive\n\n")
+            except ConnectionResetError:
+                break
     return response
 
 
@@ -479,7 +487,8 @@ async def post_restore(request: web.Request) -> web.Response:
         chunks.append(chunk)
     if not size:
         raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
-    result = await request.app[STORE].restore(b"".join(chunks))
+    # The member registry describes this cluster, not the one the backup came from.
+    result = await request.app[STORE].restore(b"".join(chunks), keep_prefix=RESERVED_PREFIX)
     revision = int(result["revision"])
     return _answer({"revision": revision, "restored_keys": result.get("restored_keys")}, revision)
 

@@ -22,6 +22,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fencing import (
@@ -58,6 +59,13 @@ class Fenced(Exception):
         self.fence = fence
 
 
+@dataclass
+class _LoopState:
+    next_audit: float
+    had_quorum: bool | None = None
+    leader: str | None = None
+
+
 class BladeRuntime:
     def __init__(
         self,
@@ -91,6 +99,7 @@ class BladeRuntime:
         #: (revision, wall time every blade table reflected it): commit-to-blade figures.
         self.blade_times: deque[tuple[int, float]] = deque(maxlen=20_000)
         self.worker_delay = 0.0  # fault injection: hold the worker back
+        self._catch_up: asyncio.Task[None] | None = None
         store.add_load_listener(self.load_event)
 
     # ------------------------------------------------------------ fencing
@@ -157,43 +166,52 @@ class BladeRuntime:
     # ------------------------------------------------------------ the worker
 
     async def run(self) -> None:
-        """The worker loop; cancelled by the app's cleanup context."""
-        next_audit = time.monotonic() + self.audit_interval
-        had_quorum: bool | None = None
-        leader: str | None = None
+        """The worker loop; cancelled by the app's cleanup context. An iteration that
+        fails is logged and retried: the loop itself never ends on an error."""
+        loop_state = _LoopState(next_audit=time.monotonic() + self.audit_interval)
         while True:
             changed = self.store.changed()
-            if self.worker_delay:
-                await asyncio.sleep(self.worker_delay)
-            status = self.store.status()
-            if status.quorum != had_quorum and not (had_quorum is None and status.quorum):
-                self.observe(QuorumChanged(status.quorum))
-                if status.quorum and had_quorum is not None:
-                    self.load_event("rejoin")  # trust nothing incremental after a partition
-                had_quorum = status.quorum
-            if (
-                not self.fence_state.caught_up
-                and status.quorum
-                and status.leader_commit_index is not None
-                and status.applied_index >= status.leader_commit_index
-            ):
-                self.observe(CaughtUp(self.store.revision))
-            if status.leader != leader and status.leader is not None:
-                if leader is not None:
-                    self.observe(Reset("leader_change"))
-                leader = status.leader
+            self._wake.clear()  # before the work: a wake-up during it is not lost
             try:
-                await self.engine.run_pending(skip=backing_off(self.fence_state, time.time()))
-                if time.monotonic() >= next_audit:
-                    next_audit = time.monotonic() + self.audit_interval
-                    await self.engine.resync(None, "audit")
+                await self._iteration(loop_state)
             except Exception:
                 log.exception("resync worker iteration failed")
-            self._record_blade_time()
-            self._observe_lag()
-            self.observe(Tick())
-            self._wake.clear()
             await _wait_any(changed, self._wake, timeout=0.1)
+
+    async def _iteration(self, s: _LoopState) -> None:
+        if self.worker_delay:
+            await asyncio.sleep(self.worker_delay)
+        status = self.store.status()
+        if status.quorum != s.had_quorum and not (s.had_quorum is None and status.quorum):
+            self.observe(QuorumChanged(status.quorum))
+            if status.quorum and s.had_quorum is not None:
+                self.load_event("rejoin")  # trust nothing incremental after a partition
+            s.had_quorum = status.quorum
+        if not self.fence_state.caught_up and status.quorum and self._catch_up is None:
+            self._catch_up = asyncio.get_running_loop().create_task(self._confirm_caught_up())
+        if status.leader != s.leader and status.leader is not None:
+            if s.leader is not None:
+                self.observe(Reset("leader_change"))
+            s.leader = status.leader
+        await self.engine.run_pending(skip=backing_off(self.fence_state, time.time()))
+        if time.monotonic() >= s.next_audit:
+            s.next_audit = time.monotonic() + self.audit_interval
+            await self.engine.resync(None, "audit")
+        self._record_blade_time()
+        self._observe_lag()
+        self.observe(Tick())
+
+    async def _confirm_caught_up(self) -> None:
+        """A read barrier through the log: once it returns, this node has applied
+        everything committed before it, whatever it replayed from disk."""
+        try:
+            await self.store.linearizable_barrier(timeout=2.0)
+            self.observe(CaughtUp(self.store.revision))
+            self._wake.set()
+        except Exception as exc:  # noqa: BLE001 - no quorum yet: the next iteration retries
+            log.debug("catch-up barrier failed: %s", exc)
+        finally:
+            self._catch_up = None
 
     def _record_blade_time(self) -> None:
         applied = self.applied_revision()

@@ -132,7 +132,7 @@ def txn(
 RESTORE_CHUNK_BYTES = 256 * 1024
 
 
-def restore_commands(snapshot: bytes, upload: str) -> list[bytes]:
+def restore_commands(snapshot: bytes, upload: str, keep_prefix: str = "") -> list[bytes]:
     """The command sequence that restores ``snapshot``: begin, chunks, commit.
 
     Each log entry stays well under PySyncObj's 64 KiB-chunking threshold multiple,
@@ -151,5 +151,7 @@ def restore_commands(snapshot: bytes, upload: str) -> list[bytes]:
                 }
             )
         )
-    cmds.append(_encode({"kind": "restore_commit", "upload": upload, "rid": f"{upload}:commit"}))
+    cmds.append(
+        _encode({"kind": "restore_commit", "upload": upload, "rid": f"{upload}:commit", "keep_prefix": keep_prefix})
+    )
     return cmds

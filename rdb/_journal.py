@@ -191,9 +191,10 @@ class DurableJournal:
         for command, idx, term in keep:
             offsets.append(len(body))
             body += _frame(bytes(command), idx, term)
-        os.close(self._fd)
         write_file_atomically(self._path, bytes(body))
-        self._fd = os.open(self._path, os.O_RDWR)
+        # Only now retire the old descriptor: on a failed rewrite it stays valid.
+        old_fd, self._fd = self._fd, os.open(self._path, os.O_RDWR)
+        os.close(old_fd)
         self._entries = list(keep)
         self._offsets = offsets
         self._pending.clear()

@@ -239,7 +239,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         return journal
 
     def _persist_and_release(self) -> None:
-        self._rdb_journal.sync()
+        try:
+            self._rdb_journal.sync()
+        except OSError:
+            # fsync failed: what was acknowledged may not be on disk. PySyncObj would
+            # retry the tick forever; a broken durability invariant must crash loudly.
+            log.critical("journal fsync failed; stopping this node", exc_info=True)
+            os._exit(70)
         self._SyncObj__transport.release_held()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - PySyncObj's name
@@ -349,7 +355,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         role = ROLE_NAMES.get(self._SyncObj__raftState, "follower")
         leader = self._SyncObj__raftLeader
         now = time.monotonic()
-        others = list(self._SyncObj__otherNodes)
+        others = self._other_nodes()
         if role == "leader":
             responses = self._SyncObj__lastResponseTime
             fresh = sum(1 for n in others if responses.get(n, 0.0) > now - quorum_window)
@@ -372,6 +378,15 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             truncations_below_commit=self.truncations_below_commit,
             suppressed_truncations=self.suppressed_truncations,
         )
+
+    def _other_nodes(self) -> list[Any]:
+        # The tick thread may swap this set during a membership change; copy, retrying.
+        for _ in range(10):
+            try:
+                return list(self._SyncObj__otherNodes)
+            except RuntimeError:
+                continue
+        return []
 
     def add_member(self, address: str, callback: Callable[[Any, int], None]) -> None:
         self.addNodeToCluster(address, callback=callback)

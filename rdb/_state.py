@@ -219,7 +219,7 @@ class StateMachine:
         except Exception as exc:  # noqa: BLE001 - a bug must not wedge the cluster
             result = {"status": "invalid", "message": f"internal error applying command: {exc!r}"}
         if isinstance(rid, str):
-            self._dedup[rid] = result
+            self._dedup[rid] = _for_dedup(result)
             while len(self._dedup) > self._dedup_limit:
                 self._dedup.popitem(last=False)
         return result
@@ -265,13 +265,19 @@ class StateMachine:
         # history restarts there (older revisions answer 410, so watchers re-list).
         revision = max(self._revision, incoming._revision) + 1
         dedup, applied = self._dedup, self._applied_index
+        # Keys under keep_prefix (say, this cluster's member registry) survive a restore.
+        keep = cmd.get("keep_prefix")
+        keep_prefix = keep if isinstance(keep, str) and keep else None
+        kept = {k: kv for k, kv in self._data.items() if keep_prefix and k.startswith(keep_prefix)}
         self._reset()
         self._applied_index = applied  # this entry's index, set by apply() before dispatch
         self._data = {
             k: KeyValue(k, kv.value, min(kv.create_revision, revision), min(kv.mod_revision, revision), kv.version)
             for k, kv in incoming._data.items()
+            if not (keep_prefix and k.startswith(keep_prefix))
         }
-        self._keys = list(incoming._keys)
+        self._data.update(kept)
+        self._keys = sorted(self._data)
         self._dedup = dedup
         self._revision = revision
         self._compacted = revision
@@ -551,6 +557,24 @@ class StateMachine:
 
     def items(self) -> Iterable[KeyValue]:
         return self._data.values()
+
+
+def _for_dedup(result: Result) -> Result:
+    """What a retry gets back: the result without stored values, which can be up to
+    1 MiB each (a conflict's current entry, a txn's gets) and are kept on every node."""
+    if "current" not in result and not any(r.get("op") == "get" for r in result.get("responses", ())):
+        return result
+    trimmed = dict(result, values_trimmed=True)
+    if isinstance(result.get("current"), dict):
+        trimmed["current"] = {k: v for k, v in result["current"].items() if k != "value"}
+    if "responses" in result:
+        trimmed["responses"] = [
+            {**r, "kv": {k: v for k, v in r["kv"].items() if k != "value"}}
+            if r.get("op") == "get" and r.get("kv")
+            else r
+            for r in result["responses"]
+        ]
+    return trimmed
 
 
 def _kv_row(kv: KeyValue) -> list[Any]:

@@ -148,14 +148,18 @@ class ReplicatedStore:
         self._schedule_notify(load=True)
 
     def _schedule_notify(self, load: bool = False) -> None:
+        # Runs inside the apply: it must never raise (the loop may close at shutdown).
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None:
             return
-        if load:
-            loop.call_soon_threadsafe(self._fire_load)
-        if not self._notify_pending:
-            self._notify_pending = True
-            loop.call_soon_threadsafe(self._fire_changed)
+        try:
+            if load:
+                loop.call_soon_threadsafe(self._fire_load)
+            if not self._notify_pending:
+                self._notify_pending = True
+                loop.call_soon_threadsafe(self._fire_changed)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting
 
     def _fire_changed(self) -> None:
         self._notify_pending = False
@@ -221,7 +225,8 @@ class ReplicatedStore:
 
         Retries MISSING_LEADER / NOT_LEADER / DISCARDED / QUEUE_FULL (not applied), and
         LEADER_CHANGED / UNKNOWN_OUTCOME (maybe applied: safe only because writes carry a
-        request id), until the deadline. Raises ``NoQuorum`` or ``OutcomeUnknown``.
+        request id), until the deadline. Raises ``NoQuorum`` (its ``applied`` is False
+        when nothing can still apply, "unknown" otherwise) or ``NotApplied`` (denied).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
@@ -238,8 +243,7 @@ class ReplicatedStore:
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
             def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_resolve, fut, (result, reason))
+                _call_soon(loop, fut, (result, reason))
 
             self.raft.propose(payload, done)
             try:
@@ -296,18 +300,19 @@ class ReplicatedStore:
         await self.linearizable_barrier()
         return self.read(lambda sm: (sm.snapshot(), sm.revision))
 
-    async def restore(self, snapshot: bytes, *, timeout: float | None = None) -> Result:
+    async def restore(self, snapshot: bytes, *, keep_prefix: str = "", timeout: float | None = None) -> Result:
         """Replace the whole key space with ``snapshot`` on every node (a load event).
 
         Raises ``InvalidCommand`` for a malformed snapshot (nothing proposed), or the
-        ``propose`` errors; a failed upload leaves the current state untouched.
+        ``propose`` errors; a failed upload leaves the current state untouched. Keys under
+        ``keep_prefix`` keep their current values.
         """
         try:
             StateMachine().restore(snapshot)
         except ValueError as exc:
             raise InvalidCommand(str(exc)) from None
         result: Result = {}
-        for payload in _commands.restore_commands(snapshot, _commands.new_request_id()):
+        for payload in _commands.restore_commands(snapshot, _commands.new_request_id(), keep_prefix):
             result = await self.propose(payload, timeout=timeout)
             if result.get("status") != "ok":
                 raise InvalidCommand(str(result.get("message", "restore rejected")))
@@ -384,8 +389,7 @@ class ReplicatedStore:
                 fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
                 def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                    if not loop.is_closed():
-                        loop.call_soon_threadsafe(_resolve, fut, (result, reason))
+                    _call_soon(loop, fut, (result, reason))
 
                 if action == "add":
                     self.raft.add_member(raft_address, done)
@@ -407,6 +411,14 @@ class ReplicatedStore:
                 if loop.time() + _RETRY_PAUSE >= deadline:
                     raise NoQuorum(f"membership change not accepted before the deadline: {name}", name, applied=False)
                 await asyncio.sleep(_RETRY_PAUSE)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
+    """Hand a Raft callback's result to the loop from the tick thread; never raises."""
+    try:
+        loop.call_soon_threadsafe(_resolve, fut, value)
+    except RuntimeError:
+        pass  # the loop is closed (shutdown): the caller is gone
 
 
 def _resolve(fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:

@@ -167,7 +167,8 @@ class _Work:
     revision: int
     keys: set[str] | None  # None: the whole table
     desired: dict[str, Row]
-    explained: set[str] = field(default_factory=set)  # keys changed by commits since applied; "*": unknown
+    explained: set[str] = field(default_factory=set)  # keys changed by commits since applied
+    error: str | None = None  # the projection itself failed (say, a row it cannot read); "*": unknown
 
 
 class ResyncEngine:
@@ -247,24 +248,32 @@ class ResyncEngine:
             adapter = self._adapters[name]
             applied = self.status[name].applied_revision
             explained: set[str] = set()
-            if full_kind == "audit" and applied < revision:
-                try:
-                    explained = adapter.affected(reader, reader.events_since(applied + 1))
-                except Compacted:
-                    explained = {"*"}  # cannot tell drift from change: count none
-            out[name] = (full_kind, _Work(revision, None, adapter.desired_all(reader), explained))
+            try:
+                if full_kind == "audit" and applied < revision:
+                    try:
+                        explained = adapter.affected(reader, reader.events_since(applied + 1))
+                    except Compacted:
+                        explained = {"*"}  # cannot tell drift from change: count none
+                out[name] = (full_kind, _Work(revision, None, adapter.desired_all(reader), explained))
+            except Exception as exc:  # noqa: BLE001 - one table's bad projection fails that table only
+                out[name] = (full_kind, _Work(revision, None, {}, error=f"projection failed: {exc!r}"))
         for name in stale:
             applied = self.status[name].applied_revision
             adapter = self._adapters[name]
-            keys = adapter.affected(reader, [e for e in events if e.revision > applied])
-            desired = {k: row for k in keys if (row := adapter.desired(reader, k)) is not None}
-            out[name] = ("incremental", _Work(revision, keys, desired))
+            try:
+                keys = adapter.affected(reader, [e for e in events if e.revision > applied])
+                desired = {k: row for k in keys if (row := adapter.desired(reader, k)) is not None}
+                out[name] = ("incremental", _Work(revision, keys, desired))
+            except Exception as exc:  # noqa: BLE001 - as above
+                out[name] = ("incremental", _Work(revision, set(), {}, error=f"projection failed: {exc!r}"))
         return out
 
     async def _execute(self, name: str, kind: RunKind, work: _Work, *, dry_run: bool = False) -> TableOutcome:
         adapter = self._adapters[name]
         st = self.status[name]
         started = self._clock()
+        if work.error is not None:
+            return self._record(name, kind, work, [], 0, "error", work.error, started)
         actions = plan(work.desired, adapter.rows(), work.keys)
         if dry_run:
             return self._finish(TableOutcome(name, kind, True, work.revision, actions, dry_run=True))
@@ -291,6 +300,21 @@ class ResyncEngine:
             if leftover:
                 cause = "verification"
                 error = f"{len(leftover)} row(s) still differ after apply (first: {leftover[0].key})"
+        return self._record(name, kind, work, actions, drift, cause, error, started)
+
+    def _record(
+        self,
+        name: str,
+        kind: RunKind,
+        work: _Work,
+        actions: list[Action],
+        drift: int,
+        cause: str | None,
+        error: str | None,
+        started: float,
+    ) -> TableOutcome:
+        """Update the table's status with one run's result and report the outcome."""
+        st = self.status[name]
         duration = self._clock() - started
         if cause is None:
             st.adds += sum(1 for a in actions if a.kind == "add")

@@ -61,36 +61,6 @@ async def test_ack_only_after_fsync_on_a_majority(tmp_path: Any, monkeypatch: py
             s.close()
 
 
-async def test_unsynced_entries_hold_back_outgoing_messages(tmp_path: Any) -> None:
-    stores = await _three_stores(tmp_path)
-    try:
-        assert (await stores[0].put("warm", 1))["status"] == "ok"
-        raft = stores[0].raft
-        transport = raft._SyncObj__transport
-        journal = raft._rdb_journal
-        # Run on the tick thread's data from here: make the journal dirty without syncing.
-        sent: list[Any] = []
-        original = type(transport).__mro__[1].send
-
-        def spy(self: Any, node: Any, message: Any) -> bool:
-            sent.append(message)
-            return bool(original(self, node, message))
-
-        # While dirty, send() must queue instead of sending.
-        journal._pending += b"x"  # simulate an unsynced append
-        try:
-            type(transport).__mro__[1].send = spy
-            assert transport.send(next(iter(raft._SyncObj__otherNodes)), {"type": "next_node_idx"}) is True
-            assert sent == []
-            assert transport._held
-        finally:
-            type(transport).__mro__[1].send = original
-            journal._pending.clear()
-    finally:
-        for s in stores:
-            s.close()
-
-
 async def test_restart_from_journal_and_snapshot(tmp_path: Any) -> None:
     stores = await _three_stores(tmp_path)
     try:
