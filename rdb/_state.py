@@ -155,6 +155,27 @@ class StateMachine:
     def get(self, key: str) -> KeyValue | None:
         return self._data.get(key)
 
+    def frozen(self) -> StateMachine:
+        """A read-only copy of the key space at this revision, sharing the immutable
+        entries (O(keys) pointer copies): project from it without holding the apply lock.
+        Writing to it is a bug; it has no request ids and no staged restore."""
+        copy = StateMachine.__new__(StateMachine)
+        copy._references = self._references
+        copy.restores_applied = self.restores_applied
+        copy._history_limit, copy._history_bytes_limit, copy._dedup_limit = 0, 0, 0
+        copy._data = dict(self._data)
+        copy._keys = list(self._keys)
+        copy._revision = self._revision
+        copy._applied_index = self._applied_index
+        copy._history = self._history[self._history_start :]
+        copy._history_start = 0
+        copy._history_bytes = self._history_bytes
+        copy._compacted = self._compacted
+        copy._dedup = OrderedDict()
+        copy._children = {parent: set(kids) for parent, kids in self._children.items()}
+        copy._staging = None
+        return copy
+
     def children(self, parent_key: str) -> frozenset[str]:
         """Keys whose value refers to ``parent_key`` through a ``Reference``."""
         return frozenset(self._children.get(parent_key, ()))

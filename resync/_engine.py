@@ -47,6 +47,10 @@ class Reader(Protocol):
 
     def events_since(self, from_revision: int, prefix: str = "") -> list[Event]: ...
 
+    def frozen(self) -> Reader:
+        """A read-only copy of this state that later commits do not change."""
+        ...
+
 
 class ConsistentReader(Protocol):
     """Runs a function against committed state with no commit applied in between."""
@@ -168,7 +172,8 @@ class _Work:
     keys: set[str] | None  # None: the whole table
     desired: dict[str, Row]
     explained: set[str] = field(default_factory=set)  # keys changed by commits since applied
-    error: str | None = None  # the projection itself failed (say, a row it cannot read); "*": unknown
+    error: str | None = None  # the projection itself failed (say, a row it cannot read)
+    view: Reader | None = None  # a frozen copy to project from, for full resyncs; "*": unknown
 
 
 class ResyncEngine:
@@ -219,14 +224,14 @@ class ResyncEngine:
         async with self._lock:
             full = [n for n, st in self.status.items() if st.needs_full and n not in skip]
             rest = [n for n in self._adapters if n not in full and n not in skip]
-            work = self._store.read(lambda reader: self._read_work(reader, full, rest, "load"))
+            work = self._project_full(self._store.read(lambda reader: self._read_work(reader, full, rest, "load")))
             return [await self._execute(n, kind, w) for n, (kind, w) in work.items()]
 
     async def resync(self, table: str | None, kind: RunKind, *, dry_run: bool = False) -> list[TableOutcome]:
         """Full resync of one table (or all) as ``manual``/``audit``/``load``."""
         names = [self.adapter(table).name] if table else list(self._adapters)
         async with self._lock:
-            work = self._store.read(lambda reader: self._read_work(reader, names, [], kind))
+            work = self._project_full(self._store.read(lambda reader: self._read_work(reader, names, [], kind)))
             return [await self._execute(n, k, w, dry_run=dry_run) for n, (k, w) in work.items()]
 
     def _read_work(
@@ -244,6 +249,9 @@ class ResyncEngine:
                 full += stale
                 stale = []
         out: dict[str, tuple[RunKind, _Work]] = {}
+        # Full projections are O(table): they run after the lock is released, on a frozen
+        # copy taken here (pointer copies), so the Raft apply thread is held up briefly.
+        view = reader.frozen() if full else None
         for name in full:
             adapter = self._adapters[name]
             applied = self.status[name].applied_revision
@@ -254,7 +262,7 @@ class ResyncEngine:
                         explained = adapter.affected(reader, reader.events_since(applied + 1))
                     except Compacted:
                         explained = {"*"}  # cannot tell drift from change: count none
-                out[name] = (full_kind, _Work(revision, None, adapter.desired_all(reader), explained))
+                out[name] = (full_kind, _Work(revision, None, {}, explained, view=view))
             except Exception as exc:  # noqa: BLE001 - one table's bad projection fails that table only
                 out[name] = (full_kind, _Work(revision, None, {}, error=f"projection failed: {exc!r}"))
         for name in stale:
@@ -266,6 +274,18 @@ class ResyncEngine:
                 out[name] = ("incremental", _Work(revision, keys, desired))
             except Exception as exc:  # noqa: BLE001 - as above
                 out[name] = ("incremental", _Work(revision, set(), {}, error=f"projection failed: {exc!r}"))
+        return out
+
+    def _project_full(self, work: dict[str, tuple[RunKind, _Work]]) -> dict[str, tuple[RunKind, _Work]]:
+        """Compute the full projections from their frozen views (outside the store lock)."""
+        out = {}
+        for name, (kind, w) in work.items():
+            if w.view is not None and w.error is None:
+                try:
+                    w = _Work(w.revision, None, self._adapters[name].desired_all(w.view), w.explained)
+                except Exception as exc:  # noqa: BLE001 - one table's bad projection fails that table only
+                    w = _Work(w.revision, None, {}, error=f"projection failed: {exc!r}")
+            out[name] = (kind, w)
         return out
 
     async def _execute(self, name: str, kind: RunKind, work: _Work, *, dry_run: bool = False) -> TableOutcome:
