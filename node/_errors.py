@@ -89,3 +89,34 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
     log.exception("unexpected error while serving a request", exc_info=exc)
     return ApiError(503, "internal", f"internal error: {type(exc).__name__}", applied="unknown" if is_write else None)
+
+
+def constraint_error(result: dict[str, Any]) -> ApiError:
+    """A referential violation decided by the state machine: 409 if the row is still
+    referred to, 422 if it refers to a missing row."""
+    code = str(result.get("code"))
+    status = 409 if code == "still_referenced" else 422
+    details = {k: v for k, v in result.items() if k in ("key", "parent", "referrers", "revision")}
+    return ApiError(status, code, str(result.get("message")), details, applied=False)
+
+
+def check_write_result(result: dict[str, Any], what: str) -> int:
+    """The revision of an applied write; raises the ``ApiError`` for one the state
+    machine turned down (CAS conflict, missing key, constraint, invalid)."""
+    status = result.get("status")
+    revision = int(result.get("revision", 0))
+    if status == "ok":
+        return revision
+    if status == "conflict":
+        raise ApiError(
+            409,
+            "cas_conflict",
+            f"compare-and-set failed on {what}: mod_revision differs",
+            {"current": result.get("current"), "revision": revision},
+            applied=False,
+        )
+    if status == "not_found":
+        raise ApiError(404, "not_found", f"{what} does not exist", {"revision": revision}, applied=False)
+    if status == "constraint":
+        raise constraint_error(result)
+    raise ApiError(422, "invalid", str(result.get("message", "rejected by the state machine")), applied=False)

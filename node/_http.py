@@ -39,8 +39,8 @@ from node._common import (
 )
 from node._config import NodeConfig
 from node._debug import add_debug_routes
-from node._errors import ApiError, error_response, translate
-from node._mgmt import add_routes, check_row, constraint_error
+from node._errors import ApiError, check_write_result, constraint_error, error_response, translate
+from node._mgmt import add_routes, check_row
 from node._models import MemberBody, PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
 from node._tables import split_storage_key
@@ -156,23 +156,8 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 def _write_answer(result: dict[str, Any], key: str) -> web.Response:
-    status = result.get("status")
-    revision = int(result.get("revision", 0))
-    if status == "ok":
-        return _answer({"revision": revision}, revision)
-    if status == "conflict":
-        raise ApiError(
-            409,
-            "cas_conflict",
-            f"compare-and-set failed on {key!r}: mod_revision differs",
-            {"current": result.get("current"), "revision": revision},
-            applied=False,
-        )
-    if status == "not_found":
-        raise ApiError(404, "not_found", f"key {key!r} does not exist", {"revision": revision}, applied=False)
-    if status == "constraint":
-        raise constraint_error(result)
-    raise ApiError(422, "invalid", str(result.get("message", "rejected by the state machine")), applied=False)
+    revision = check_write_result(result, f"key {key!r}")
+    return _answer({"revision": revision}, revision)
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -297,8 +282,12 @@ def node_status(app: web.Application) -> dict[str, Any]:
             for m in st.members
         ],
         "snapshot_loads": store.load_count,
+        "leader_commit_index": st.leader_commit_index,
         "journal": {
             "syncs": st.journal_syncs,
+            "bytes": st.journal_bytes,
+            "messages_held": st.messages_held,
+            "messages_sent_after_merge": st.messages_sent_after_merge,
             "truncations_below_commit": st.truncations_below_commit,
             "suppressed_truncations": st.suppressed_truncations,
         },

@@ -25,7 +25,7 @@ from node._common import (
     request_id,
 )
 from node._dataplane import cifs_connect, nfs_mount
-from node._errors import ApiError
+from node._errors import ApiError, check_write_result
 from node._tables import TABLES, RowKeyMismatch, TableDef, json_schemas, validate_row
 from resync import UnknownTable
 
@@ -56,13 +56,6 @@ def check_row(table: TableDef, key: str, body: Any) -> dict[str, Any]:
             {"errors": errors},
             applied=False,
         ) from None
-
-
-def constraint_error(result: dict[str, Any]) -> ApiError:
-    code = str(result.get("code"))
-    status = 409 if code == "still_referenced" else 422
-    details = {k: v for k, v in result.items() if k in ("key", "parent", "referrers", "revision")}
-    return ApiError(status, code, str(result.get("message")), details, applied=False)
 
 
 async def list_tables(request: web.Request) -> web.Response:
@@ -150,22 +143,7 @@ def _wait_params(request: web.Request) -> float | None:
 async def _table_write_answer(
     request: web.Request, table: TableDef, key: str, result: dict[str, Any], wait: float | None
 ) -> web.Response:
-    status = result.get("status")
-    revision = int(result.get("revision", 0))
-    if status == "conflict":
-        raise ApiError(
-            409,
-            "cas_conflict",
-            f"compare-and-set failed on {table.name}/{key}",
-            {"current": result.get("current"), "revision": revision},
-            applied=False,
-        )
-    if status == "not_found":
-        raise ApiError(404, "not_found", f"{table.name} has no row {key!r}", applied=False)
-    if status == "constraint":
-        raise constraint_error(result)
-    if status != "ok":
-        raise ApiError(422, "invalid", str(result.get("message", "rejected")), applied=False)
+    revision = check_write_result(result, f"{table.name} row {key!r}")
     body: dict[str, Any] = {"revision": revision}
     if wait is not None:
         nodes, laggards = await wait_applied(request.app, revision, wait)

@@ -1,7 +1,7 @@
 """rdb: a durable, linearizable replicated key space on PySyncObj.
 
 Public surface: ``StateMachine`` (pure core), ``ReplicatedStore`` (the asyncio shell),
-``StoreView`` (read-only protocol), the value types and the exception tree.
+the value types and the exception tree.
 This package imports nothing else of rdbsync's.
 """
 
@@ -9,7 +9,7 @@ from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key
 from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
 from rdb._raft import RaftStatus
 from rdb._state import Event, KeyValue, Reference, StateMachine
-from rdb._store import ReplicatedStore, StoreView
+from rdb._store import ReplicatedStore
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -28,7 +28,6 @@ __all__ = [
     "Reference",
     "ReplicatedStore",
     "StateMachine",
-    "StoreView",
     "check_key",
     "check_value",
     "new_request_id",

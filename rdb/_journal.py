@@ -247,6 +247,11 @@ class DurableJournal:
     # ------------------------------------------------------------ status
 
     @property
+    def size_bytes(self) -> int:
+        """Bytes of journal on disk (after the pending buffer is synced)."""
+        return self._end
+
+    @property
     def last_index(self) -> int:
         return self._entries[-1][1] if self._entries else 0
 

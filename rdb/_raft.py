@@ -67,6 +67,7 @@ REASON_NAMES = {
 }
 
 _SNAPSHOT_MAGIC = b"RDBSNAP1"
+COMPACT_AT_BYTES = 64 * 1024 * 1024
 
 
 class _JournalPath(str):
@@ -125,6 +126,9 @@ class RaftStatus:
     members: list[str]
     connected: list[str]
     journal_syncs: int
+    journal_bytes: int
+    messages_held: int  # Raft messages held back for group commits...
+    messages_sent_after_merge: int  # ...and how many left after coalescing
     truncations_below_commit: int
     suppressed_truncations: int
 
@@ -192,6 +196,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self.suppressed_truncations = 0
         self.last_leader_contact = 0.0
         self.append_decisions: dict[str, int] = {}
+        self._last_forced_compaction = 0.0
         os.makedirs(data_dir, exist_ok=True)
         dump = os.path.join(data_dir, "raft.snapshot")
         conf = SyncObjConf(
@@ -247,6 +252,12 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             log.critical("journal fsync failed; stopping this node", exc_info=True)
             os._exit(70)
         self._SyncObj__transport.release_held()
+        # PySyncObj compacts by entry count only: big values must not grow the journal
+        # (held in memory too) without bound, so compact by size as well.
+        journal = self._rdb_journal
+        if journal.size_bytes > COMPACT_AT_BYTES and time.monotonic() - self._last_forced_compaction > 5.0:
+            self._last_forced_compaction = time.monotonic()
+            self.forceLogCompaction()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - PySyncObj's name
         # Entries added while polling (a new leader's no-op, follower appends) become
@@ -375,6 +386,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             members=sorted([self.selfNode.id] + [n.id for n in others]),
             connected=sorted(n.id for n in others if self.isNodeConnected(n)),
             journal_syncs=journal.sync_count,
+            journal_bytes=journal.size_bytes,
+            messages_held=self._SyncObj__transport.sent_held,
+            messages_sent_after_merge=self._SyncObj__transport.sent_merged,
             truncations_below_commit=self.truncations_below_commit,
             suppressed_truncations=self.suppressed_truncations,
         )

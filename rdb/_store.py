@@ -9,7 +9,8 @@ gives the node process:
   coalesced onto one barrier that is *submitted after* they all arrived, never onto one
   already in flight (its index could precede a write acknowledged before the read);
   up to ``MAX_BARRIERS_IN_FLIGHT`` barriers are pipelined;
-- a read-only ``StoreView`` (get, range, events, revision) for readers such as resync;
+- ``read(fn)``: run a read-only function on committed state at one revision (what
+  the resync engine plans from; its ``Reader`` protocol is the narrow view it needs);
 - change and load notifications on the asyncio loop.
 
 Threading: public coroutines run on the asyncio loop given to ``start``. ``_apply`` and
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pysyncobj.config import FAIL_REASON
 
@@ -36,19 +37,6 @@ _RETRY_PAUSE = 0.05
 #: Read barriers pipelined at once: each read waits for the first one submitted after it.
 MAX_BARRIERS_IN_FLIGHT = 4
 T = TypeVar("T")
-
-
-class StoreView(Protocol):
-    """Read-only access to committed state on this node (what resync depends on)."""
-
-    @property
-    def revision(self) -> int: ...
-
-    def get(self, key: str) -> KeyValue | None: ...
-
-    def range(
-        self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
-    ) -> tuple[list[KeyValue], bool]: ...
 
 
 class ReplicatedStore:
@@ -208,15 +196,6 @@ class ReplicatedStore:
         write, and should be quick: it holds up the Raft apply thread)."""
         with self._lock:
             return fn(self._sm)
-
-    def children(self, parent_key: str) -> frozenset[str]:
-        with self._lock:
-            return self._sm.children(parent_key)
-
-    def read_state(self) -> tuple[int, int]:
-        """(revision, applied index) read together."""
-        with self._lock:
-            return self._sm.revision, self._sm.applied_index
 
     # ------------------------------------------------------------------ writes
 
