@@ -16,16 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from node._exceptions import InjectedFault
 from node._tables import TABLES, TableDef
 from rdb import Event
 from resync import Action, Reader, Row
 
 Keep = Callable[[Reader, dict[str, Any]], bool]
 Transform = Callable[[Reader, dict[str, Any]], dict[str, Any]]
-
-
-class InjectedFault(RuntimeError):
-    """Raised by a blade table whose adapter has an injected ``error`` fault."""
 
 
 @dataclass

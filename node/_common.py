@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from node._config import NodeConfig
-from node._errors import ApiError
+from node._exceptions import ApiError
 from rdb import MAX_VALUE_BYTES, ReplicatedStore
 
 if TYPE_CHECKING:

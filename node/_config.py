@@ -12,9 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-
-class ConfigError(Exception):
-    """Bad or missing configuration; the message says which setting and why."""
+from node._exceptions import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from node._blades import Fault
 from node._common import RUNTIME, json_body
-from node._errors import ApiError
+from node._exceptions import ApiError
 
 
 class FaultBody(BaseModel):

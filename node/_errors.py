@@ -1,6 +1,4 @@
-"""The one place where errors become HTTP answers.
-
-    ApiError                 an answer decided by a handler (status, code, message)
+"""The one place where errors become HTTP answers (the tree is in ``node._exceptions``).
 
 Every other exception is translated by ``to_response``: the rdb tree, pydantic's
 ``ValidationError``, aiohttp's HTTP exceptions, and finally anything unexpected, which
@@ -16,29 +14,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from node._runtime import Fenced
+from node._exceptions import ApiError, Fenced
 from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
 
 log = logging.getLogger("node.http")
-
-
-class ApiError(Exception):
-    """An error answer: ``status`` and a machine-readable ``code``."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        details: dict[str, Any] | None = None,
-        applied: bool | str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or {}
-        self.applied = applied
 
 
 def error_response(err: ApiError) -> web.Response:

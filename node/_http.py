@@ -39,7 +39,8 @@ from node._common import (
 )
 from node._config import NodeConfig
 from node._debug import add_debug_routes
-from node._errors import ApiError, check_write_result, constraint_error, error_response, translate
+from node._errors import check_write_result, constraint_error, error_response, translate
+from node._exceptions import ApiError
 from node._mgmt import add_routes, check_row
 from node._models import MemberBody, PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime

@@ -25,7 +25,8 @@ from node._common import (
     request_id,
 )
 from node._dataplane import cifs_connect, nfs_mount
-from node._errors import ApiError, check_write_result
+from node._errors import check_write_result
+from node._exceptions import ApiError
 from node._tables import TABLES, RowKeyMismatch, TableDef, json_schemas, validate_row
 from resync import UnknownTable
 

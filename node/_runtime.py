@@ -27,7 +27,6 @@ from typing import Any
 
 from fencing import (
     CaughtUp,
-    Fence,
     FencePolicy,
     LagObserved,
     Outcome,
@@ -43,20 +42,13 @@ from fencing import (
     initial_state,
 )
 from node._blades import BladeTable, build_blades
+from node._exceptions import Fenced
 from rdb import ReplicatedStore
 from resync import ResyncEngine, TableOutcome
 
 log = logging.getLogger("node.resync")
 
 EVENT_LOG_SIZE = 1000
-
-
-class Fenced(Exception):
-    """A data-plane request hit a fence (answered 503 ``fenced``)."""
-
-    def __init__(self, fence: Fence) -> None:
-        super().__init__(fence.message)
-        self.fence = fence
 
 
 @dataclass

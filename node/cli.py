@@ -26,7 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
-from node._config import ConfigError, NodeConfig, add_node_arguments, parse_node_config
+from node._config import NodeConfig, add_node_arguments, parse_node_config
+from node._exceptions import ConfigError
 from node._http import build_app
 from node._tables import REFERENCES
 from rdb import ReplicatedStore
