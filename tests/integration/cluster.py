@@ -16,7 +16,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,3 +225,15 @@ class Cluster:
                 node.proc.wait()
         for log in self.logs.values():
             log.close()
+
+
+@contextmanager
+def running_cluster(base_dir: str, size: int = 3, **kwargs: Any) -> Iterator[Cluster]:
+    """Start a cluster, wait until every node is ready, and always kill it afterwards."""
+    c = Cluster(base_dir, size, **kwargs)
+    c.start()
+    try:
+        c.wait_ready()
+        yield c
+    finally:
+        c.close()

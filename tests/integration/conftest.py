@@ -4,15 +4,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import Cluster, running_cluster
 
 
 @pytest.fixture
 def cluster(tmp_path) -> Iterator[Cluster]:
-    c = Cluster(str(tmp_path), 3, cluster_address=True, env={"RDBSYNC_REQUEST_TIMEOUT": "3"})
-    c.start()
-    try:
-        c.wait_ready()
+    with running_cluster(str(tmp_path), 3, cluster_address=True, env={"RDBSYNC_REQUEST_TIMEOUT": "3"}) as c:
         yield c
-    finally:
-        c.close()

@@ -11,20 +11,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.cluster import Cluster, http, wait_for
+from tests.integration.cluster import Cluster, http, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def small_history_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(str(tmp_path_factory.mktemp("api")), 3, env={"RDBSYNC_HISTORY_LIMIT": "50"})
-    c.start()
-    try:
-        c.wait_ready()
+    with running_cluster(str(tmp_path_factory.mktemp("api")), 3, env={"RDBSYNC_HISTORY_LIMIT": "50"}) as c:
         yield c
-    finally:
-        c.close()
 
 
 def error_code(resp: Any) -> str:

@@ -8,26 +8,17 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import Cluster, http, wait_for
+from tests.integration.cluster import Cluster, http, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def cluster(tmp_path: Any) -> Iterator[Cluster]:
-    c = Cluster(
-        str(tmp_path),
-        3,
-        env={"RDBSYNC_QUORUM_GRACE": "1.5", "RDBSYNC_REQUEST_TIMEOUT": "2"},
-        extra_args=["--fault-injection"],
-    )
-    c.start()
-    try:
-        c.wait_ready()
+    env = {"RDBSYNC_QUORUM_GRACE": "1.5", "RDBSYNC_REQUEST_TIMEOUT": "2"}
+    with running_cluster(str(tmp_path), 3, env=env, extra_args=["--fault-injection"]) as c:
         _configure(c)
         yield c
-    finally:
-        c.close()
 
 
 def _configure(c: Cluster) -> None:

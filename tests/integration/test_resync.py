@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import Cluster, http, wait_for
+from tests.integration.cluster import Cluster, http, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,9 @@ BLADE_OF = {
 
 @pytest.fixture
 def faulty_cluster(tmp_path: Any) -> Iterator[Cluster]:
-    c = Cluster(
-        str(tmp_path),
-        3,
-        env={"RDBSYNC_AUDIT_INTERVAL": "0.5", "RDBSYNC_COMPACTION_ENTRIES": "60"},
-        extra_args=["--fault-injection"],
-    )
-    c.start()
-    try:
-        c.wait_ready()
+    env = {"RDBSYNC_AUDIT_INTERVAL": "0.5", "RDBSYNC_COMPACTION_ENTRIES": "60"}
+    with running_cluster(str(tmp_path), 3, env=env, extra_args=["--fault-injection"]) as c:
         yield c
-    finally:
-        c.close()
 
 
 def put_row(c: Cluster, nid: str, table: str, key: str, row: dict[str, Any], wait: bool = False) -> Any:
