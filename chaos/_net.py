@@ -38,11 +38,22 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=20)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class NetLab:
     """A bridge and one namespace per node. Use as a context manager."""
 
     def __init__(self, node_ids: Iterable[str], tag: str | None = None) -> None:
-        self.tag = tag or f"{os.getpid() % 100000:05d}"
+        # The owner's pid: stale labs of runs that died hard can be recognised and removed.
+        self.tag = tag or str(os.getpid())
         self.bridge = f"rdbbr{self.tag}"
         self.nodes = list(node_ids)
         self.subnet_prefix = ""
@@ -63,8 +74,23 @@ class NetLab:
             if shutil.which(tool) is None:
                 raise NetUnavailable(f"{tool} is not installed (iproute2, nftables)")
 
+    @staticmethod
+    def remove_stale() -> list[str]:
+        """Remove namespaces and bridges left by chaos runs whose process is gone (one
+        killed with SIGKILL cannot clean up after itself). Only our own names match."""
+        removed = []
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+        for name, pid in re.findall(r"^(rdbc(\d+)n\d+)", listing, re.M) + re.findall(r": (rdbbr(\d+))[:@]", links):
+            if not _pid_alive(int(pid)):
+                kind = ("netns", "del", name) if name.startswith("rdbc") else ("link", "del", name)
+                _run("ip", *kind, check=False)
+                removed.append(name)
+        return removed
+
     def setup(self) -> None:
         self.check_available()
+        self.remove_stale()
         try:
             self.subnet_prefix = free_subnet_prefix()
             self.address = {nid: f"{self.subnet_prefix}{i + 2}" for i, nid in enumerate(self.nodes)}

@@ -140,6 +140,7 @@ def test_tamper_repaired_without_fence_but_fenced_when_repair_fails(cluster: Clu
 def test_isolated_node_fences_after_grace_and_unfences_after_heal(cluster: Cluster) -> None:
     c = cluster
     others = ["n1", "n2"]
+    full_before = c.status("n3")["tables"]["vservers"]["last_full_resync"]["at"]
     for nid in others:
         c.signal(nid, signal.SIGSTOP)
     try:
@@ -156,6 +157,8 @@ def test_isolated_node_fences_after_grace_and_unfences_after_heal(cluster: Clust
         for nid in others:
             c.signal(nid, signal.SIGCONT)
     wait_for(lambda: nfs(c, "n3").status == 200, 20, "n3 unfenced after it rejoined and resynced")
+    # Rejoining is a load event: a full resync ran after the partition healed.
+    assert c.status("n3")["tables"]["vservers"]["last_full_resync"]["at"] > full_before
     kinds = [e["type"] for e in http("GET", f"{c.url('n3')}/v1/events").body["events"]]
     assert "quorum_lost" in kinds and "quorum_regained" in kinds
 

@@ -391,3 +391,19 @@ def http_raw(method: str, url: str) -> bytes:
     with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as resp:
         data: bytes = resp.read()
         return data
+
+
+def test_wait_applied_times_out_with_504_naming_the_laggard(faulty_cluster: Cluster) -> None:
+    c = faulty_cluster
+    assert http("POST", f"{c.url('n3')}/v1/debug/delay", {"seconds": 3}).status == 200
+    r = http(
+        "PUT", f"{c.url('n1')}/v1/tables/vservers/slow?wait=applied&timeout=0.5", {"name": "slow", "protocols": ["nfs"]}
+    )
+    assert r.status == 504 and r.body["error"]["code"] == "wait_timeout", r.body
+    details = r.body["error"]["details"]
+    assert details["laggards"] == ["n3"] and r.body["error"]["applied"] is True
+    assert details["nodes"]["n1"]["outcome"] == "applied" and details["nodes"]["n3"]["outcome"] == "lagging"
+    http("POST", f"{c.url('n3')}/v1/debug/delay", {"seconds": 0})
+    assert http("GET", f"{c.url('n2')}/v1/tables/vservers/slow").status == 200  # the write itself committed
+    bad = http("PUT", f"{c.url('n1')}/v1/tables/vservers/x?wait=soon", {"name": "x"})
+    assert bad.status == 422 and bad.body["error"]["applied"] is False
