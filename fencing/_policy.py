@@ -97,6 +97,14 @@ class CaughtUp:
 
 
 @dataclass(frozen=True)
+class Stalled:
+    """The node did not run for ``seconds`` (stopped, starved): whatever it knew may be
+    old. Past the grace period it must catch up again before serving."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Reset:
     """A leader change or a load event: retry failed tables at once."""
 
@@ -108,7 +116,7 @@ class Tick:
     """Time passed (quorum grace periods expire on ticks)."""
 
 
-Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Reset | Tick
+Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick
 
 
 # ------------------------------------------------------------------ state
@@ -194,6 +202,11 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
         tables[outcome.table] = TableHealth(
             ok=True, cause=None, message=None, revision=outcome.revision, synced_revision=outcome.revision
         )
+    elif isinstance(outcome, Stalled):
+        if outcome.seconds >= min(policy.quorum_grace.values(), default=0.0):
+            if caught_up:
+                events.append({"type": "stalled", "seconds": round(outcome.seconds, 3)})
+            caught_up = False
     elif isinstance(outcome, CaughtUp):
         if not caught_up:
             events.append({"type": "caught_up", "revision": outcome.revision})

@@ -264,7 +264,7 @@ def _require(request: web.Request, *names: str) -> list[str]:
 async def data_nfs_mount(request: web.Request) -> web.Response:
     vserver, path, client = _require(request, "vserver", "path", "client")
     runtime = request.app[RUNTIME]
-    runtime.guard("nfs", vserver)
+    await runtime.guard("nfs", vserver)
     try:
         decision = nfs_mount(runtime.blades["nblade"], vserver, path, client)
     except ValueError:
@@ -276,7 +276,7 @@ async def data_nfs_mount(request: web.Request) -> web.Response:
 async def data_cifs_connect(request: web.Request) -> web.Response:
     vserver, share = _require(request, "vserver", "share")
     runtime = request.app[RUNTIME]
-    runtime.guard("cifs", vserver)
+    await runtime.guard("cifs", vserver)
     decision = cifs_connect(runtime.blades["nblade"], vserver, share, request.query.get("user") or "Everyone")
     revision = runtime.applied_revision(runtime.policy.dependencies["cifs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})

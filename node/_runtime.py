@@ -27,6 +27,7 @@ from typing import Any
 
 from fencing import (
     CaughtUp,
+    Fence,
     FencePolicy,
     LagObserved,
     Outcome,
@@ -34,6 +35,7 @@ from fencing import (
     Reset,
     ResyncFailed,
     ResyncOk,
+    Stalled,
     Tick,
     backing_off,
     decide,
@@ -92,6 +94,9 @@ class BladeRuntime:
         self.blade_times: deque[tuple[int, float]] = deque(maxlen=20_000)
         self.worker_delay = 0.0  # fault injection: hold the worker back
         self._catch_up: asyncio.Task[None] | None = None
+        self.last_iteration = time.monotonic()  # the worker's heartbeat
+        #: A data-plane request waits at most this long for a suspended resync run.
+        self.settle_timeout = 2 * action_timeout + 0.5
         store.add_load_listener(self.load_event)
 
     # ------------------------------------------------------------ fencing
@@ -117,8 +122,41 @@ class BladeRuntime:
         else:
             self.observe(ResyncFailed(outcome.table, outcome.cause or "error", outcome.error or "", outcome.revision))
 
-    def guard(self, protocol: str, vserver: str | None = None) -> None:
-        """Raise ``Fenced`` if ``protocol`` may not be served now. Fails closed."""
+    async def guard(self, protocol: str, vserver: str | None = None) -> None:
+        """Raise ``Fenced`` if ``protocol`` may not be served now. Fails closed.
+
+        Before the policy's verdict it makes sure the blade tables are consistent and
+        current enough, at the moment of the request:
+        - no resync run is half-way (an adapter that suspends leaves tables at mixed
+          revisions): wait, bounded, for the run to finish;
+        - quorum was confirmed within the protocol's grace period, checked against the
+          clock now (a node waking from SIGSTOP must not answer before its worker has
+          noticed that time passed).
+        """
+        if not await self.engine.wait_idle(self.settle_timeout):
+            raise Fenced(
+                Fence(protocol, "*", "resync_in_progress", "a resync is still applying changes", time.time(), 0)
+            )
+        grace = self.policy.quorum_grace.get(protocol, 5.0)
+        stalled = time.monotonic() - self.last_iteration
+        if stalled > grace:
+            # The worker has not run for longer than the grace period (the process was
+            # stopped or starved): the tables may be arbitrarily old.
+            raise Fenced(
+                Fence(
+                    protocol,
+                    "*",
+                    "resync_stalled",
+                    f"the resync worker has not run for {stalled:.1f}s",
+                    time.time() - stalled,
+                    0,
+                )
+            )
+        age = self.store.last_leader_contact_age()
+        if age > grace:
+            raise Fenced(
+                Fence(protocol, "*", "no_quorum", f"no quorum for {age:.1f}s (grace {grace:g}s)", time.time() - age, 0)
+            )
         fence = guard(self.fence_state, protocol, vserver)
         if fence is not None:
             raise Fenced(fence)
@@ -171,6 +209,10 @@ class BladeRuntime:
             await _wait_any(changed, self._wake, timeout=0.1)
 
     async def _iteration(self, s: _LoopState) -> None:
+        gap = time.monotonic() - self.last_iteration
+        if gap > 0.5:
+            self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
+        self.last_iteration = time.monotonic()
         if self.worker_delay:
             await asyncio.sleep(self.worker_delay)
         status = self.store.status()
@@ -192,6 +234,7 @@ class BladeRuntime:
         self._record_blade_time()
         self._observe_lag()
         self.observe(Tick())
+        self.last_iteration = time.monotonic()
 
     async def _confirm_caught_up(self) -> None:
         """A read barrier through the log: once it returns, this node has applied

@@ -361,6 +361,22 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------ status
 
+    def quorum_age(self) -> float:
+        """Seconds since this node last knew a majority was with it: for a leader, since
+        the majority-th freshest follower answered; for a follower, since its leader
+        last reached it. Cheap, safe from any thread, and it keeps counting while the
+        process is stopped (CLOCK_MONOTONIC), so a node waking from SIGSTOP sees it."""
+        now = time.monotonic()
+        if self._SyncObj__raftState != _LEADER:
+            # Also during an election (no leader known): the grace period runs from the
+            # last contact with the old leader, not from the election's start.
+            return now - self.last_leader_contact
+        others = self._other_nodes()
+        responses = self._SyncObj__lastResponseTime
+        times = sorted((responses.get(n, 0.0) for n in others), reverse=True)
+        needed = (len(others) + 1) // 2  # followers needed with the leader for a majority
+        return 0.0 if needed == 0 else now - times[needed - 1] if len(times) >= needed else float("inf")
+
     def status(self, quorum_window: float) -> RaftStatus:
         """A consistent-enough view for /v1/status. Safe from any thread."""
         role = ROLE_NAMES.get(self._SyncObj__raftState, "follower")

@@ -347,10 +347,9 @@ class ReplicatedStore:
         return self.raft.status(quorum_window=max(1.0, self._election_timeout[1] * 1.5))
 
     def last_leader_contact_age(self) -> float:
-        st = self.raft
-        if st.status(quorum_window=1.0).role == "leader":
-            return 0.0
-        return time.monotonic() - st.last_leader_contact
+        """Seconds since a majority was last known to be with this node (see
+        ``RaftNode.quorum_age``)."""
+        return self.raft.quorum_age()
 
     # ------------------------------------------------------------------ membership
 

@@ -206,6 +206,21 @@ class ResyncEngine:
         except KeyError:
             raise UnknownTable(name) from None
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no resync run is in progress (True), or ``timeout`` passes (False).
+
+        A run only yields to other tasks while an adapter suspends, so a caller that
+        reads blade tables right after this returns (without awaiting in between) sees
+        every table of the last run at the same revision."""
+        if not self._lock.locked():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    return True
+        except TimeoutError:
+            return False
+
     def mark_load(self) -> None:
         """A load event happened (snapshot install, restore): every table needs a full resync."""
         for st in self.status.values():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,8 +150,12 @@ def test_isolated_node_fences_after_grace_and_unfences_after_heal(cluster: Clust
         assert first.status == 200
         # ...then every protocol fences with cause no_quorum.
         wait_for(lambda: nfs(c, "n3").status == 503, 15, "n3 fenced without quorum")
-        fence = next(f for f in c.status("n3")["fences"] if f["protocol"] == "nfs")
-        assert fence["cause"] == "no_quorum"
+        assert nfs(c, "n3").body["error"]["details"]["cause"] == "no_quorum"
+        wait_for(
+            lambda: any(f["protocol"] == "nfs" and f["cause"] == "no_quorum" for f in c.status("n3")["fences"]),
+            5,
+            "the no_quorum fence in /v1/status",
+        )
         w = http("PUT", f"{c.url('n3')}/v1/kv/x", {"value": 1})
         assert w.status == 503 and w.body["error"]["code"] == "no_quorum"
     finally:
@@ -198,3 +203,31 @@ def test_restarted_node_never_serves_the_config_it_replays_from_disk(cluster: Cl
     assert answers and {a["access"] for a in answers} == {"ro"}, answers[:3]
     kinds = [e["type"] for e in http("GET", f"{c.url('n3')}/v1/events").body["events"]]
     assert "caught_up" in kinds
+
+
+def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster: Cluster) -> None:
+    c = cluster
+    assert nfs(c, "n3").body["access"] == "rw"
+    c.signal("n3", signal.SIGSTOP)
+    try:
+        changed = http(
+            "PUT",
+            f"{c.url('n1')}/v1/tables/export_rules/vs1:default:1",
+            {"vserver": "vs1", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "ro"},
+        )
+        assert changed.status == 200
+        # The fault under test is the pause itself: n3 stays stopped past its 1.5 s grace.
+        time.sleep(2.5)
+    finally:
+        c.signal("n3", signal.SIGCONT)
+    answers = []
+
+    def fresh() -> bool:
+        r = nfs(c, "n3")
+        answers.append((r.status, r.body.get("access") if r.status == 200 else r.body["error"]["code"]))
+        return r.status == 200
+
+    wait_for(fresh, 20, "n3 serving again", interval=0.005)
+    # On waking it answered 503 until it caught up; it never served the rw from before.
+    assert "rw" not in {a for s, a in answers if s == 200}, answers[:5]
+    assert answers[0] == (503, "fenced"), answers[:5]

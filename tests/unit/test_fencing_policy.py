@@ -649,3 +649,15 @@ def test_a_failed_attempt_does_not_count_as_reaching_the_required_revision() -> 
     # lifs failed once (under the threshold) at 12: it has still only synced to 5.
     assert fenced(state) == set(PROTOCOLS)
     assert all(f.cause == "catching_up" and f.table == "lifs" for f in state.fences.values())
+
+
+def test_a_stall_past_grace_means_catching_up_again_but_a_short_one_does_not() -> None:
+    from fencing import Stalled
+
+    state = synced()
+    short = decide(POLICY, state, Stalled(1.0), T0 + 1)
+    assert short.state.caught_up and fenced(short.state) == set() and short.events == []
+    long = decide(POLICY, state, Stalled(6.0), T0 + 6)
+    assert not long.state.caught_up and fenced(long.state) == set(PROTOCOLS)
+    assert [e["type"] for e in long.events][0] == "stalled"
+    assert all(f.cause == "catching_up" for f in long.state.fences.values())
