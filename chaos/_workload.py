@@ -197,6 +197,16 @@ def _request(method: str, url: str, body: Any, headers: dict[str, str]) -> tuple
         return 0, {"error": str(exc)}
 
 
+def combine_attempts(outcomes: list[str]) -> str:
+    """The outcome of one logical write sent several times with the same request id.
+
+    A retry answered "not applied" speaks for that attempt only: an earlier attempt
+    whose outcome was unknown may still be applied, so the write stays unknown."""
+    if outcomes and outcomes[-1] == "ok":
+        return "ok"
+    return "unknown" if "unknown" in outcomes else "fail"
+
+
 class SetWorkload(Workload):
     """No-lost-write set: each add writes a fresh key. An add whose outcome is unknown is
     retried with the same Idempotency-Key (up to 3 tries), which exercises exactly-once
@@ -212,12 +222,14 @@ class SetWorkload(Workload):
         node, url = self.pick()
         invoke = self.history.now()
         idem = {"Idempotency-Key": uuid.uuid4().hex}
+        attempts = []
         for _attempt in range(3):
             status, body = _put(url, key, self.n, idem)
-            outcome = outcome_of(status, body, is_write=True)
-            if outcome != "unknown" or self.stop.is_set():
+            attempts.append(outcome_of(status, body, is_write=True))
+            if attempts[-1] != "unknown" or self.stop.is_set():
                 break
             node, url = self.pick()  # the retry may go to another node: same request id
+        outcome = combine_attempts(attempts)
         self.history.record(
             {
                 "process": self.process,

@@ -21,3 +21,13 @@ def test_schedule_is_bounded_and_ordered() -> None:
 def test_without_namespaces_no_network_fault_is_planned() -> None:
     kinds = {f.kind for seed in range(20) for f in schedule(seed, 300, network=False)}
     assert kinds and not kinds & set(NET_FAULTS)
+
+
+def test_a_retry_answered_not_applied_leaves_an_earlier_unknown_attempt_unknown() -> None:
+    from chaos._workload import combine_attempts
+
+    assert combine_attempts(["ok"]) == "ok"
+    assert combine_attempts(["unknown", "ok"]) == "ok"
+    assert combine_attempts(["fail"]) == "fail"
+    assert combine_attempts(["unknown", "fail"]) == "unknown"
+    assert combine_attempts(["unknown", "unknown", "unknown"]) == "unknown"
