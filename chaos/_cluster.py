@@ -23,10 +23,18 @@ from chaos._net import NetLab
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def http(method: str, url: str, body: Any = None, *, timeout: float = 3.0, raw: bool = False) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    timeout: float = 3.0,
+    raw: bool = False,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """(status, parsed JSON body); status 0 means no HTTP answer (connection failed or timed out)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -86,29 +94,20 @@ class ChaosCluster:
         with open(os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(secrets.token_urlsafe(24))
         ids = [f"n{i + 1}" for i in range(size)]
-        self.nodes: dict[str, ChaosNode] = {}
+        self.shared_url: str | None = None
         if net is not None:
-            for nid in ids:
-                addr = net.address[nid]
-                self.nodes[nid] = ChaosNode(
-                    nid,
-                    f"{addr}:7000",
-                    f"{addr}:8000",
-                    os.path.join(base_dir, nid),
-                    os.path.join(base_dir, f"{nid}.log"),
-                )
-            self.shared_url: str | None = None
+            # Each node has its own namespace and address: the same ports for all.
+            addresses = {nid: (f"{net.address[nid]}:7000", f"{net.address[nid]}:8000") for nid in ids}
         else:
             ports = free_ports(2 * size + 1)
-            for i, nid in enumerate(ids):
-                self.nodes[nid] = ChaosNode(
-                    nid,
-                    f"127.0.0.1:{ports[2 * i]}",
-                    f"127.0.0.1:{ports[2 * i + 1]}",
-                    os.path.join(base_dir, nid),
-                    os.path.join(base_dir, f"{nid}.log"),
-                )
+            addresses = {
+                nid: (f"127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}") for i, nid in enumerate(ids)
+            }
             self.shared_url = f"http://127.0.0.1:{ports[-1]}"
+        self.nodes: dict[str, ChaosNode] = {
+            nid: ChaosNode(nid, raft, http_address, os.path.join(base_dir, nid), os.path.join(base_dir, f"{nid}.log"))
+            for nid, (raft, http_address) in addresses.items()
+        }
 
     def argv(self, node: ChaosNode) -> list[str]:
         argv = [

@@ -3,12 +3,9 @@ complete time and an outcome: ok, fail (definitely not applied) or unknown."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,27 +171,11 @@ class RegisterWorkload(Workload):
 
 
 def _put(url: str, key: str, value: Any, headers: dict[str, str]) -> tuple[int, Any]:
-    return _request("PUT", f"{url}/v1/kv/{quote(key)}", {"value": value}, headers)
+    return http("PUT", f"{url}/v1/kv/{quote(key)}", {"value": value}, headers=headers)
 
 
 def _txn(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
-    return _request("POST", f"{url}/v1/txn", body, headers)
-
-
-def _request(method: str, url: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method=method, headers={"Content-Type": "application/json", **headers}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=3) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        try:
-            return err.code, json.loads(err.read() or b"null")
-        except ValueError:
-            return err.code, None
-    except (OSError, TimeoutError, ValueError) as exc:
-        return 0, {"error": str(exc)}
+    return http("POST", f"{url}/v1/txn", body, headers=headers)
 
 
 def combine_attempts(outcomes: list[str]) -> str:
@@ -396,8 +377,11 @@ class ConfigChurn(Workload):
                 "acl": [{"user": "Everyone", "permission": rng.choice(["read", "change", "full_control"])}],
             }
         invoke = self.history.now()
-        status, body = _request(
-            "PUT", f"{url}/v1/tables/{table}/{quote(key, safe=':')}", row, {"Idempotency-Key": uuid.uuid4().hex}
+        status, body = http(
+            "PUT",
+            f"{url}/v1/tables/{table}/{quote(key, safe=':')}",
+            row,
+            headers={"Idempotency-Key": uuid.uuid4().hex},
         )
         self.history.record(
             {

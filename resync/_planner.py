@@ -49,7 +49,7 @@ def plan(desired: Mapping[str, Row], actual: Mapping[str, Row], keys: Iterable[s
 
 
 def apply_plan(actual: dict[str, Row], actions: Iterable[Action]) -> dict[str, Row]:
-    """Reference semantics of a plan on a plain dict (used by tests and the dry run)."""
+    """Reference semantics of a plan on a plain dict (what tests hold the planner to)."""
     out = dict(actual)
     for action in actions:
         if action.kind == "remove":
