@@ -85,6 +85,23 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
 
 
+def put_through_failover(url: str, body: Any, *, within: float = 15.0) -> Response:
+    """PUT the way a careful client does while a leader may be failing over.
+
+    A 503 ``no_quorum`` (for instance the leader was just killed and the request timeout
+    ran out before the election finished) is retried with the same Idempotency-Key, so the
+    write is applied at most once. Returns the first other answer; fails after ``within`` s.
+    """
+    headers = {"Idempotency-Key": f"failover-{secrets.token_hex(8)}"}
+    deadline = time.monotonic() + within
+    while True:
+        resp = http("PUT", url, body, headers=headers)
+        retryable = resp.status == 503 and resp.body["error"]["code"] == "no_quorum"
+        if not retryable or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.1)  # a refusal can be immediate (no leader known yet); do not spin
+
+
 @dataclass
 class NodeProc:
     id: str

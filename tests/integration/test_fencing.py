@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster import Cluster, http, running_cluster, wait_for
+from tests.integration.cluster import Cluster, http, put_through_failover, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -181,53 +181,57 @@ def test_debug_endpoints_do_not_exist_without_the_flag(tmp_path: Any) -> None:
 
 def test_restarted_node_never_serves_the_config_it_replays_from_disk(cluster: Cluster) -> None:
     c = cluster
-    assert nfs(c, "n3").body["access"] == "rw"
-    c.signal("n3", signal.SIGKILL)
-    changed = http(
-        "PUT",
-        f"{c.url('n1')}/v1/tables/export_rules/vs1:default:1",
+    # The leader is the hardest victim: the write below has to wait out an election.
+    victim = c.leader()
+    survivor = next(n for n in c.nodes if n != victim)
+    assert nfs(c, victim).body["access"] == "rw"
+    c.signal(victim, signal.SIGKILL)
+    changed = put_through_failover(
+        f"{c.url(survivor)}/v1/tables/export_rules/vs1:default:1",
         {"vserver": "vs1", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "ro"},
     )
     assert changed.status == 200
-    c.start("n3")
+    c.start(victim)
     answers = []
 
     def served_current() -> bool:
-        r = nfs(c, "n3")
+        r = nfs(c, victim)
         if r.status == 200:
             answers.append(r.body)
         return r.status == 200 and r.body["revision"] >= changed.body["revision"]
 
-    wait_for(served_current, 30, "n3 serving again", interval=0.005)
-    # From its very first 200, n3 answered from the new config, never the replayed one.
+    wait_for(served_current, 30, f"{victim} serving again", interval=0.005)
+    # From its very first 200, the restarted node answered from the new config, never the replayed one.
     assert answers and {a["access"] for a in answers} == {"ro"}, answers[:3]
-    kinds = [e["type"] for e in http("GET", f"{c.url('n3')}/v1/events").body["events"]]
+    kinds = [e["type"] for e in http("GET", f"{c.url(victim)}/v1/events").body["events"]]
     assert "caught_up" in kinds
 
 
 def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster: Cluster) -> None:
     c = cluster
-    assert nfs(c, "n3").body["access"] == "rw"
-    c.signal("n3", signal.SIGSTOP)
+    # Pausing the leader also makes the write below wait out an election.
+    victim = c.leader()
+    survivor = next(n for n in c.nodes if n != victim)
+    assert nfs(c, victim).body["access"] == "rw"
+    c.signal(victim, signal.SIGSTOP)
     try:
-        changed = http(
-            "PUT",
-            f"{c.url('n1')}/v1/tables/export_rules/vs1:default:1",
+        changed = put_through_failover(
+            f"{c.url(survivor)}/v1/tables/export_rules/vs1:default:1",
             {"vserver": "vs1", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "ro"},
         )
         assert changed.status == 200
-        # The fault under test is the pause itself: n3 stays stopped past its 1.5 s grace.
+        # The fault under test is the pause itself: the node stays stopped past its 1.5 s grace.
         time.sleep(2.5)
     finally:
-        c.signal("n3", signal.SIGCONT)
+        c.signal(victim, signal.SIGCONT)
     answers = []
 
     def fresh() -> bool:
-        r = nfs(c, "n3")
+        r = nfs(c, victim)
         answers.append((r.status, r.body.get("access") if r.status == 200 else r.body["error"]["code"]))
         return r.status == 200
 
-    wait_for(fresh, 20, "n3 serving again", interval=0.005)
+    wait_for(fresh, 20, f"{victim} serving again", interval=0.005)
     # On waking it answered 503 until it caught up; it never served the rw from before.
     assert "rw" not in {a for s, a in answers if s == 200}, answers[:5]
     assert answers[0] == (503, "fenced"), answers[:5]
