@@ -171,21 +171,25 @@ class LocalCluster:
         self.nodes = [Node(nid, argv, url, os.path.join(base_dir, f"{nid}.log")) for nid, argv, url in commands]
 
     def start(self) -> None:
+        for node in self.nodes:
+            self.start_node(node)
+
+    def start_node(self, node: Node) -> None:
+        """Start (or restart, on the same data directory) one node process."""
         env = dict(os.environ)
         env.pop("RDBSYNC_API_TOKEN", None)  # wrk sends no Authorization header
-        for node in self.nodes:
-            with open(node.log_path, "ab") as log:
-                node.proc = subprocess.Popen(
-                    node.argv,
-                    cwd=REPO,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_PREEXEC,
-                )
-            progress(f"started {node.id} (pid {node.proc.pid}) http {node.url}")
+        with open(node.log_path, "ab") as log:
+            node.proc = subprocess.Popen(
+                node.argv,
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_PREEXEC,
+            )
+        progress(f"started {node.id} (pid {node.proc.pid}) http {node.url}")
 
     def check_alive(self) -> None:
         for node in self.nodes:

@@ -68,6 +68,7 @@ REASON_NAMES = {
 
 _SNAPSHOT_MAGIC = b"RDBSNAP1"
 COMPACT_AT_BYTES = 64 * 1024 * 1024
+CONNECTION_RETRY_SECONDS = 0.2
 
 
 class _JournalPath(str):
@@ -213,6 +214,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             raftMaxTimeout=election_timeout[1],
             appendEntriesPeriod=0.1,
             connectionTimeout=max(3.5, election_timeout[1]),
+            # PySyncObj redials a lost peer only every 5 s, and only the node with the
+            # higher address dials. Two followers whose link dropped (one restarted) then
+            # cannot elect a new leader for up to 5 s after the leader dies.
+            connectionRetryTime=CONNECTION_RETRY_SECONDS,
             leaderFallbackTimeout=max(2.0, election_timeout[1] * 1.5),
             # Larger than any single entry (1 MiB values), so PySyncObj never takes its
             # buggy chunked-transmission path for one big entry.
