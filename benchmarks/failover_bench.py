@@ -85,9 +85,7 @@ def restart(cluster: LocalCluster, node: Node) -> None:
     cluster.wait_ready(60)
 
     def full_mesh() -> bool:
-        return all(
-            all(m["connected"] for m in http("GET", n.url + "/v1/status")[1]["members"]) for n in cluster.nodes
-        )
+        return all(all(m["connected"] for m in http("GET", n.url + "/v1/status")[1]["members"]) for n in cluster.nodes)
 
     wait_for(full_mesh, 30, "every node linked to every other")
 
