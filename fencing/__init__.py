@@ -1,11 +1,15 @@
 """fencing: turn protocols off on a node while the config they depend on cannot be trusted.
 
 Public surface: the pure policy (``FencePolicy``, ``default_policy``, ``decide``,
-``guard``), its state and outcome values. Imports only ``resync`` and ``rdb`` (and today
+``guard``), its state and outcome values, ``policy_from_document`` and the
+``FencingError`` tree. Imports only ``resync`` and ``rdb`` (and today
 needs neither).
 """
 
+from fencing._document import policy_from_document, policy_to_document
+from fencing._errors import FencingError, PolicyError
 from fencing._policy import (
+    DEFAULT_QUORUM_GRACE,
     PROTOCOLS,
     CaughtUp,
     Decision,
@@ -18,6 +22,7 @@ from fencing._policy import (
     Reset,
     ResyncFailed,
     ResyncOk,
+    ScopedDependency,
     Stalled,
     TableHealth,
     Tick,
@@ -30,18 +35,22 @@ from fencing._policy import (
 )
 
 __all__ = [
+    "DEFAULT_QUORUM_GRACE",
     "PROTOCOLS",
     "CaughtUp",
     "Decision",
     "Fence",
     "FencePolicy",
     "FenceState",
+    "FencingError",
     "LagObserved",
     "Outcome",
+    "PolicyError",
     "QuorumChanged",
     "Reset",
     "ResyncFailed",
     "ResyncOk",
+    "ScopedDependency",
     "Stalled",
     "TableHealth",
     "Tick",
@@ -51,4 +60,6 @@ __all__ = [
     "due_for_retry",
     "guard",
     "initial_state",
+    "policy_from_document",
+    "policy_to_document",
 ]

@@ -12,6 +12,11 @@ ONTAP-like defaults (``default_policy``): NFS depends on vservers, LIFs, export 
 and the volume-location cache; CIFS on vservers, LIFs, CIFS shares and the
 volume-location cache; iSCSI on vservers and LIFs; every protocol on the D-blade
 volume table.
+
+A *consumer* is a protocol or a client application. Its dependencies are either
+node-wide (a failed table fences the consumer for every vserver) or scoped to a set of
+vservers (a failed table fences it for those vservers only). ``policy_from_document``
+builds a policy from a parsed JSON/TOML document and raises ``PolicyError``.
 """
 
 from __future__ import annotations
@@ -21,13 +26,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 PROTOCOLS = ("nfs", "cifs", "iscsi")
+DEFAULT_QUORUM_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class ScopedDependency:
+    """``tables`` matter to a consumer only when it serves one of ``vservers``."""
+
+    vservers: frozenset[str]
+    tables: frozenset[str]
 
 
 @dataclass(frozen=True)
 class FencePolicy:
     """Which protocols depend on which tables, and when to fence, retry and unfence."""
 
+    #: consumer -> tables whose failure fences it on this node for every vserver.
     dependencies: Mapping[str, frozenset[str]]
+    #: consumer -> tables whose failure fences it only for some vservers.
+    scoped: Mapping[str, tuple[ScopedDependency, ...]] = field(default_factory=dict)
+    #: Consumers that are client applications rather than protocols (shown as their kind).
+    applications: frozenset[str] = frozenset()
     #: Fence once a table has failed this many times in a row...
     failures_to_fence: int = 1
     #: ...or has been failing for this long (seconds), whichever comes first (0: off).
@@ -39,10 +58,20 @@ class FencePolicy:
     max_lag_revisions: int = 10_000
     max_lag_seconds: float = 5.0
     #: Per protocol: how long a node without quorum keeps serving last-known config.
-    quorum_grace: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, 5.0))
+    quorum_grace: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, DEFAULT_QUORUM_GRACE))
+
+    def consumers(self) -> list[str]:
+        return sorted(set(self.dependencies) | set(self.scoped))
 
     def tables(self) -> frozenset[str]:
-        return frozenset(t for deps in self.dependencies.values() for t in deps)
+        scoped = (t for rules in self.scoped.values() for rule in rules for t in rule.tables)
+        return frozenset(t for deps in self.dependencies.values() for t in deps) | frozenset(scoped)
+
+    def kind(self, consumer: str) -> str:
+        return "application" if consumer in self.applications else "protocol"
+
+    def grace(self, consumer: str) -> float:
+        return self.quorum_grace.get(consumer, DEFAULT_QUORUM_GRACE)
 
     def backoff(self, failures: int) -> float:
         """Delay before retry number ``failures`` (>= 1): capped exponential."""
@@ -142,12 +171,18 @@ class Fence:
     message: str
     since: float
     revision: int
-    vserver: str | None = None  # None: every vserver
+    vservers: frozenset[str] | None = None  # None: every vserver
+    kind: str = "protocol"  # or "application"
+
+    def covers(self, vserver: str | None) -> bool:
+        """Does this fence stop serving ``vserver``? (None: a node-wide request.)"""
+        return self.vservers is None or vserver is None or vserver in self.vservers
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "protocol": self.protocol,
-            "vserver": self.vserver,
+            "kind": self.kind,
+            "vservers": None if self.vservers is None else sorted(self.vservers),
             "table": self.table,
             "cause": self.cause,
             "message": self.message,
@@ -167,12 +202,14 @@ class FenceState:
     caught_up: bool = False
     #: Every table must have resynced to at least this revision before serving.
     required_revision: int = 0
+    #: The policy's consumers: the guard fences anything else (fail closed).
+    consumers: frozenset[str] = frozenset(PROTOCOLS)
 
 
 def initial_state(policy: FencePolicy, now: float) -> FenceState:
     """Every table unsynced, so every protocol starts fenced (fail closed)."""
     tables = {t: TableHealth(failing_since=now) for t in sorted(policy.tables())}
-    state = FenceState(tables=tables, fences={})
+    state = FenceState(tables=tables, fences={}, consumers=frozenset(policy.consumers()))
     return _refence(policy, state, now, [])[0]
 
 
@@ -258,7 +295,7 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
     elif isinstance(outcome, Reset):
         tables = {name: h if h.ok else replace(h, retry_at=now) for name, h in tables.items()}
 
-    new_state = FenceState(tables, state.fences, quorum_lost_since, caught_up, required)
+    new_state = FenceState(tables, state.fences, quorum_lost_since, caught_up, required, state.consumers)
     return Decision(*_refence(policy, new_state, now, events))
 
 
@@ -267,14 +304,15 @@ def _refence(
 ) -> tuple[FenceState, list[dict[str, Any]]]:
     """Recompute every protocol's fence from table health and quorum."""
     fences: dict[str, Fence] = {}
-    for protocol in sorted(policy.dependencies):
+    for protocol in policy.consumers():
         fence = _fence_for(policy, state, protocol, now)
         old = state.fences.get(protocol)
         if fence is None:
             if old is not None:
                 events.append({"type": "unfenced", "protocol": protocol, "was": old.to_dict()})
             continue
-        if old is not None and (old.table, old.cause) == (fence.table, fence.cause):
+        fence = replace(fence, kind=policy.kind(protocol))
+        if old is not None and (old.table, old.cause, old.vservers) == (fence.table, fence.cause, fence.vservers):
             fence = replace(fence, since=old.since)  # same reason: keep its original 'since'
         elif old is None:
             events.append({"type": "fenced", "protocol": protocol, "fence": fence.to_dict()})
@@ -284,11 +322,13 @@ def _refence(
     return replace(state, fences=fences), events
 
 
-def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float) -> Fence | None:
-    for table in sorted(policy.dependencies[protocol]):
-        health = state.tables.get(table)
-        if health is None or health.ok:
-            continue
+def _table_fence(policy: FencePolicy, state: FenceState, protocol: str, table: str, now: float) -> Fence | None:
+    """The fence ``table`` puts on ``protocol``: its failure past the thresholds, else
+    (cause ``catching_up``) its last sync being older than the required revision."""
+    health = state.tables.get(table)
+    if health is None:
+        return None
+    if not health.ok:
         long_enough = (
             policy.fence_after_seconds > 0
             and health.failing_since is not None
@@ -303,7 +343,24 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
                 health.failing_since if health.failing_since is not None else now,
                 health.revision,
             )
-    grace = policy.quorum_grace.get(protocol, 5.0)
+    if health.synced_revision < state.required_revision:
+        return Fence(
+            protocol,
+            table,
+            "catching_up",
+            f"{table} is at revision {health.synced_revision}; serving resumes at {state.required_revision}",
+            now,
+            health.synced_revision,
+        )
+    return None
+
+
+def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float) -> Fence | None:
+    for table in sorted(policy.dependencies.get(protocol, ())):
+        fence = _table_fence(policy, state, protocol, table, now)
+        if fence is not None and fence.cause != "catching_up":
+            return fence
+    grace = policy.grace(protocol)
     if state.quorum_lost_since is not None and now - state.quorum_lost_since >= grace:
         return Fence(
             protocol,
@@ -317,29 +374,43 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
         # Never caught up (a restart replays old config from disk): no grace for that.
         return Fence(protocol, "*", "catching_up", "not yet caught up with the leader's commit index", now, 0)
     if state.quorum_lost_since is not None:
-        return None  # within the grace period: keep serving last-known config
-    for table in sorted(policy.dependencies[protocol]):
-        health = state.tables.get(table)
-        if health is not None and health.synced_revision < state.required_revision:
-            return Fence(
-                protocol,
-                table,
-                "catching_up",
-                f"{table} is at revision {health.synced_revision}; serving resumes at {state.required_revision}",
-                now,
-                health.synced_revision,
-            )
-    return None
+        # Within the grace period: keep serving last-known config, except where a
+        # vserver-scoped dependency has failed.
+        return _scoped_fence(policy, state, protocol, now, catching_up=False)
+    for table in sorted(policy.dependencies.get(protocol, ())):
+        fence = _table_fence(policy, state, protocol, table, now)
+        if fence is not None:
+            return fence
+    return _scoped_fence(policy, state, protocol, now, catching_up=True)
+
+
+def _scoped_fence(
+    policy: FencePolicy, state: FenceState, protocol: str, now: float, *, catching_up: bool
+) -> Fence | None:
+    """One fence for every vserver whose scoped dependencies failed (or, with
+    ``catching_up``, have not reached the required revision); the first such table in
+    name order gives its table, cause and message."""
+    first: Fence | None = None
+    vservers: set[str] = set()
+    for rule in policy.scoped.get(protocol, ()):
+        for table in sorted(rule.tables):
+            fence = _table_fence(policy, state, protocol, table, now)
+            if fence is not None and (catching_up or fence.cause != "catching_up"):
+                vservers |= rule.vservers
+                if first is None or fence.table < first.table:
+                    first = fence
+    return None if first is None else replace(first, vservers=frozenset(vservers))
 
 
 def guard(state: FenceState, protocol: str, vserver: str | None = None) -> Fence | None:
-    """The fence that stops serving ``protocol`` (for ``vserver``) now, or None. Fails
-    closed: an unknown protocol is fenced."""
+    """The fence that stops serving ``protocol`` for ``vserver`` now, or None (a request
+    for no particular vserver is stopped by any fence). Fails closed: a consumer the
+    policy does not know is fenced."""
     fence = state.fences.get(protocol)
-    if fence is not None and (fence.vserver is None or fence.vserver == vserver):
+    if fence is not None and fence.covers(vserver):
         return fence
-    if protocol not in PROTOCOLS and protocol not in state.fences:
-        return Fence(protocol, "*", "unknown_protocol", f"no policy for protocol {protocol!r}", 0.0, 0)
+    if protocol not in state.consumers and protocol not in state.fences:
+        return Fence(protocol, "*", "unknown_consumer", f"the fencing policy has no consumer {protocol!r}", 0.0, 0)
     return None
 
 

@@ -8,10 +8,16 @@ for anything missing or malformed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from fencing import PROTOCOLS, FencePolicy, PolicyError, default_policy, policy_from_document
+from node._blades import build_blades
+from node._dataplane import DATA_PLANE_READS
 from node._exceptions import ConfigError
 
 
@@ -40,6 +46,7 @@ class NodeConfig:
     audit_interval: float = 60.0
     quorum_grace: float = 5.0
     compaction_entries: int = 20_000
+    fence_policy: FencePolicy = field(default_factory=default_policy)
 
     @property
     def http_url(self) -> str:
@@ -69,6 +76,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
+    (
+        "--fence-policy",
+        "FENCE_POLICY",
+        "TOML or JSON file: which protocols and applications depend on which blade tables, and when to fence",
+    ),
 )
 
 
@@ -179,6 +191,12 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         "true",
         "yes",
     )
+    policy_file = pick("fence_policy", "FENCE_POLICY")
+    policy = (
+        load_fence_policy(policy_file, grace)
+        if policy_file
+        else default_policy(quorum_grace=dict.fromkeys(PROTOCOLS, grace))
+    )
     return NodeConfig(
         id=node_id,
         raft_address=raft,
@@ -196,4 +214,41 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         audit_interval=audit,
         quorum_grace=grace,
         compaction_entries=int(compaction),
+        fence_policy=policy,
     )
+
+
+def load_fence_policy(path: str, quorum_grace: float) -> FencePolicy:
+    """Read a fencing policy file (``.toml`` or ``.json``). Raises ``ConfigError`` saying
+    what is wrong: unreadable file, bad syntax, bad field, or a built-in data-plane
+    protocol that would no longer depend on a table it reads."""
+    doc: Any
+    try:
+        if path.endswith(".toml"):
+            with open(path, "rb") as fb:
+                doc = tomllib.load(fb)
+        elif path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        else:
+            raise ConfigError(f"--fence-policy {path!r}: the file name must end in .toml or .json")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the fencing policy {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"the fencing policy {path} is not valid {path.rsplit('.', 1)[-1].upper()}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"the fencing policy {path} must be a table/object at the top level")
+    known = sorted(name for blade in build_blades("_").values() for name in blade)
+    try:
+        policy = policy_from_document(doc, known_tables=known, quorum_grace=quorum_grace)
+    except PolicyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for protocol, reads in DATA_PLANE_READS.items():
+        missing = sorted(reads - policy.dependencies.get(protocol, frozenset()))
+        if missing:
+            # Serving from a table that may have failed would break "never serve from
+            # config that failed to sync": refuse the policy instead.
+            raise ConfigError(
+                f"{path}: {protocol} answers from {sorted(reads)}; its node-wide 'tables' must include {missing}"
+            )
+    return policy

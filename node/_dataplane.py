@@ -14,6 +14,13 @@ from node._blades import BladeTable
 
 Decision = dict[str, Any]
 
+#: The blade tables each data-plane protocol answers from: its fencing policy must
+#: depend on all of them node-wide, and its answers carry the revision they all reflect.
+DATA_PLANE_READS: dict[str, frozenset[str]] = {
+    "nfs": frozenset({"vservers", "vldb", "export_rules"}),
+    "cifs": frozenset({"vservers", "vldb", "cifs_shares"}),
+}
+
 
 def _deny(reason: str, **extra: Any) -> Decision:
     return {"access": "denied", "reason": reason, "volume": None, "aggregate": None, "node": None, **extra}

@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from fencing import PROTOCOLS, default_policy
 from node._common import (
     CLIENT,
     CONFIG,
@@ -441,7 +440,10 @@ async def metrics(request: web.Request) -> web.Response:
     lines += [f'rdb_resync_runs_total{{run="{k}"}} {v}' for k, v in sorted(runtime.decisions.items())]
     fenced = {f["protocol"] for f in runtime.fences()}
     lines.append("# TYPE rdb_protocol_fenced gauge")
-    lines += [f'rdb_protocol_fenced{{protocol="{p}"}} {int(p in fenced)}' for p in sorted(runtime.policy.dependencies)]
+    lines += [
+        f'rdb_protocol_fenced{{protocol="{p}",kind="{runtime.policy.kind(p)}"}} {int(p in fenced)}'
+        for p in runtime.policy.consumers()
+    ]
     lines.append("# TYPE rdb_fence_events_total counter")
     lines += [f'rdb_fence_events_total{{type="{k}"}} {v}' for k, v in sorted(runtime.event_counts.items())]
     lines.append("# TYPE http_responses_total counter")
@@ -526,7 +528,7 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
         config.id,
         store,
         audit_interval=config.audit_interval,
-        policy=default_policy(quorum_grace=dict.fromkeys(PROTOCOLS, config.quorum_grace)),
+        policy=config.fence_policy,
     )
 
     async def lifecycle(app: web.Application) -> Any:

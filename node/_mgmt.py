@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
+from fencing import policy_to_document
 from node._common import (
     CLIENT,
     CONFIG,
@@ -24,7 +25,7 @@ from node._common import (
     members_registry,
     request_id,
 )
-from node._dataplane import cifs_connect, nfs_mount
+from node._dataplane import DATA_PLANE_READS, cifs_connect, nfs_mount
 from node._errors import check_write_result
 from node._exceptions import ApiError
 from node._tables import TABLES, RowKeyMismatch, TableDef, json_schemas, validate_row
@@ -269,7 +270,7 @@ async def data_nfs_mount(request: web.Request) -> web.Response:
         decision = nfs_mount(runtime.blades["nblade"], vserver, path, client)
     except ValueError:
         raise ApiError(422, "bad_parameter", f"client {client!r} is not an IP address") from None
-    revision = runtime.applied_revision(runtime.policy.dependencies["nfs"])
+    revision = runtime.applied_revision(DATA_PLANE_READS["nfs"] | runtime.policy.dependencies["nfs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
 
 
@@ -278,8 +279,31 @@ async def data_cifs_connect(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     await runtime.guard("cifs", vserver)
     decision = cifs_connect(runtime.blades["nblade"], vserver, share, request.query.get("user") or "Everyone")
-    revision = runtime.applied_revision(runtime.policy.dependencies["cifs"])
+    revision = runtime.applied_revision(DATA_PLANE_READS["cifs"] | runtime.policy.dependencies["cifs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
+
+
+async def guard_consumer(request: web.Request) -> web.Response:
+    """The fence guard for any consumer, e.g. a client application on this node: 200
+    while it may serve (for ``vserver``, if given), 503 ``fenced`` with the reason."""
+    consumer = request.match_info["consumer"]
+    vserver = request.query.get("vserver") or None
+    runtime = request.app[RUNTIME]
+    policy = runtime.policy
+    if consumer not in policy.consumers():
+        raise ApiError(
+            404, "unknown_consumer", f"the fencing policy has no consumer {consumer!r}; it has {policy.consumers()}"
+        )
+    await runtime.guard(consumer, vserver)
+    tables = set(policy.dependencies.get(consumer, ())).union(*(r.tables for r in policy.scoped.get(consumer, ())))
+    revision = runtime.applied_revision(tables)
+    body = {"consumer": consumer, "kind": policy.kind(consumer), "vserver": vserver, "serving": True}
+    return web.json_response({**body, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    """The fencing policy this node runs (the document form of ``--fence-policy``)."""
+    return web.json_response(policy_to_document(request.app[RUNTIME].policy))
 
 
 def add_routes(app: web.Application) -> None:
@@ -292,3 +316,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/resync", post_resync)
     app.router.add_get("/v1/data/nfs/mount", data_nfs_mount)
     app.router.add_get("/v1/data/cifs/connect", data_cifs_connect)
+    app.router.add_get("/v1/guard/{consumer}", guard_consumer)
+    app.router.add_get("/v1/policy", get_policy)

@@ -99,6 +99,12 @@ def openapi() -> dict[str, Any]:
     }
     prev = {"name": "prev_revision", "in": "query", "schema": {"type": "integer", "minimum": 0}}
     idem = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 128}}
+    table = {"name": "table", "in": "path", "required": True, "schema": {"type": "string"}}
+    wait = {"name": "wait", "in": "query", "schema": {"type": "string", "enum": ["applied"]}}
+
+    def query(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": True, "schema": {"type": "string"}}
+
     paths: dict[str, Any] = {
         "/v1/kv/{key}": {
             "get": {
@@ -170,6 +176,56 @@ def openapi() -> dict[str, Any]:
         "/healthz": {"get": {"responses": {"200": {"description": "process is up"}}}},
         "/readyz": {"get": {"responses": {"200": {"description": "ready"}, "503": err}}},
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
+        "/v1/tables": {"get": {"responses": {"200": {"description": "management tables and their JSON schemas"}}}},
+        "/v1/tables/{table}/{key}": {
+            "get": {"parameters": [table, key], "responses": {"200": {"description": "row"}, "404": err}},
+            "put": {
+                "parameters": [table, key, wait, idem],
+                "responses": {"200": {"description": "stored"}, "409": err, "422": err, "503": err, "504": err},
+            },
+            "delete": {
+                "parameters": [table, key, wait, idem],
+                "responses": {"200": {"description": "deleted"}, "404": err, "409": err, "503": err},
+            },
+        },
+        "/v1/blades/{blade}/{table}": {
+            "get": {
+                "parameters": [{"name": "blade", "in": "path", "required": True, "schema": {"type": "string"}}, table],
+                "responses": {"200": {"description": "blade rows and the revision they reflect"}, "404": err},
+            }
+        },
+        "/v1/resync": {
+            "post": {
+                "parameters": [
+                    {"name": "table", "in": "query", "schema": {"type": "string"}},
+                    {"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": {"200": {"description": "the plan, and what was applied"}, "404": err},
+            }
+        },
+        "/v1/data/nfs/mount": {
+            "get": {
+                "parameters": [query("vserver"), query("path"), query("client")],
+                "responses": {"200": {"description": "rw, ro or denied"}, "422": err, "503": err},
+            }
+        },
+        "/v1/data/cifs/connect": {
+            "get": {
+                "parameters": [query("vserver"), query("share"), {**query("user"), "required": False}],
+                "responses": {"200": {"description": "rw, ro or denied"}, "422": err, "503": err},
+            }
+        },
+        "/v1/guard/{consumer}": {
+            "get": {
+                "parameters": [
+                    {"name": "consumer", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {**query("vserver"), "required": False},
+                ],
+                "responses": {"200": {"description": "the consumer may serve"}, "404": err, "503": err},
+            }
+        },
+        "/v1/policy": {"get": {"responses": {"200": {"description": "the fencing policy this node runs"}}}},
+        "/v1/events": {"get": {"responses": {"200": {"description": "resync failures, fences and unfences"}}}},
     }
     return {
         "openapi": "3.1.0",

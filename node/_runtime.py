@@ -137,7 +137,7 @@ class BladeRuntime:
             raise Fenced(
                 Fence(protocol, "*", "resync_in_progress", "a resync is still applying changes", time.time(), 0)
             )
-        grace = self.policy.quorum_grace.get(protocol, 5.0)
+        grace = self.policy.grace(protocol)
         stalled = time.monotonic() - self.last_iteration
         if stalled > grace:
             # The worker has not run for longer than the grace period (the process was
@@ -179,7 +179,7 @@ class BladeRuntime:
     def applied_revision(self, tables: Iterable[str] | None = None) -> int:
         """The revision the given blade tables (default: all) on this node all reflect."""
         names = set(self.engine.status) if tables is None else set(tables) & set(self.engine.status)
-        return min(self.engine.status[n].applied_revision for n in names)
+        return min((self.engine.status[n].applied_revision for n in names), default=self.store.revision)
 
     def table_status(self) -> dict[str, Any]:
         revision = self.store.revision

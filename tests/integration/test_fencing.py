@@ -72,7 +72,7 @@ def test_injected_failure_fences_only_dependents_on_that_node_then_unfences(clus
     readyz = http("GET", f"{c.url('n2')}/readyz")
     assert readyz.status == 503 and any("nfs fenced" in r for r in readyz.body["error"]["details"]["reasons"])
     metrics = str(http("GET", f"{c.url('n2')}/metrics").body)
-    assert 'rdb_protocol_fenced{protocol="nfs"} 1' in metrics
+    assert 'rdb_protocol_fenced{protocol="nfs",kind="protocol"} 1' in metrics
     # Clearing the fault: the backoff retry resyncs and unfences by itself.
     assert http("DELETE", f"{c.url('n2')}/v1/debug/faults").status == 200
     wait_for(lambda: nfs(c, "n2").status == 200, 10, "nfs served again on n2")
@@ -235,3 +235,56 @@ def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster
     # On waking it answered 503 until it caught up; it never served the rw from before.
     assert "rw" not in {a for s, a in answers if s == 200}, answers[:5]
     assert answers[0] == (503, "fenced"), answers[:5]
+
+
+POLICY_TOML = """
+[consumers.nfs]
+tables = ["vservers", "vldb", "export_rules", "volumes"]
+
+[[consumers.nfs.scoped]]
+vservers = ["vs1"]
+tables = ["lifs"]
+
+[consumers.backup]
+kind = "application"
+tables = ["volumes"]
+"""
+
+
+def test_a_policy_file_scopes_fences_per_vserver_and_fences_client_applications(tmp_path: Any) -> None:
+    policy = tmp_path / "fence-policy.toml"
+    policy.write_text(POLICY_TOML)
+    env = {"RDBSYNC_FENCE_POLICY": str(policy)}
+    (tmp_path / "c").mkdir()
+    with running_cluster(str(tmp_path / "c"), 3, env=env, extra_args=["--fault-injection"]) as c:
+        _configure(c)
+        url = c.url("n2")
+        shown = http("GET", f"{url}/v1/policy").body
+        assert shown["consumers"]["nfs"]["scoped"] == [{"vservers": ["vs1"], "tables": ["lifs"]}]
+        assert shown["consumers"]["backup"]["kind"] == "application"
+        assert http("GET", f"{url}/v1/guard/backup").status == 200
+        assert http("GET", f"{url}/v1/guard/no-such-app").status == 404
+
+        # lifs matters to nfs only on vs1: vs1 is fenced, every other vserver is served.
+        assert http("POST", f"{url}/v1/debug/faults", {"table": "lifs", "mode": "error"}).status == 200
+        wait_for(lambda: nfs(c, "n2").status == 503, 5, "nfs fenced for vs1 on n2")
+        fence = nfs(c, "n2").body["error"]["details"]
+        assert fence["table"] == "lifs" and fence["vservers"] == ["vs1"]
+        other = http("GET", f"{url}/v1/data/nfs/mount?vserver=vs2&path=/x&client=10.0.0.1")
+        assert other.status == 200 and other.body["access"] == "denied"  # served: vs2 simply does not exist
+        assert http("GET", f"{url}/v1/guard/nfs?vserver=vs2").status == 200
+        assert http("GET", f"{url}/v1/guard/nfs?vserver=vs1").status == 503
+        assert cifs(c, "n2").status == 503  # the default cifs policy depends on lifs node-wide
+        assert http("DELETE", f"{url}/v1/debug/faults").status == 200
+        wait_for(lambda: nfs(c, "n2").status == 200, 10, "nfs served again for vs1")
+
+        # A client application is fenced like a protocol, and says what it is.
+        assert http("POST", f"{url}/v1/debug/faults", {"table": "volumes", "mode": "error"}).status == 200
+        wait_for(lambda: http("GET", f"{url}/v1/guard/backup").status == 503, 5, "backup fenced on n2")
+        body = http("GET", f"{url}/v1/guard/backup").body
+        assert body["error"]["code"] == "fenced" and body["error"]["details"]["kind"] == "application"
+        metrics = str(http("GET", f"{url}/metrics").body)
+        assert 'rdb_protocol_fenced{protocol="backup",kind="application"} 1' in metrics
+        assert http("GET", f"{c.url('n1')}/v1/guard/backup").status == 200  # only n2 failed
+        assert http("DELETE", f"{url}/v1/debug/faults").status == 200
+        wait_for(lambda: http("GET", f"{url}/v1/guard/backup").status == 200, 10, "backup unfenced on n2")

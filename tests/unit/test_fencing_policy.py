@@ -82,7 +82,7 @@ def test_initial_state_fences_every_protocol_until_synced() -> None:
     state = initial_state(POLICY, T0)
     assert set(state.fences) == set(PROTOCOLS) == fenced(state)
     for fence in state.fences.values():
-        assert fence.cause == "not_synced" and fence.since == T0 and fence.vserver is None
+        assert fence.cause == "not_synced" and fence.since == T0 and fence.vservers is None
     assert all(not h.ok and h.cause == "not_synced" for h in state.tables.values())
     assert set(state.tables) == set(TABLES)
     assert state.caught_up is False and state.required_revision == 0 and state.quorum_lost_since is None
@@ -497,7 +497,7 @@ def test_fence_after_seconds_fences_a_table_failing_for_long_enough() -> None:
 def test_guard_fails_closed_for_an_unknown_protocol() -> None:
     state = synced()
     fence = guard(state, "smb3")
-    assert fence is not None and fence.cause == "unknown_protocol" and "smb3" in fence.message
+    assert fence is not None and fence.cause == "unknown_consumer" and "smb3" in fence.message
     assert guard(state, "nfs") is None
     assert guard(state, "nfs", "vs1") is None
 
@@ -514,7 +514,8 @@ def test_fence_to_dict() -> None:
     fence = decide(POLICY, synced(), fail("lifs"), T0).state.fences["iscsi"]
     assert fence.to_dict() == {
         "protocol": "iscsi",
-        "vserver": None,
+        "kind": "protocol",
+        "vservers": None,
         "table": "lifs",
         "cause": "error",
         "message": "lifs broke",

@@ -1,0 +1,82 @@
+"""Node configuration: flag > env > default, and the fencing policy file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from node._config import add_node_arguments, load_fence_policy, parse_node_config
+from node._exceptions import ConfigError
+
+BASE = ["--id", "n1", "--raft", "127.0.0.1:7001", "--http", "127.0.0.1:8001", "--data-dir", "/tmp/x"]
+ENV = {"RDBSYNC_SECRET": "s3cret"}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_node_arguments(parser)
+    return parser.parse_args(BASE + argv)
+
+
+def test_flag_beats_env_beats_default() -> None:
+    assert parse_node_config(parse([]), ENV).quorum_grace == 5.0
+    assert parse_node_config(parse([]), {**ENV, "RDBSYNC_QUORUM_GRACE": "2"}).quorum_grace == 2.0
+    args = parse(["--quorum-grace", "1"])
+    assert parse_node_config(args, {**ENV, "RDBSYNC_QUORUM_GRACE": "2"}).quorum_grace == 1.0
+
+
+def test_without_a_policy_file_the_defaults_use_the_quorum_grace() -> None:
+    config = parse_node_config(parse(["--quorum-grace", "1.5"]), ENV)
+    assert config.fence_policy.grace("nfs") == 1.5 and config.fence_policy.consumers() == ["cifs", "iscsi", "nfs"]
+
+
+def test_a_toml_policy_file_from_the_env(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[consumers.backup]\nkind = "application"\ntables = ["volumes"]\n')
+    config = parse_node_config(parse([]), {**ENV, "RDBSYNC_FENCE_POLICY": str(path)})
+    assert config.fence_policy.kind("backup") == "application"
+    assert config.fence_policy.consumers() == ["backup", "cifs", "iscsi", "nfs"]
+
+
+def test_a_json_policy_file_from_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"failures_to_fence": 3}))
+    config = parse_node_config(parse(["--fence-policy", str(path), "--quorum-grace", "2"]), ENV)
+    assert config.fence_policy.failures_to_fence == 3 and config.fence_policy.grace("cifs") == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("p.yaml", "a: 1", "must end in .toml or .json"),
+        ("p.toml", "consumers = [", "is not valid TOML"),
+        ("p.json", "{", "is not valid JSON"),
+        ("p.json", "[1]", "at the top level"),
+        ("p.toml", "failures_to_fence = 0", "failures_to_fence"),
+        ("p.toml", '[consumers.nfs]\ntables = ["vservers", "vldb"]', "must include ['export_rules']"),
+        ("p.toml", '[consumers.cifs]\ntables = ["lifs"]\n', "must include ['cifs_shares', 'vldb', 'vservers']"),
+    ],
+)
+def test_a_bad_policy_file_is_a_config_error_that_says_why(tmp_path: Path, name: str, text: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_fence_policy(str(path), 5.0)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_missing_policy_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the fencing policy"):
+        load_fence_policy(str(tmp_path / "absent.toml"), 5.0)
+
+
+def test_the_readme_policy_example_is_a_valid_policy(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "policy.toml"
+    path.write_text(example)
+    policy = load_fence_policy(str(path), 5.0)
+    assert policy.kind("backup") == "application" and policy.scoped["nfs"]
