@@ -81,7 +81,8 @@ def constraint_error(result: dict[str, Any]) -> ApiError:
 
 def check_write_result(result: dict[str, Any], what: str) -> int:
     """The revision of an applied write; raises the ``ApiError`` for one the state
-    machine turned down (CAS conflict, missing key, constraint, invalid)."""
+    machine turned down (CAS conflict, missing key, constraint, a reused request id,
+    invalid)."""
     status = result.get("status")
     revision = int(result.get("revision", 0))
     if status == "ok":
@@ -98,4 +99,12 @@ def check_write_result(result: dict[str, Any], what: str) -> int:
         raise ApiError(404, "not_found", f"{what} does not exist", {"revision": revision}, applied=False)
     if status == "constraint":
         raise constraint_error(result)
+    if status == "idempotency_conflict":
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used for a different request; use a new key",
+            {"revision": revision},
+            applied=False,
+        )
     raise ApiError(422, "invalid", str(result.get("message", "rejected by the state machine")), applied=False)

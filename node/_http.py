@@ -38,7 +38,7 @@ from node._common import (
 )
 from node._config import NodeConfig
 from node._debug import add_debug_routes
-from node._errors import check_write_result, constraint_error, error_response, translate
+from node._errors import check_write_result, error_response, translate
 from node._exceptions import ApiError
 from node._mgmt import add_routes, check_row
 from node._models import MemberBody, PutBody, TxnBody, openapi
@@ -188,11 +188,7 @@ async def txn(request: web.Request) -> web.Response:
     result = await request.app[STORE].txn(
         [c.model_dump() for c in body.compare], branches[0], branches[1], request_id=request_id(request)
     )
-    if result.get("status") == "constraint":
-        raise constraint_error(result)
-    if result.get("status") != "ok":
-        raise ApiError(422, "invalid", str(result.get("message", "rejected")), applied=False)
-    revision = int(result["revision"])
+    revision = check_write_result(result, "the txn")
     return _answer({"succeeded": result["succeeded"], "revision": revision, "responses": result["responses"]}, revision)
 
 

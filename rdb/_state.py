@@ -16,6 +16,7 @@ with the original result and changes nothing, so a retried write is applied once
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -231,6 +232,15 @@ class StateMachine:
         rid = cmd.get("rid")
         if isinstance(rid, str) and rid in self._dedup:
             cached = dict(self._dedup[rid])
+            digest = cached.pop(_DIGEST, None)
+            if digest is not None and digest != request_digest(cmd):
+                # The same request id with a different request: answering with the first
+                # request's result would tell the client this one was applied.
+                return {
+                    "status": "idempotency_conflict",
+                    "message": f"request id {rid!r} was already used for a different request",
+                    "revision": self._revision,
+                }
             cached["duplicate"] = True
             return cached
         try:
@@ -240,7 +250,7 @@ class StateMachine:
         except Exception as exc:  # noqa: BLE001 - a bug must not wedge the cluster
             result = {"status": "invalid", "message": f"internal error applying command: {exc!r}"}
         if isinstance(rid, str):
-            self._dedup[rid] = _for_dedup(result)
+            self._dedup[rid] = {**_for_dedup(result), _DIGEST: request_digest(cmd)}
             while len(self._dedup) > self._dedup_limit:
                 self._dedup.popitem(last=False)
         return result
@@ -578,6 +588,24 @@ class StateMachine:
 
     def items(self) -> Iterable[KeyValue]:
         return self._data.values()
+
+
+_DIGEST = "_request_digest"
+
+
+def request_digest(cmd: Mapping[str, Any]) -> str:
+    """A digest of a command without its request id, independent of map key order (a
+    client may re-send the same JSON body with its keys in another order)."""
+    body = {k: v for k, v in cmd.items() if k != "rid"}
+    return hashlib.blake2b(msgpack.packb(_canonical(body), use_bin_type=True), digest_size=16).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return [[repr(k), _canonical(v)] for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))]
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def _for_dedup(result: Result) -> Result:

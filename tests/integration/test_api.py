@@ -84,12 +84,15 @@ def test_cas_create_only_delete_and_conflict_body(small_history_cluster: Cluster
 def test_idempotency_key_applies_once(small_history_cluster: Cluster) -> None:
     url = small_history_cluster.url("n3")
     headers = {"Idempotency-Key": "req-123"}
-    a = http("PUT", f"{url}/v1/kv/idem", {"value": "first"}, headers=headers)
-    b = http("PUT", f"{url}/v1/kv/idem", {"value": "second"}, headers=headers)
+    a = http("PUT", f"{url}/v1/kv/idem", {"value": {"x": 1, "y": 2}}, headers=headers)
+    b = http("PUT", f"{url}/v1/kv/idem", {"value": {"y": 2, "x": 1}}, headers=headers)  # the same request
     assert a.status == b.status == 200
     assert a.body["revision"] == b.body["revision"]
+    # The key reused for a different request is refused, not answered with the first result.
+    c = http("PUT", f"{url}/v1/kv/idem", {"value": "second"}, headers=headers)
+    assert c.status == 422 and error_code(c) == "idempotency_key_reused" and c.body["error"]["applied"] is False
     got = http("GET", f"{url}/v1/kv/idem").body
-    assert got["value"] == "first" and got["version"] == 1
+    assert got["value"] == {"x": 1, "y": 2} and got["version"] == 1
 
 
 def test_txn_is_atomic_and_branches(small_history_cluster: Cluster) -> None:

@@ -722,7 +722,7 @@ def test_restore_preserves_dedup() -> None:
     copy = Node(restored(node.sm.snapshot()))
     copy.index = node.index
     # rid-1 was the very first put; replaying it on the restored copy is a duplicate.
-    first = copy.apply(cmds.put("cfg/a", "again", request_id="rid-1"))
+    first = copy.apply(cmds.put("cfg/a", {"x": [1, 2]}, request_id="rid-1"))
     assert first == {"status": "ok", "revision": 1, "version": 1, "duplicate": True}
     conflict = copy.apply(cmds.put("cfg/c", 1, prev_revision=5, request_id="rid-6"))
     assert conflict["status"] == "conflict"
@@ -863,11 +863,15 @@ def test_same_request_id_applies_once(node: Node) -> None:
     assert "duplicate" not in node.put("b", 1, rid="Y")
 
 
-def test_dedup_is_by_request_id_not_by_content(node: Node) -> None:
+def test_dedup_is_by_request_id_and_checks_the_content(node: Node) -> None:
     node.put("a", 1, rid="X")
-    # Same rid, different command: still the original answer, nothing applied.
-    assert node.put("a", 2, rid="X") == {"status": "ok", "revision": 1, "version": 1, "duplicate": True}
-    assert node.delete("a", rid="X")["duplicate"] is True
+    # Same rid, different command: refused (not passed off as the original), nothing applied.
+    assert node.put("a", 2, rid="X") == {
+        "status": "idempotency_conflict",
+        "message": "request id 'X' was already used for a different request",
+        "revision": 1,
+    }
+    assert node.delete("a", rid="X")["status"] == "idempotency_conflict"
     assert node.sm.get("a").value == 1  # type: ignore[union-attr]
     # Same content, new rid: applied again.
     assert node.put("a", 1, rid="Z") == {"status": "ok", "revision": 2, "version": 2}
@@ -1013,7 +1017,7 @@ def test_apply_never_raises_on_fuzzed_commands(commands: list[dict[str, Any]]) -
     for doc in commands:
         result = node.apply(bytes(msgpack.packb(doc, use_bin_type=True)))
         assert isinstance(result, dict)
-        assert result["status"] in {"ok", "invalid", "conflict", "not_found"}
+        assert result["status"] in {"ok", "invalid", "conflict", "not_found", "idempotency_conflict"}
         if result["status"] == "invalid":
             assert not result["message"].startswith("internal error"), result
     # Whatever got applied, the state is consistent and serialisable.
@@ -1029,6 +1033,41 @@ def test_apply_never_raises_on_random_bytes(data: bytes) -> None:
     result = node.apply(data)
     assert isinstance(result, dict)
     assert result["status"] in {"ok", "invalid", "conflict", "not_found"}
+
+
+# =========================================================================== request ids
+
+
+def test_a_request_id_reused_for_a_different_request_is_refused_and_changes_nothing() -> None:
+    node = Node()
+    assert node.put("k", {"a": 1, "b": [1, 2]}, rid="r")["status"] == "ok"
+    before = node.sm.snapshot()
+    for other in (
+        cmds.put("k", {"a": 2, "b": [1, 2]}, request_id="r"),  # another value
+        cmds.put("k2", {"a": 1, "b": [1, 2]}, request_id="r"),  # another key
+        cmds.delete("k", request_id="r"),  # another operation
+    ):
+        result = node.apply(other)
+        assert result["status"] == "idempotency_conflict" and "'r'" in result["message"]
+    after = restored(node.sm.snapshot())
+    assert after.revision == restored(before).revision == 1
+    assert list(after.items()) == list(restored(before).items())
+
+
+def test_the_same_request_with_its_map_keys_in_another_order_is_a_duplicate() -> None:
+    node = Node()
+    first = node.put("k", {"a": 1, "b": {"c": 2, "d": 3}}, rid="r")
+    again = node.put("k", {"b": {"d": 3, "c": 2}, "a": 1}, rid="r")
+    assert again == {**first, "duplicate": True}
+
+
+def test_request_digests_survive_a_snapshot() -> None:
+    node = Node()
+    node.put("k", 1, rid="r")
+    copy = Node(restored(node.sm.snapshot()))
+    copy.index = node.index
+    assert copy.put("k", 1, rid="r")["duplicate"] is True
+    assert copy.put("k", 2, rid="r")["status"] == "idempotency_conflict"
 
 
 # =========================================================================== chunked restore commands
@@ -1066,7 +1105,7 @@ def test_restore_commands_replace_state_with_a_new_revision(big: bool) -> None:
         sm.events_since(revision)
     assert sm.events_since(revision + 1) == []
     # The target's own request ids are kept: its retries stay deduplicated.
-    assert target.put("anything", 1, rid="rid-1")["duplicate"] is True
+    assert target.put("old0", 0, rid="rid-1")["duplicate"] is True
     assert target.put("next", 1)["revision"] == revision + 1
 
 
