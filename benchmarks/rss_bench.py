@@ -49,7 +49,8 @@ def load(cluster: LocalCluster, keys: int, value: str, writers: int = 4) -> int:
                 start = next(batches, None)
             if start is None:
                 return
-            ops = [{"op": "put", "key": f"rss/k{i:07d}", "value": value} for i in range(start, min(keys, start + BATCH))]
+            stop = min(keys, start + BATCH)
+            ops = [{"op": "put", "key": f"rss/k{i:07d}", "value": value} for i in range(start, stop)]
             status, body = http("POST", url + "/v1/txn", {"success": ops}, timeout=30)
             if status != 200:
                 errors.append(f"txn at {start}: HTTP {status}: {body}")
