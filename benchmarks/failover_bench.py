@@ -1,6 +1,6 @@
 """Leader kill -> writes succeed again, on a fresh three-node cluster.
 
-    scripts/bench-failover [--trials 20] [--clients 4]
+    scripts/bench-failover [--trials 50] [--clients 4]
 
 Each trial: find the leader every node agrees on, keep ``--clients`` writers busy on the
 two survivors (a PUT of a new key each, one request at a time, no client-side retries
@@ -92,7 +92,7 @@ def restart(cluster: LocalCluster, node: Node) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--limit", type=float, default=15.0, help="seconds a trial may take before it fails")
     args = parser.parse_args(argv)

@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
                         60,
                         f"{node.id} applied revision {revision}",
                     )
-                time.sleep(1.0)  # let a compaction snapshot triggered by the load finish
                 for node in cluster.nodes:
                     assert node.proc is not None
                     rss = proc_kib(node.proc.pid, "VmRSS") / 1024

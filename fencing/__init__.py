@@ -10,6 +10,7 @@ from fencing._document import policy_from_document, policy_to_document
 from fencing._errors import FencingError, PolicyError
 from fencing._policy import (
     DEFAULT_QUORUM_GRACE,
+    MIN_QUORUM_GRACE,
     PROTOCOLS,
     CaughtUp,
     Decision,
@@ -36,6 +37,7 @@ from fencing._policy import (
 
 __all__ = [
     "DEFAULT_QUORUM_GRACE",
+    "MIN_QUORUM_GRACE",
     "PROTOCOLS",
     "CaughtUp",
     "Decision",

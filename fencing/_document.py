@@ -35,9 +35,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fencing._errors import PolicyError
-from fencing._policy import DEFAULT_QUORUM_GRACE, PROTOCOLS, FencePolicy, ScopedDependency, default_policy
+from fencing._policy import (
+    DEFAULT_QUORUM_GRACE,
+    MIN_QUORUM_GRACE,
+    PROTOCOLS,
+    FencePolicy,
+    ScopedDependency,
+    default_policy,
+)
 
-_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+_NAME = r"[a-z][a-z0-9_-]{0,62}"
 
 
 class _Strict(BaseModel):
@@ -53,7 +60,7 @@ class _Consumer(_Strict):
     kind: Literal["protocol", "application"] = "protocol"
     tables: list[str] = Field(default_factory=list)
     scoped: list[_Scoped] = Field(default_factory=list)
-    quorum_grace: float | None = Field(default=None, ge=0, le=3600)
+    quorum_grace: float | None = Field(default=None, ge=MIN_QUORUM_GRACE, le=3600)
 
     @model_validator(mode="after")
     def _depends_on_something(self) -> _Consumer:
@@ -68,7 +75,7 @@ class _Document(_Strict):
     backoff_initial: float = Field(default=0.1, gt=0, le=3600)
     backoff_max: float = Field(default=30.0, gt=0, le=86_400)
     backoff_factor: float = Field(default=2.0, ge=1, le=100)
-    max_lag_revisions: int = Field(default=10_000, ge=1)
+    max_lag_revisions: int = Field(default=10_000, ge=1, le=1_000_000_000)
     max_lag_seconds: float = Field(default=5.0, gt=0, le=86_400)
     consumers: dict[str, _Consumer] = Field(default_factory=dict)
 
@@ -99,7 +106,7 @@ def policy_from_document(
         raise PolicyError(f"invalid fencing policy: {_readable(err)}") from None
     problems = []
     for name, consumer in parsed.consumers.items():
-        if not re.match(_NAME, name):
+        if not re.fullmatch(_NAME, name):
             problems.append(f"consumers.{name}: a name is lowercase letters, digits, '-' or '_'")
         tables = set(consumer.tables).union(*(s.tables for s in consumer.scoped))
         unknown = sorted(tables - set(known_tables))

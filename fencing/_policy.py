@@ -27,6 +27,9 @@ from typing import Any
 
 PROTOCOLS = ("nfs", "cifs", "iscsi")
 DEFAULT_QUORUM_GRACE = 5.0
+#: The smallest grace period a consumer may have: below it, a consumer would fence
+#: between two ordinary iterations of the resync worker.
+MIN_QUORUM_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,10 @@ class ScopedDependency:
 
 @dataclass(frozen=True)
 class FencePolicy:
-    """Which protocols depend on which tables, and when to fence, retry and unfence."""
+    """Which consumers (protocols and client applications) depend on which tables, and
+    when to fence, retry and unfence. The defaults fence on the first failure; a larger
+    ``failures_to_fence`` or a ``fence_after_seconds`` lets consumers keep serving through
+    early failures, which relaxes "never serve from config that failed to sync" by choice."""
 
     #: consumer -> tables whose failure fences it on this node for every vserver.
     dependencies: Mapping[str, frozenset[str]]
@@ -57,20 +63,25 @@ class FencePolicy:
     #: A table further behind than this (revisions or seconds) counts as failed.
     max_lag_revisions: int = 10_000
     max_lag_seconds: float = 5.0
-    #: Per protocol: how long a node without quorum keeps serving last-known config.
+    #: Per consumer: how long a node without quorum keeps serving last-known config. The
+    #: smallest one also decides when a node must catch up again after a stall.
     quorum_grace: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, DEFAULT_QUORUM_GRACE))
 
     def consumers(self) -> list[str]:
+        """Every protocol and application the policy knows, sorted."""
         return sorted(set(self.dependencies) | set(self.scoped))
 
     def tables(self) -> frozenset[str]:
+        """Every table some consumer depends on, node-wide or scoped."""
         scoped = (t for rules in self.scoped.values() for rule in rules for t in rule.tables)
         return frozenset(t for deps in self.dependencies.values() for t in deps) | frozenset(scoped)
 
     def kind(self, consumer: str) -> str:
+        """``application`` or ``protocol``."""
         return "application" if consumer in self.applications else "protocol"
 
     def grace(self, consumer: str) -> float:
+        """The consumer's quorum grace period (``DEFAULT_QUORUM_GRACE`` if it has none)."""
         return self.quorum_grace.get(consumer, DEFAULT_QUORUM_GRACE)
 
     def backoff(self, failures: int) -> float:
@@ -165,6 +176,9 @@ class TableHealth:
 
 @dataclass(frozen=True)
 class Fence:
+    """A consumer (``protocol`` names it, protocol or application) that may not serve on
+    this node, for ``vservers`` (None: all), because of ``table`` (``*``: node-wide)."""
+
     protocol: str
     table: str
     cause: str
@@ -410,7 +424,8 @@ def guard(state: FenceState, protocol: str, vserver: str | None = None) -> Fence
     if fence is not None and fence.covers(vserver):
         return fence
     if protocol not in state.consumers and protocol not in state.fences:
-        return Fence(protocol, "*", "unknown_consumer", f"the fencing policy has no consumer {protocol!r}", 0.0, 0)
+        message = f"the fencing policy has no consumer {protocol!r}"
+        return Fence(protocol, "*", "unknown_consumer", message, 0.0, 0, kind="unknown")
     return None
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fencing import PROTOCOLS, FencePolicy, PolicyError, default_policy, policy_from_document
+from fencing import MIN_QUORUM_GRACE, PROTOCOLS, FencePolicy, PolicyError, default_policy, policy_from_document
 from node._blades import build_blades
 from node._dataplane import DATA_PLANE_READS
 from node._exceptions import ConfigError
@@ -44,7 +44,6 @@ class NodeConfig:
     advertise_url: str = field(default="")
     history_limit: int = 10_000
     audit_interval: float = 60.0
-    quorum_grace: float = 5.0
     compaction_entries: int = 20_000
     fence_policy: FencePolicy = field(default_factory=default_policy)
 
@@ -68,7 +67,11 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--request-timeout", "REQUEST_TIMEOUT", "seconds a write or linearizable read may wait for quorum"),
     ("--log-format", "LOG_FORMAT", "auto, json or text"),
     ("--advertise-url", "ADVERTISE_URL", "HTTP URL other nodes and clients use to reach this node"),
-    ("--quorum-grace", "QUORUM_GRACE", "seconds protocols keep serving without quorum before fencing (default 5)"),
+    (
+        "--quorum-grace",
+        "QUORUM_GRACE",
+        "seconds protocols keep serving without quorum before fencing (default 5, at least 0.5)",
+    ),
     (
         "--compaction-entries",
         "COMPACTION_ENTRIES",
@@ -181,7 +184,8 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     if not history_text.isdigit() or not 1 <= int(history_text) <= 10_000_000:
         raise ConfigError("--history-limit must be an integer between 1 and 10000000")
     audit = _number(pick("audit_interval", "AUDIT_INTERVAL") or "60", "--audit-interval", 0.05, 86400)
-    grace = _number(pick("quorum_grace", "QUORUM_GRACE") or "5", "--quorum-grace", 0.0, 3600)
+    # Below ~0.5 s a protocol would fence between two ordinary worker iterations.
+    grace = _number(pick("quorum_grace", "QUORUM_GRACE") or "5", "--quorum-grace", MIN_QUORUM_GRACE, 3600)
     compaction = _number(pick("compaction_entries", "COMPACTION_ENTRIES") or "20000", "--compaction-entries", 10, 10**8)
     log_format = pick("log_format", "LOG_FORMAT") or "auto"
     if log_format not in ("auto", "json", "text"):
@@ -212,10 +216,20 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         advertise_url=(pick("advertise_url", "ADVERTISE_URL") or "").rstrip("/"),
         history_limit=int(history_text),
         audit_interval=audit,
-        quorum_grace=grace,
         compaction_entries=int(compaction),
         fence_policy=policy,
     )
+
+
+def policy_relaxations(policy: FencePolicy) -> list[str]:
+    """What in ``policy`` lets consumers keep serving from a table whose resync failed
+    (a deliberate choice; the node logs it at start-up)."""
+    notes = []
+    if policy.failures_to_fence > 1:
+        notes.append(f"consumers keep serving through {policy.failures_to_fence - 1} failed resync(s) in a row")
+    if policy.fence_after_seconds > 0 and policy.failures_to_fence > 1:
+        notes.append(f"...or for up to {policy.fence_after_seconds:g}s of failing")
+    return notes
 
 
 def load_fence_policy(path: str, quorum_grace: float) -> FencePolicy:

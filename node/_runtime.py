@@ -123,7 +123,8 @@ class BladeRuntime:
             self.observe(ResyncFailed(outcome.table, outcome.cause or "error", outcome.error or "", outcome.revision))
 
     async def guard(self, protocol: str, vserver: str | None = None) -> None:
-        """Raise ``Fenced`` if ``protocol`` may not be served now. Fails closed.
+        """Raise ``Fenced`` if ``protocol`` (any consumer of the policy) may not be
+        served now, for ``vserver`` if given. Loop thread. Fails closed.
 
         Before the policy's verdict it makes sure the blade tables are consistent and
         current enough, at the moment of the request:
@@ -133,10 +134,10 @@ class BladeRuntime:
           clock now (a node waking from SIGSTOP must not answer before its worker has
           noticed that time passed).
         """
+        kind = self.policy.kind(protocol)
         if not await self.engine.wait_idle(self.settle_timeout):
-            raise Fenced(
-                Fence(protocol, "*", "resync_in_progress", "a resync is still applying changes", time.time(), 0)
-            )
+            message = "a resync is still applying changes"
+            raise Fenced(Fence(protocol, "*", "resync_in_progress", message, time.time(), 0, kind=kind))
         grace = self.policy.grace(protocol)
         stalled = time.monotonic() - self.last_iteration
         if stalled > grace:
@@ -150,13 +151,13 @@ class BladeRuntime:
                     f"the resync worker has not run for {stalled:.1f}s",
                     time.time() - stalled,
                     0,
+                    kind=kind,
                 )
             )
         age = self.store.last_leader_contact_age()
         if age > grace:
-            raise Fenced(
-                Fence(protocol, "*", "no_quorum", f"no quorum for {age:.1f}s (grace {grace:g}s)", time.time() - age, 0)
-            )
+            message = f"no quorum for {age:.1f}s (grace {grace:g}s)"
+            raise Fenced(Fence(protocol, "*", "no_quorum", message, time.time() - age, 0, kind=kind))
         fence = guard(self.fence_state, protocol, vserver)
         if fence is not None:
             raise Fenced(fence)
@@ -177,9 +178,12 @@ class BladeRuntime:
         self._wake.set()
 
     def applied_revision(self, tables: Iterable[str] | None = None) -> int:
-        """The revision the given blade tables (default: all) on this node all reflect."""
+        """The revision the given blade tables (default: all) on this node all reflect.
+        Raises ``LookupError`` if none of ``tables`` is a blade table (a caller bug)."""
         names = set(self.engine.status) if tables is None else set(tables) & set(self.engine.status)
-        return min((self.engine.status[n].applied_revision for n in names), default=self.store.revision)
+        if not names:
+            raise LookupError(f"no blade table among {sorted(tables or ())}")
+        return min(self.engine.status[n].applied_revision for n in names)
 
     def table_status(self) -> dict[str, Any]:
         revision = self.store.revision

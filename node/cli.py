@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node._config import NodeConfig, add_node_arguments, parse_node_config
+from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
 from node._http import build_app
 from node._tables import REFERENCES
@@ -114,6 +114,8 @@ async def serve_node(config: NodeConfig) -> None:
             config.cluster_address or "-",
             config.data_dir,
         )
+        for note in policy_relaxations(config.fence_policy):
+            log.warning("fencing policy relaxes 'never serve from config that failed to sync': %s", note)
         await stop.wait()
         log.info("node %s stopping", config.id)
     finally:

@@ -8,6 +8,7 @@ precondition (CAS) itself. Validation here is what turns bad input into a clear 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -61,8 +62,14 @@ def check_revision(value: Any, name: str = "prev_revision") -> int | None:
 
 
 def _encode(cmd: dict[str, Any]) -> bytes:
+    """Pack ``cmd``; a command with a request id also carries ``dg``, a digest of
+    everything but the id, so the state machine can tell a retry of this request from a
+    different request that reuses the id (computed here, once, not on every node)."""
     cmd["v"] = COMMAND_VERSION
     try:
+        if "rid" in cmd:
+            body: bytes = msgpack.packb({k: v for k, v in cmd.items() if k != "rid"}, use_bin_type=True)
+            cmd["dg"] = hashlib.blake2b(body, digest_size=16).hexdigest()
         packed: bytes = msgpack.packb(cmd, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. an unencodable extra field in a txn op
         raise InvalidCommand(f"command cannot be encoded: {exc}") from exc

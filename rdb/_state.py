@@ -9,14 +9,16 @@ asyncio loop; the caller serialises them with one lock (see ``rdb._store``). The
 machine itself holds no lock.
 
 Commands are msgpack maps with a format version ``v`` (see ``rdb._commands``). A
-proposer stamps a request id ``rid``; a command whose ``rid`` was already applied answers
-with the original result and changes nothing, so a retried write is applied once.
+proposer stamps a request id ``rid`` and a digest ``dg`` of the rest of the command. A
+command whose ``rid`` was already applied changes nothing: with the same digest (a
+retry) it answers with the original result, so a retried write is applied once; with
+another digest it answers ``idempotency_conflict``. Entries kept without a digest (older
+commands) answer with the original result.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +27,9 @@ from typing import Any
 import msgpack
 
 from rdb._errors import Compacted
+
+#: Where a deduplication entry keeps the digest of the command that made it.
+_DIGEST = "_request_digest"
 
 COMMAND_VERSION = 1
 SNAPSHOT_FORMAT = 1
@@ -218,7 +223,9 @@ class StateMachine:
     # ----------------------------------------------------------------- writes
 
     def apply(self, command: bytes, index: int) -> Result:
-        """Apply one committed command at Raft log ``index``. Never raises."""
+        """Apply one committed command at Raft log ``index``. Never raises: every outcome
+        is a result value (``ok``, ``conflict``, ``not_found``, ``constraint``,
+        ``idempotency_conflict`` or ``invalid``)."""
         if index > self._applied_index:
             self._applied_index = index
         try:
@@ -232,8 +239,8 @@ class StateMachine:
         rid = cmd.get("rid")
         if isinstance(rid, str) and rid in self._dedup:
             cached = dict(self._dedup[rid])
-            digest = cached.pop(_DIGEST, None)
-            if digest is not None and digest != request_digest(cmd):
+            digest, incoming = cached.pop(_DIGEST, None), cmd.get("dg")
+            if isinstance(digest, str) and isinstance(incoming, str) and digest != incoming:
                 # The same request id with a different request: answering with the first
                 # request's result would tell the client this one was applied.
                 return {
@@ -250,7 +257,9 @@ class StateMachine:
         except Exception as exc:  # noqa: BLE001 - a bug must not wedge the cluster
             result = {"status": "invalid", "message": f"internal error applying command: {exc!r}"}
         if isinstance(rid, str):
-            self._dedup[rid] = {**_for_dedup(result), _DIGEST: request_digest(cmd)}
+            kept = _for_dedup(result)
+            digest = cmd.get("dg")
+            self._dedup[rid] = {**kept, _DIGEST: digest} if isinstance(digest, str) else kept
             while len(self._dedup) > self._dedup_limit:
                 self._dedup.popitem(last=False)
         return result
@@ -588,24 +597,6 @@ class StateMachine:
 
     def items(self) -> Iterable[KeyValue]:
         return self._data.values()
-
-
-_DIGEST = "_request_digest"
-
-
-def request_digest(cmd: Mapping[str, Any]) -> str:
-    """A digest of a command without its request id, independent of map key order (a
-    client may re-send the same JSON body with its keys in another order)."""
-    body = {k: v for k, v in cmd.items() if k != "rid"}
-    return hashlib.blake2b(msgpack.packb(_canonical(body), use_bin_type=True), digest_size=16).hexdigest()
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return [[repr(k), _canonical(v)] for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))]
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
 
 
 def _for_dedup(result: Result) -> Result:

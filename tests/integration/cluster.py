@@ -88,17 +88,23 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 def put_through_failover(url: str, body: Any, *, within: float = 15.0) -> Response:
     """PUT the way a careful client does while a leader may be failing over.
 
-    A 503 ``no_quorum`` (for instance the leader was just killed and the request timeout
-    ran out before the election finished) is retried with the same Idempotency-Key, so the
-    write is applied at most once. Returns the first other answer; fails after ``within`` s.
+    A 503 (for instance ``no_quorum``: the leader was just killed and the request timeout
+    ran out before the election finished) or a dropped connection is retried with the
+    same Idempotency-Key, so the write is applied at most once. Returns the first other
+    answer (or the last 503 after ``within`` seconds).
     """
     headers = {"Idempotency-Key": f"failover-{secrets.token_hex(8)}"}
     deadline = time.monotonic() + within
     while True:
-        resp = http("PUT", url, body, headers=headers)
-        retryable = resp.status == 503 and resp.body["error"]["code"] == "no_quorum"
-        if not retryable or time.monotonic() > deadline:
+        try:
+            resp: Response | None = http("PUT", url, body, headers=headers)
+        except OSError:  # the node behind a shared address went away mid-request
+            resp = None
+        retryable = resp is None or resp.status == 503
+        if resp is not None and (not retryable or time.monotonic() > deadline):
             return resp
+        if time.monotonic() > deadline:
+            raise AssertionError(f"PUT {url} never got an answer within {within}s")
         time.sleep(0.1)  # a refusal can be immediate (no leader known yet); do not spin
 
 

@@ -161,11 +161,17 @@ def test_good_prev_revision_is_encoded(prev: int | None) -> None:
 
 def test_commands_are_versioned_maps() -> None:
     put = decode(cmds.put("k", {"x": 1}, prev_revision=3, request_id="abc"))
+    digest = put.pop("dg")
     assert put == {"kind": "put", "rid": "abc", "key": "k", "value": {"x": 1}, "prev_revision": 3, "v": COMMAND_VERSION}
+    # The digest covers everything but the request id.
+    assert decode(cmds.put("k", {"x": 1}, prev_revision=3, request_id="other"))["dg"] == digest
+    assert decode(cmds.put("k", {"x": 2}, prev_revision=3, request_id="abc"))["dg"] != digest
     dele = decode(cmds.delete("k", request_id="abc"))
+    assert isinstance(dele.pop("dg"), str)
     assert dele == {"kind": "delete", "rid": "abc", "key": "k", "prev_revision": None, "v": COMMAND_VERSION}
     assert decode(cmds.barrier()) == {"kind": "barrier", "v": COMMAND_VERSION}
     txn = decode(cmds.txn([{"key": "k"}], [{"op": "get", "key": "k"}], [], request_id="abc"))
+    assert isinstance(txn.pop("dg"), str)
     assert txn == {
         "kind": "txn",
         "rid": "abc",

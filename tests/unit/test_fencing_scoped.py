@@ -198,3 +198,13 @@ def test_bad_documents_are_refused_with_a_message_naming_the_field(doc: dict[str
     with pytest.raises(PolicyError) as err:
         policy_from_document(doc, known_tables=KNOWN)
     assert message in str(err.value)
+
+
+def test_a_consumer_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(PolicyError, match="lowercase"):
+        policy_from_document({"consumers": {"backup\n": {"tables": ["volumes"]}}}, known_tables=KNOWN)
+
+
+def test_a_grace_below_the_minimum_is_refused() -> None:
+    with pytest.raises(PolicyError, match="quorum_grace"):
+        policy_from_document({"consumers": {"x": {"tables": ["lifs"], "quorum_grace": 0.1}}}, known_tables=KNOWN)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node._config import add_node_arguments, load_fence_policy, parse_node_config
+from node._config import NodeConfig, add_node_arguments, load_fence_policy, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
 
 BASE = ["--id", "n1", "--raft", "127.0.0.1:7001", "--http", "127.0.0.1:8001", "--data-dir", "/tmp/x"]
@@ -22,10 +22,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_flag_beats_env_beats_default() -> None:
-    assert parse_node_config(parse([]), ENV).quorum_grace == 5.0
-    assert parse_node_config(parse([]), {**ENV, "RDBSYNC_QUORUM_GRACE": "2"}).quorum_grace == 2.0
+    def grace(config: NodeConfig) -> float:
+        return config.fence_policy.grace("nfs")
+
+    assert grace(parse_node_config(parse([]), ENV)) == 5.0
+    assert grace(parse_node_config(parse([]), {**ENV, "RDBSYNC_QUORUM_GRACE": "2"})) == 2.0
     args = parse(["--quorum-grace", "1"])
-    assert parse_node_config(args, {**ENV, "RDBSYNC_QUORUM_GRACE": "2"}).quorum_grace == 1.0
+    assert grace(parse_node_config(args, {**ENV, "RDBSYNC_QUORUM_GRACE": "2"})) == 1.0
+
+
+def test_a_grace_below_half_a_second_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--quorum-grace must be between 0\.5"):
+        parse_node_config(parse(["--quorum-grace", "0.1"]), ENV)
+
+
+def test_a_relaxed_policy_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text("failures_to_fence = 3\n")
+    assert policy_relaxations(load_fence_policy(str(path), 5.0)) == [
+        "consumers keep serving through 2 failed resync(s) in a row"
+    ]
+    assert policy_relaxations(parse_node_config(parse([]), ENV).fence_policy) == []
 
 
 def test_without_a_policy_file_the_defaults_use_the_quorum_grace() -> None:

@@ -1054,11 +1054,19 @@ def test_a_request_id_reused_for_a_different_request_is_refused_and_changes_noth
     assert list(after.items()) == list(restored(before).items())
 
 
-def test_the_same_request_with_its_map_keys_in_another_order_is_a_duplicate() -> None:
+def test_the_same_request_again_is_a_duplicate_and_a_look_alike_is_not() -> None:
     node = Node()
     first = node.put("k", {"a": 1, "b": {"c": 2, "d": 3}}, rid="r")
-    again = node.put("k", {"b": {"d": 3, "c": 2}, "a": 1}, rid="r")
-    assert again == {**first, "duplicate": True}
+    assert node.put("k", {"a": 1, "b": {"c": 2, "d": 3}}, rid="r") == {**first, "duplicate": True}
+    # A list and a map with the same items are different requests.
+    assert node.put("k", [["a", 1], ["b", {"c": 2, "d": 3}]], rid="r")["status"] == "idempotency_conflict"
+
+
+def test_an_entry_kept_without_a_digest_answers_with_the_original_result() -> None:
+    node = Node()
+    node.apply(raw(rid="old", kind="put", key="k", value=1))  # an older proposer: no "dg"
+    assert node.put("k", 2, rid="old")["duplicate"] is True
+    assert node.sm.get("k").value == 1  # type: ignore[union-attr]
 
 
 def test_request_digests_survive_a_snapshot() -> None:
