@@ -43,8 +43,8 @@ from node._exceptions import ApiError
 from node._mgmt import add_routes, check_row
 from node._models import MemberBody, PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
-from node._tables import split_storage_key
-from rdb import Compacted, KeyValue, ReplicatedStore, check_key
+from node._tables import key_problem, restore_problem, split_storage_key
+from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
 
 log = logging.getLogger("node.http")
 
@@ -100,6 +100,9 @@ def _user_key(request: web.Request) -> str:
 def _check_writable(key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
+    problem = key_problem(key)
+    if problem is not None:
+        raise ApiError(422, "invalid_key", problem, applied=False)
 
 
 def _checked_value(key: str, value: Any) -> Any:
@@ -475,8 +478,14 @@ async def post_restore(request: web.Request) -> web.Response:
         chunks.append(chunk)
     if not size:
         raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
+    snapshot = b"".join(chunks)
+    store = request.app[STORE]
+    # Everything this API could not serve afterwards is refused up front, nothing proposed.
+    problem = restore_problem(snapshot_entries(snapshot, store.references))
+    if problem is not None:
+        raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
-    result = await request.app[STORE].restore(b"".join(chunks), keep_prefix=RESERVED_PREFIX)
+    result = await store.restore(snapshot, keep_prefix=RESERVED_PREFIX)
     revision = int(result["revision"])
     return _answer({"revision": revision, "restored_keys": result.get("restored_keys")}, revision)
 

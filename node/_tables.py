@@ -9,13 +9,14 @@ proposed; cross-table references are checked inside the state machine
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rdb import Reference
+from rdb import KeyValue, Reference
 
 TABLE_PREFIX = "tables/"
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -180,3 +181,43 @@ def json_schemas() -> dict[str, Any]:
         }
         for name, t in TABLES.items()
     }
+
+
+def key_problem(key: str) -> str | None:
+    """Why the HTTP API cannot serve ``key`` (a control character: the URL route cannot
+    reach it), or None."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        return f"key {key[:80]!r} contains a control character"
+    return None
+
+
+def restore_problem(entries: Iterable[KeyValue]) -> str | None:
+    """The first entry of a snapshot this API could not serve, described, or None: a
+    value that is not JSON (bytes, NaN, Infinity), a key it cannot route, a key under
+    ``tables/`` outside the known tables, or a table row that fails its schema or is not
+    in the form the API stores."""
+    for kv in entries:
+        problem = key_problem(kv.key)
+        if problem is not None:
+            return problem
+        try:
+            json.dumps(kv.value, allow_nan=False)
+        except (TypeError, ValueError):
+            return f"the value of {kv.key[:80]!r} is not JSON (bytes, NaN or Infinity)"
+        if not kv.key.startswith(TABLE_PREFIX):
+            continue
+        split = split_storage_key(kv.key)
+        if split is None:
+            return f"{kv.key[:80]!r} is not under a known management table"
+        table, row_key = split
+        try:
+            row = validate_row(table, row_key, kv.value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "row"
+            return f"{table.name} row {row_key!r}: {where}: {first['msg']}"
+        except RowKeyMismatch as exc:
+            return f"{table.name} row {row_key!r}: {exc}"
+        if row != kv.value:
+            return f"{table.name} row {row_key!r} is not in the form the API stores (GET /v1/snapshot makes one)"
+    return None

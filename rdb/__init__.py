@@ -9,7 +9,7 @@ from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key
 from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
 from rdb._raft import RaftStatus
 from rdb._state import Event, KeyValue, Reference, StateMachine
-from rdb._store import ReplicatedStore
+from rdb._store import ReplicatedStore, snapshot_entries
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -31,4 +31,5 @@ __all__ = [
     "check_key",
     "check_value",
     "new_request_id",
+    "snapshot_entries",
 ]

@@ -304,19 +304,24 @@ class StateMachine:
         # Revisions never go backwards: the restored state is one new revision, and watch
         # history restarts there (older revisions answer 410, so watchers re-list).
         revision = max(self._revision, incoming._revision) + 1
-        dedup, applied = self._dedup, self._applied_index
         # Keys under keep_prefix (say, this cluster's member registry) survive a restore.
         keep = cmd.get("keep_prefix")
         keep_prefix = keep if isinstance(keep, str) and keep else None
-        kept = {k: kv for k, kv in self._data.items() if keep_prefix and k.startswith(keep_prefix)}
-        self._reset()
-        self._applied_index = applied  # this entry's index, set by apply() before dispatch
-        self._data = {
+        data = {
             k: KeyValue(k, kv.value, min(kv.create_revision, revision), min(kv.mod_revision, revision), kv.version)
             for k, kv in incoming._data.items()
             if not (keep_prefix and k.startswith(keep_prefix))
         }
-        self._data.update(kept)
+        data.update({k: kv for k, kv in self._data.items() if keep_prefix and k.startswith(keep_prefix)})
+        dangling = _dangling_reference(self._references, data)
+        if dangling is not None:
+            raise _Invalid(f"the snapshot breaks a reference: {dangling}")
+        # Everything is built and checked: only now is the current state replaced, so a
+        # rejected restore changes nothing.
+        dedup, applied = self._dedup, self._applied_index
+        self._reset()
+        self._applied_index = applied  # this entry's index, set by apply() before dispatch
+        self._data = data
         self._keys = sorted(self._data)
         self._dedup = dedup
         self._revision = revision
@@ -564,9 +569,15 @@ class StateMachine:
                 raise ValueError("snapshot is not a map")
             if doc.get("format") != SNAPSHOT_FORMAT:
                 raise ValueError(f"unsupported snapshot format {doc.get('format')!r}")
-            kvs = {row[0]: KeyValue(row[0], row[1], row[2], row[3], row[4]) for row in doc["kvs"]}
-            if not all(isinstance(k, str) and k for k in kvs):
-                raise ValueError("snapshot holds a key that is not a non-empty string")
+            revision, applied, compacted = int(doc["revision"]), int(doc["applied_index"]), int(doc["compacted"])
+            if not 0 <= compacted <= revision <= MAX_REVISION or applied < 0:
+                raise ValueError("revision, compacted or applied_index out of range")
+            kvs = {}
+            for row in doc["kvs"]:
+                kv = _checked_row(row, revision)
+                if kv.key in kvs:
+                    raise ValueError(f"key {kv.key!r} appears twice")
+                kvs[kv.key] = kv
             keys = sorted(kvs)
             history = [
                 Event(
@@ -581,7 +592,6 @@ class StateMachine:
             dedup = OrderedDict((rid, res) for rid, res in doc["dedup"])
             staging_doc = doc.get("staging")
             staging = None if staging_doc is None else (str(staging_doc[0]), [bytes(c) for c in staging_doc[1]])
-            revision, applied, compacted = int(doc["revision"]), int(doc["applied_index"]), int(doc["compacted"])
         except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
             raise ValueError(f"malformed snapshot: {exc}") from exc
         self._reset()
@@ -597,6 +607,43 @@ class StateMachine:
 
     def items(self) -> Iterable[KeyValue]:
         return self._data.values()
+
+    @property
+    def references(self) -> tuple[Reference, ...]:
+        return self._references
+
+    def dangling_reference(self) -> str | None:
+        """The first stored child whose parent is missing (``child needs parent``), or None."""
+        return _dangling_reference(self._references, self._data)
+
+
+#: Revisions stay far from msgpack's 64-bit limit, whatever a restored snapshot says.
+MAX_REVISION = 2**53
+
+
+def _checked_row(row: Any, revision: int) -> KeyValue:
+    """One snapshot row as a KeyValue; ValueError unless it is a well-formed entry."""
+    if not isinstance(row, list | tuple) or len(row) != 5:
+        raise ValueError(f"a key row must have 5 fields: {str(row)[:80]}")
+    key, value, create, mod, version = row
+    if not isinstance(key, str) or not key or "\x00" in key or len(key.encode("utf-8", "replace")) > 1024:
+        raise ValueError(f"bad key in snapshot: {str(key)[:80]!r}")
+    numbers = (create, mod, version)
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise ValueError(f"key {key!r}: revisions and version must be integers")
+    if not (1 <= create <= mod <= max(revision, 1) and version >= 1):
+        raise ValueError(f"key {key!r}: create/mod revision or version out of range")
+    return KeyValue(key, value, create, mod, version)
+
+
+def _dangling_reference(references: Iterable[Reference], data: Mapping[str, KeyValue]) -> str | None:
+    """The first child in ``data`` whose parent is missing, described, or None."""
+    for ref in references:
+        for key, kv in data.items():
+            parent = ref.parent_of(key, kv.value)
+            if parent is not None and parent not in data:
+                return f"{key} needs {parent}"
+    return None
 
 
 def _for_dedup(result: Result) -> Result:

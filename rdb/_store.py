@@ -103,6 +103,11 @@ class ReplicatedStore:
             self._raft = None
 
     @property
+    def references(self) -> tuple[Reference, ...]:
+        """The referential rules the state machine enforces."""
+        return self._sm.references
+
+    @property
     def raft(self) -> RaftNode:
         if self._raft is None:
             raise RuntimeError("store is not started")
@@ -286,10 +291,7 @@ class ReplicatedStore:
         ``propose`` errors; a failed upload leaves the current state untouched. Keys under
         ``keep_prefix`` keep their current values.
         """
-        try:
-            StateMachine().restore(snapshot)
-        except ValueError as exc:
-            raise InvalidCommand(str(exc)) from None
+        snapshot_entries(snapshot, self._sm.references)
         result: Result = {}
         for payload in _commands.restore_commands(snapshot, _commands.new_request_id(), keep_prefix):
             result = await self.propose(payload, timeout=timeout)
@@ -402,3 +404,18 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, i
 def _resolve(fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def snapshot_entries(snapshot: bytes, references: Iterable[Reference] = ()) -> list[KeyValue]:
+    """The entries of a snapshot (``GET /v1/snapshot`` bytes), checked as a restore would
+    check them. Raises ``InvalidCommand`` saying what is wrong: malformed, a bad row, or
+    (given ``references``) a child whose parent is missing."""
+    probe = StateMachine(references=references)
+    try:
+        probe.restore(snapshot)
+    except ValueError as exc:
+        raise InvalidCommand(str(exc)) from None
+    dangling = probe.dangling_reference()
+    if dangling is not None:
+        raise InvalidCommand(f"the snapshot breaks a reference: {dangling}")
+    return list(probe.items())
