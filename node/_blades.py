@@ -126,6 +126,11 @@ class BladeTable:
             await asyncio.sleep(3600)  # the engine's action timeout cuts this short
         raise InjectedFault(f"injected fault in blade table {self.name}")
 
+    @property
+    def index_fields(self) -> tuple[str, ...]:
+        """Fields with a lookup index (their values must be hashable strings)."""
+        return self._index_fields
+
     def tamper(self, key: str, row: Row | None) -> None:
         """Change a row behind the resync engine's back (fault injection)."""
         self._set(key, row)

@@ -6,6 +6,8 @@ Threading: asyncio loop. Helpers raise ``ApiError`` for bad input.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,17 @@ def _reject_constant(name: str) -> Any:
     raise ApiError(400, "bad_json", f"{name} is not valid JSON", applied=False)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to Infinity
+        raise ApiError(400, "bad_json", f"the number {text[:40]} is out of range", applied=False)
+    return value
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 async def json_body(request: web.Request, model: type[BaseModel] | None = None) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY_BYTES} bytes", applied=False)
@@ -45,11 +58,13 @@ async def json_body(request: web.Request, model: type[BaseModel] | None = None) 
     if not raw:
         raise ApiError(400, "bad_json", "request body is empty; a JSON object is required", applied=False)
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
     except RecursionError:
         raise ApiError(400, "bad_json", "body is nested too deeply", applied=False) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
     return data if model is None else model.model_validate(data)
 
 
@@ -57,22 +72,43 @@ def int_param(request: web.Request, name: str, *, minimum: int = 0, maximum: int
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "bad_parameter", f"{name} must be an integer, got {raw!r}") from None
+    if not _DIGITS.fullmatch(raw):  # int() would also take "+1", " 1", "1_0" and "٣"
+        raise ApiError(422, "bad_parameter", f"{name} must be a non-negative integer, got {raw[:40]!r}")
+    value = int(raw)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise ApiError(422, "bad_parameter", f"{name} must be {bound}")
     return value
 
 
+def bool_param(request: web.Request, name: str, default: bool = False) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``); anything else is a 422."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    value = _BOOLS.get(raw.lower())
+    if value is None:
+        raise ApiError(422, "bad_parameter", f"{name} must be true or false, got {raw[:40]!r}")
+    return value
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The SSE ``Last-Event-ID`` header as a revision, or None when absent."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or raw == "":
+        return None
+    if not _DIGITS.fullmatch(raw):
+        raise ApiError(422, "bad_parameter", f"Last-Event-ID must be a revision number, got {raw[:40]!r}")
+    return int(raw)
+
+
 def request_id(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not key or len(key) > 128:
-        raise ApiError(422, "bad_idempotency_key", "Idempotency-Key must be 1 to 128 characters", applied=False)
+    if not key or len(key) > 128 or not (key.isascii() and key.isprintable()):
+        message = "Idempotency-Key must be 1 to 128 printable ASCII characters"
+        raise ApiError(422, "bad_idempotency_key", message, applied=False)
     # Namespaced by operation, so the same key on a different call is a different request.
     return f"idem:{request.method}:{request.path}:{key}"
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from node._blades import Fault
-from node._common import RUNTIME, json_body
+from node._common import RUNTIME, int_param, json_body
 from node._exceptions import ApiError
 
 
@@ -67,6 +67,9 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def tamper(request: web.Request) -> web.Response:
     body = await json_body(request, TamperBody)
     table = _blade_table(request, body.table)
+    for field in table.index_fields:
+        if body.row is not None and field in body.row and not isinstance(body.row[field], str):
+            raise ApiError(422, "bad_row", f"{body.table}.{field} is an indexed field: it must be a string")
     table.tamper(body.key, body.row)
     return web.json_response({"table": body.table, "key": body.key, "row": body.row})
 
@@ -81,7 +84,7 @@ async def timings(request: web.Request) -> web.Response:
     """Wall times at which revisions were applied to the store and to every blade table
     on this node (the benchmark computes commit-to-blade latency from them)."""
     runtime = request.app[RUNTIME]
-    since = int(request.query.get("since", "0") or 0)
+    since = int_param(request, "since") or 0
     return web.json_response(
         {
             "commits": [[r, t] for r, t in runtime.store.commit_times if r > since],

@@ -33,6 +33,7 @@ from node._common import (
     consistent_read,
     int_param,
     json_body,
+    last_event_id,
     members_registry,
     request_id,
 )
@@ -199,8 +200,9 @@ async def watch(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     prefix = request.query.get("prefix", "")
     from_revision = int_param(request, "from_revision", minimum=1)
-    if from_revision is None and request.headers.get("Last-Event-ID", "").isdigit():
-        from_revision = int(request.headers["Last-Event-ID"]) + 1
+    last_seen = last_event_id(request)
+    if from_revision is None and last_seen is not None:
+        from_revision = last_seen + 1
     if from_revision is None:
         from_revision = store.revision + 1
     store.events_since(from_revision, prefix)  # raises Compacted -> 410 before the stream starts

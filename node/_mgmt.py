@@ -7,18 +7,23 @@ middleware in ``node._http`` translates them.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from fencing import policy_to_document
+from fencing import Fence, policy_to_document
 from node._common import (
     CLIENT,
     CONFIG,
     RUNTIME,
     STORE,
+    bool_param,
     consistent_read,
     int_param,
     json_body,
@@ -27,11 +32,14 @@ from node._common import (
 )
 from node._dataplane import DATA_PLANE_READS, cifs_connect, nfs_mount
 from node._errors import check_write_result
-from node._exceptions import ApiError
+from node._exceptions import ApiError, Fenced
+from node._runtime import BladeRuntime
 from node._tables import TABLES, RowKeyMismatch, TableDef, json_schemas, validate_row
 from resync import UnknownTable
 
 WAIT_POLL_SECONDS = 0.05
+
+log = logging.getLogger("node.api")
 
 
 def _table(request: web.Request) -> TableDef:
@@ -240,16 +248,18 @@ async def get_blade_table(request: web.Request) -> web.Response:
 async def post_resync(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     table = request.query.get("table") or None
-    dry_run = request.query.get("dry_run", "false").lower() in ("1", "true", "yes")
+    dry_run = bool_param(request, "dry_run")
     try:
         outcomes = await runtime.engine.resync(table, "manual", dry_run=dry_run)
     except UnknownTable:
         raise ApiError(404, "unknown_table", f"no blade table {table!r}; tables: {', '.join(runtime.tables)}") from None
-    ok = all(o.ok for o in outcomes)
-    return web.json_response(
-        {"ok": ok, "dry_run": dry_run, "results": [o.to_dict() for o in outcomes]},
-        status=200 if ok else 503,
-    )
+    results = [o.to_dict() for o in outcomes]
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        first = failed[0]
+        message = f"resync of {', '.join(o.table for o in failed)} failed: {first.table}: {first.cause}: {first.error}"
+        raise ApiError(503, "resync_failed", message, {"dry_run": dry_run, "results": results})
+    return web.json_response({"ok": True, "dry_run": dry_run, "results": results})
 
 
 def _require(request: web.Request, *names: str) -> list[str]:
@@ -267,9 +277,10 @@ async def data_nfs_mount(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     await runtime.guard("nfs", vserver)
     try:
-        decision = nfs_mount(runtime.blades["nblade"], vserver, path, client)
+        ipaddress.ip_address(client)
     except ValueError:
-        raise ApiError(422, "bad_parameter", f"client {client!r} is not an IP address") from None
+        raise ApiError(422, "bad_parameter", f"client {client[:60]!r} is not an IP address") from None
+    decision = _decide(runtime, "nfs", lambda: nfs_mount(runtime.blades["nblade"], vserver, path, client))
     revision = runtime.applied_revision(DATA_PLANE_READS["nfs"] | runtime.policy.dependencies["nfs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
 
@@ -278,9 +289,23 @@ async def data_cifs_connect(request: web.Request) -> web.Response:
     vserver, share = _require(request, "vserver", "share")
     runtime = request.app[RUNTIME]
     await runtime.guard("cifs", vserver)
-    decision = cifs_connect(runtime.blades["nblade"], vserver, share, request.query.get("user") or "Everyone")
+    user = request.query.get("user") or "Everyone"
+    decision = _decide(runtime, "cifs", lambda: cifs_connect(runtime.blades["nblade"], vserver, share, user))
     revision = runtime.applied_revision(DATA_PLANE_READS["cifs"] | runtime.policy.dependencies["cifs"])
     return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
+
+
+def _decide(runtime: BladeRuntime, protocol: str, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a data-plane decision. A blade row in a shape the decision cannot read (memory
+    corruption, a bug) fails closed: 503 ``fenced`` with cause ``corrupt_table``, and a
+    full resync of every table is started to repair it."""
+    try:
+        return decide()
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        log.error("%s decision failed on a blade row: %r; resyncing every table in full", protocol, exc)
+        runtime.load_event("corrupt_table")
+        message = f"a blade row cannot be read ({type(exc).__name__}: {exc}); a full resync was started"
+        raise Fenced(Fence(protocol, "*", "corrupt_table", message, time.time(), 0, kind="protocol")) from None
 
 
 async def guard_consumer(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from rdb import KeyValue, Reference
 
@@ -53,14 +53,14 @@ class Lif(_Row):
 class Aggregate(_Row):
     name: Name
     home_node: Name
-    size_mb: int = Field(gt=0)
+    size_mb: StrictInt = Field(gt=0)
 
 
 class Volume(_Row):
     name: Name
     vserver: Name
     aggregate: Name
-    size_mb: int = Field(gt=0)
+    size_mb: StrictInt = Field(gt=0)
     state: Literal["online", "offline"] = "online"
     junction_path: str = Field(pattern=r"^/[^\s]*$", max_length=1024)
     export_policy: Name = "default"
@@ -73,7 +73,7 @@ def _nfs_only() -> list[Protocol]:
 class ExportRule(_Row):
     vserver: Name
     policy: Name
-    index: int = Field(ge=1, le=65535)
+    index: StrictInt = Field(ge=1, le=65535)
     client_match: str
     access: Literal["ro", "rw"]
     protocols: list[Protocol] = Field(default_factory=lambda: _nfs_only())

@@ -54,6 +54,43 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(small_history_cluster: Clu
         (http("GET", f"{url}/v1/nope"), 404, "no_route"),
         (http("PATCH", f"{url}/v1/kv/a", {"value": 1}), 405, "method_not_allowed"),
         (http("PUT", f"{url}/v1/kv/a", raw=json.dumps({"value": "x" * (2 * 1024 * 1024)}).encode()), 413, "too_large"),
+        # Found by fuzzing the API (each answered 503 internal, or stored non-JSON):
+        (http("PUT", f"{url}/v1/kv/a", raw=b'{"value": 1e999}'), 400, "bad_json"),
+        (http("PUT", f"{url}/v1/kv/a", raw=b'{"value": ' + b"9" * 5000 + b"}"), 400, "bad_json"),
+        (
+            http("POST", f"{url}/v1/txn", raw=b'{"success": [{"op": "put", "key": "a", "value": -1e400}]}'),
+            400,
+            "bad_json",
+        ),
+        (http("GET", f"{url}/v1/watch", headers={"Last-Event-ID": "\u00b2"}), 422, "bad_parameter"),
+        (http("PUT", f"{url}/v1/kv/a?prev_revision=%2B1", {"value": 1}), 422, "bad_parameter"),
+        (http("PUT", f"{url}/v1/kv/a?prev_revision=1_0", {"value": 1}), 422, "bad_parameter"),
+        (http("POST", f"{url}/v1/resync?dry_run=maybe"), 422, "bad_parameter"),
+        (http("PUT", f"{url}/v1/kv/a", raw=b'{"value": 1}', headers={"Content-Encoding": "gzip"}), 400, "bad_body"),
+        (
+            http("POST", f"{url}/v1/txn", {"success": [{"op": "put", "key": "line\nbreak", "value": 1}]}),
+            422,
+            "invalid_key",
+        ),
+        (
+            http("PUT", f"{url}/v1/kv/a", {"value": 1}, headers={"Idempotency-Key": "k\u00e9y"}),
+            422,
+            "bad_idempotency_key",
+        ),
+        (
+            http("PUT", f"{url}/v1/tables/aggregates/a1", {"name": "a1", "home_node": "n1", "size_mb": True}),
+            422,
+            "schema",
+        ),
+        (
+            http(
+                "POST",
+                f"{url}/v1/cluster/members",
+                {"id": "n9", "raft_address": "127.0.0.1:99999", "http_url": "http://x"},
+            ),
+            422,
+            "schema",
+        ),
     ]
     for resp, status, code in cases:
         assert resp.status == status, (status, code, resp.body)
