@@ -64,8 +64,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except asyncio.CancelledError:
         raise
-    except ConnectionResetError:
-        raise  # the client went away mid-answer: nobody to answer
+    except ConnectionError:
+        # The client went away mid-answer: nobody to answer, nothing to log as an error.
+        log.debug("client %s went away during %s %s", request.remote, request.method, request.path)
+        return web.Response(status=499)
     except Exception as exc:  # noqa: BLE001 - the one translation point
         err = translate(exc, is_write=is_write)
         response = error_response(err)

@@ -193,7 +193,7 @@ def key_problem(key: str) -> str | None:
 
 def restore_problem(entries: Iterable[KeyValue]) -> str | None:
     """The first entry of a snapshot this API could not serve, described, or None: a
-    value that is not JSON (bytes, NaN, Infinity), a key it cannot route, a key under
+    value that is not JSON (bytes, NaN, Infinity, non-string map keys), a key it cannot route, a key under
     ``tables/`` outside the known tables, or a table row that fails its schema or is not
     in the form the API stores."""
     for kv in entries:
@@ -201,9 +201,11 @@ def restore_problem(entries: Iterable[KeyValue]) -> str | None:
         if problem is not None:
             return problem
         try:
-            json.dumps(kv.value, allow_nan=False)
+            as_json = json.dumps(kv.value, allow_nan=False)
         except (TypeError, ValueError):
             return f"the value of {kv.key[:80]!r} is not JSON (bytes, NaN or Infinity)"
+        if json.loads(as_json) != kv.value:
+            return f"the value of {kv.key[:80]!r} is not JSON (a map with keys that are not strings)"
         if not kv.key.startswith(TABLE_PREFIX):
             continue
         split = split_storage_key(kv.key)

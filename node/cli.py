@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
@@ -51,6 +53,13 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+def _not_a_client_protocol_error(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's tracebacks for requests its parser rejects (garbage, an 8 KiB
+    request line): the client got its 400; the server did nothing wrong."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, HttpProcessingError | RequestPayloadError)
+
+
 def setup_logging(fmt: str, node_id: str = "") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
@@ -67,6 +76,7 @@ def setup_logging(fmt: str, node_id: str = "") -> None:
     # PySyncObj logs every reconnect attempt at warning; keep its errors only.
     logging.getLogger("pysyncobj").setLevel(logging.ERROR)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_not_a_client_protocol_error)
 
 
 def _reuseport_socket(address: str) -> socket.socket:

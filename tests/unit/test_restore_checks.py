@@ -31,6 +31,7 @@ def test_a_clean_snapshot_passes() -> None:
         ([kv("app/x", math.nan)], "is not JSON"),
         ([kv("app/x", {"deep": [math.inf]})], "is not JSON"),
         ([kv("app/x", msgpack.ExtType(1, b"x"))], "is not JSON"),
+        ([kv("app/x", {1: "a"})], "keys that are not strings"),
         ([kv("app/line\nbreak", 1)], "control character"),
         ([kv("tables/nope/x", {})], "not under a known management table"),
         ([kv("tables/vservers/vs1", {"protocols": ["nfs"]})], "vservers row 'vs1': name: Field required"),
