@@ -42,12 +42,17 @@ def test_public_limits() -> None:
     assert rdb.MAX_TXN_OPS == 128
 
 
-def test_new_request_id_is_unique_hex() -> None:
-    ids = {cmds.new_request_id() for _ in range(100)}
-    assert len(ids) == 100
-    for rid in ids:
-        assert len(rid) == 32
-        int(rid, 16)
+def test_new_request_ids_are_unique_within_and_across_processes() -> None:
+    import subprocess
+    import sys
+
+    ids = [cmds.new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    prefix, _, counter = ids[0].rpartition("-")
+    assert len(prefix) == 32 and int(prefix, 16) >= 0 and counter.isdigit()
+    code = "from rdb._commands import new_request_id; print(new_request_id())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other.rpartition("-")[0] != prefix  # another process (node, restart) has its own prefix
 
 
 # --------------------------------------------------------------------------- keys
