@@ -59,9 +59,6 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(
             400, "bad_json", f"body is not valid JSON: {exc.msg} at position {exc.pos}", applied=applied_if_write
         )
-    if isinstance(exc, ConnectionError):
-        # The client went away mid-request: nothing to log as a server error.
-        return ApiError(400, "client_gone", "the connection closed during the request", applied=applied_if_write)
     if isinstance(exc, RequestPayloadError):
         # e.g. a body announced as gzip that is not
         return ApiError(400, "bad_body", f"the request body cannot be read: {exc}", applied=applied_if_write)

@@ -67,6 +67,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ConnectionError:
         # The client went away mid-answer: nobody to answer, nothing to log as an error.
         log.debug("client %s went away during %s %s", request.remote, request.method, request.path)
+        metrics['http_responses_total{code="499"}'] += 1
         return web.Response(status=499)
     except Exception as exc:  # noqa: BLE001 - the one translation point
         err = translate(exc, is_write=is_write)
@@ -103,13 +104,14 @@ def _user_key(request: web.Request) -> str:
 def _check_writable(key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
-    problem = key_problem(key)
-    if problem is not None:
-        raise ApiError(422, "invalid_key", problem, applied=False)
 
 
 def _checked_value(key: str, value: Any) -> Any:
-    """Writes into a management table through the key space get the table's schema."""
+    """What a put stores: a key the API can route to again, and, in a management table,
+    a row that passes the table's schema."""
+    problem = key_problem(key)
+    if problem is not None:
+        raise ApiError(422, "invalid_key", problem, applied=False)
     table = split_storage_key(key)
     if table is None:
         if key.startswith("tables/"):
@@ -202,9 +204,9 @@ async def watch(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     prefix = request.query.get("prefix", "")
     from_revision = int_param(request, "from_revision", minimum=1)
-    last_seen = last_event_id(request)
-    if from_revision is None and last_seen is not None:
-        from_revision = last_seen + 1
+    if from_revision is None:
+        last_seen = last_event_id(request)
+        from_revision = None if last_seen is None else last_seen + 1
     if from_revision is None:
         from_revision = store.revision + 1
     store.events_since(from_revision, prefix)  # raises Compacted -> 410 before the stream starts
@@ -484,8 +486,10 @@ async def post_restore(request: web.Request) -> web.Response:
         raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
     snapshot = b"".join(chunks)
     store = request.app[STORE]
-    # Everything this API could not serve afterwards is refused up front, nothing proposed.
-    problem = restore_problem(snapshot_entries(snapshot, store.references))
+    # Everything this API could not serve afterwards is refused up front, nothing proposed
+    # (in a thread: a large snapshot takes seconds to check).
+    entries = await asyncio.to_thread(snapshot_entries, snapshot, store.references)
+    problem = await asyncio.to_thread(restore_problem, entries)
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.

@@ -302,8 +302,8 @@ def _decide(runtime: BladeRuntime, protocol: str, decide: Callable[[], dict[str,
     try:
         return decide()
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        log.error("%s decision failed on a blade row: %r; resyncing every table in full", protocol, exc)
-        runtime.load_event("corrupt_table")
+        if runtime.request_full_resync("corrupt_table"):
+            log.error("%s decision failed on a blade row: %r; resyncing every table in full", protocol, exc)
         message = f"a blade row cannot be read ({type(exc).__name__}: {exc}); a full resync was started"
         raise Fenced(Fence(protocol, "*", "corrupt_table", message, time.time(), 0, kind="protocol")) from None
 

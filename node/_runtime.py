@@ -173,6 +173,14 @@ class BladeRuntime:
         self.observe(Reset(reason))
         self._wake.set()
 
+    def request_full_resync(self, reason: str) -> bool:
+        """A load event unless one is already pending (so a flood of requests that hit a
+        bad row starts one repair, not one each). Loop thread. True if it started one."""
+        if any(st.needs_full for st in self.engine.status.values()):
+            return False
+        self.load_event(reason)
+        return True
+
     def wake(self) -> None:
         """Run the worker's next iteration now."""
         self._wake.set()

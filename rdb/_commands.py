@@ -167,6 +167,14 @@ def restore_commands(snapshot: bytes, upload: str, keep_prefix: str = "") -> lis
             )
         )
     cmds.append(
-        _encode({"kind": "restore_commit", "upload": upload, "rid": f"{upload}:commit", "keep_prefix": keep_prefix})
+        _encode(
+            {
+                "kind": "restore_commit",
+                "upload": upload,
+                "rid": f"{upload}:commit",
+                "keep_prefix": keep_prefix,
+                "checked": True,  # apply checks every row and reference (see StateMachine)
+            }
+        )
     )
     return cmds

@@ -296,9 +296,12 @@ class StateMachine:
             chunks.append(data)
             return {"status": "ok", "revision": self._revision}
         self._staging = None
+        # Commands from proposers that check restores carry "checked"; entries already
+        # in a log from before keep the meaning they had when they were committed.
+        checked = cmd.get("checked") is True
         incoming = StateMachine(references=self._references)
         try:
-            incoming.restore(b"".join(chunks))
+            incoming.restore(b"".join(chunks), strict=checked)
         except ValueError as exc:
             raise _Invalid(str(exc)) from None
         # Revisions never go backwards: the restored state is one new revision, and watch
@@ -313,7 +316,7 @@ class StateMachine:
             if not (keep_prefix and k.startswith(keep_prefix))
         }
         data.update({k: kv for k, kv in self._data.items() if keep_prefix and k.startswith(keep_prefix)})
-        dangling = _dangling_reference(self._references, data)
+        dangling = _dangling_reference(self._references, data) if checked else None
         if dangling is not None:
             raise _Invalid(f"the snapshot breaks a reference: {dangling}")
         # Everything is built and checked: only now is the current state replaced, so a
@@ -560,22 +563,29 @@ class StateMachine:
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
         return packed
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes, *, strict: bool = True) -> None:
         """Replace the whole state with a snapshot. Raises ``ValueError`` if malformed,
-        leaving the current state untouched."""
+        leaving the current state untouched.
+
+        ``strict`` (uploads, restore commands) also checks every row: key limits,
+        integer revisions in range, no duplicates. A node loading its *own* Raft snapshot
+        passes False: what it once accepted must never stop it from starting."""
         try:
             doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
             if not isinstance(doc, dict):
                 raise ValueError("snapshot is not a map")
             if doc.get("format") != SNAPSHOT_FORMAT:
                 raise ValueError(f"unsupported snapshot format {doc.get('format')!r}")
-            revision, applied, compacted = int(doc["revision"]), int(doc["applied_index"]), int(doc["compacted"])
+            numbers = (doc["revision"], doc["applied_index"], doc["compacted"])
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+                raise ValueError("revision, compacted and applied_index must be integers")
+            revision, applied, compacted = numbers
             if not 0 <= compacted <= revision <= MAX_REVISION or applied < 0:
                 raise ValueError("revision, compacted or applied_index out of range")
             kvs = {}
             for row in doc["kvs"]:
-                kv = _checked_row(row, revision)
-                if kv.key in kvs:
+                kv = _checked_row(row, revision) if strict else KeyValue(row[0], row[1], row[2], row[3], row[4])
+                if strict and kv.key in kvs:
                     raise ValueError(f"key {kv.key!r} appears twice")
                 kvs[kv.key] = kv
             keys = sorted(kvs)
@@ -592,7 +602,7 @@ class StateMachine:
             dedup = OrderedDict((rid, res) for rid, res in doc["dedup"])
             staging_doc = doc.get("staging")
             staging = None if staging_doc is None else (str(staging_doc[0]), [bytes(c) for c in staging_doc[1]])
-        except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, msgpack.UnpackException) as exc:
             raise ValueError(f"malformed snapshot: {exc}") from exc
         self._reset()
         self._data = kvs

@@ -136,7 +136,7 @@ class ReplicatedStore:
 
     def _restore(self, state: bytes, index: int) -> None:
         with self._lock:
-            self._sm.restore(state)
+            self._sm.restore(state, strict=False)  # our own snapshot: never refuse to start
             self.load_count += 1
         self._schedule_notify(load=True)
 
@@ -291,7 +291,8 @@ class ReplicatedStore:
         ``propose`` errors; a failed upload leaves the current state untouched. Keys under
         ``keep_prefix`` keep their current values.
         """
-        snapshot_entries(snapshot, self._sm.references)
+        # Parsing and checking a large snapshot takes seconds: not on the event loop.
+        await asyncio.to_thread(snapshot_entries, snapshot, self._sm.references)
         result: Result = {}
         for payload in _commands.restore_commands(snapshot, _commands.new_request_id(), keep_prefix):
             result = await self.propose(payload, timeout=timeout)
