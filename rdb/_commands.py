@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import uuid
 from typing import Any
 
@@ -27,6 +28,15 @@ MAX_TXN_OPS = 128
 # like a uuid4 per request, without a getrandom() system call per write.
 _ID_PREFIX = uuid.uuid4().hex
 _id_counter = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    # A forked child must not hand out its parent's ids.
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX, _id_counter = uuid.uuid4().hex, itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_request_id() -> str:

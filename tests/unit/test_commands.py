@@ -6,6 +6,7 @@ values exactly at a limit must be accepted.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgpack
@@ -53,6 +54,13 @@ def test_new_request_ids_are_unique_within_and_across_processes() -> None:
     code = "from rdb._commands import new_request_id; print(new_request_id())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other.rpartition("-")[0] != prefix  # another process (node, restart) has its own prefix
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its first id and exits at once
+        os.write(write, cmds.new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 200).decode().rpartition("-")[0] != prefix  # nor does a forked child
 
 
 # --------------------------------------------------------------------------- keys
