@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import struct
 import time
 from collections.abc import Callable
@@ -206,6 +207,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self.last_leader_contact = 0.0
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
+        self._wake_pending = False
         os.makedirs(data_dir, exist_ok=True)
         dump = os.path.join(data_dir, "raft.snapshot")
         conf = SyncObjConf(
@@ -243,6 +245,29 @@ class RaftNode(SyncObj):  # type: ignore[misc]
     def _rdb_apply(self, payload: bytes) -> Any:
         # raftLastApplied is incremented after this returns: +1 is this entry's index.
         return self._apply_fn(payload, self.raftLastApplied + 1)
+
+    # ------------------------------------------------------------ waking the tick thread
+
+    def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802,N803
+        # PySyncObj writes to its wake-up pipe for every queued command (a system call
+        # each, from the HTTP loop and the tick thread alike); one pending wake-up is
+        # enough. The flag is cleared before the queue is drained (below), so a command
+        # queued after the drain began always sends a fresh wake-up: none is lost.
+        commands = self._SyncObj__commandsQueue
+        try:
+            commands.put_nowait(
+                (command, callback) if commandType is None else (bytes([commandType]) + command, callback)
+            )
+        except queue.Full:
+            self._SyncObj__callErrCallback(FAIL_REASON.QUEUE_FULL, callback)
+            return
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._SyncObj__pipeNotifier.notify()
+
+    def _checkCommandsToApply(self) -> None:  # noqa: N802
+        self._wake_pending = False
+        super()._checkCommandsToApply()
 
     def propose(self, payload: bytes, callback: Callable[[Any, int], None]) -> None:
         """Queue ``payload`` for the log. ``callback(result, reason)`` runs on the tick
