@@ -98,6 +98,10 @@ def _create_journal(journal_file: Any = None) -> Any:
 _pysyncobj_module.createJournal = _create_journal
 
 
+def _no_flush() -> None:
+    """Stands in for a connection's flush while ``release_held`` fills its buffer."""
+
+
 class _HoldingTransport(TCPTransport):  # type: ignore[misc]
     """TCP transport that holds every outgoing message while the journal is dirty."""
 
@@ -119,8 +123,24 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
         self.sent_held += len(held)
         merged = coalesce_outgoing(held)
         self.sent_merged += len(merged)
-        for node, message in merged:
-            super().send(node, message)
+        if len(merged) <= 1:
+            for node, message in merged:
+                super().send(node, message)
+            return
+        # One send() system call per connection, not one per message: each connection
+        # only appends to its buffer (its flush method is shadowed on the instance), then
+        # flushes once. Runs on the tick thread, the only one that sends.
+        conns = {id(c): c for node, _ in merged if (c := self._connections.get(node)) is not None}
+        for conn in conns.values():
+            conn._TcpConnection__trySendBuffer = _no_flush
+        try:
+            for node, message in merged:
+                super().send(node, message)
+        finally:
+            for conn in conns.values():
+                del conn._TcpConnection__trySendBuffer
+            for conn in conns.values():
+                conn._TcpConnection__trySendBuffer()
 
 
 @dataclass(frozen=True, slots=True)
