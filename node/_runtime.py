@@ -51,6 +51,8 @@ from resync import ResyncEngine, TableOutcome
 log = logging.getLogger("node.resync")
 
 EVENT_LOG_SIZE = 1000
+HEARTBEAT_SECONDS = 0.1
+STALL_SECONDS = 0.5  # a heartbeat this late reports a stall to the policy
 
 
 @dataclass
@@ -95,6 +97,9 @@ class BladeRuntime:
         self.worker_delay = 0.0  # fault injection: hold the worker back
         self._catch_up: asyncio.Task[None] | None = None
         self.last_iteration = time.monotonic()  # the worker's heartbeat
+        #: Ticked every HEARTBEAT_SECONDS by its own task: a stop of the whole process
+        #: (SIGSTOP, a VM pause) shows here whenever it happened, even in mid-iteration.
+        self.last_heartbeat = time.monotonic()
         #: A data-plane request waits at most this long for a suspended resync run.
         self.settle_timeout = 2 * action_timeout + 0.5
         store.add_load_listener(self.load_event)
@@ -139,7 +144,9 @@ class BladeRuntime:
             message = "a resync is still applying changes"
             raise Fenced(Fence(protocol, "*", "resync_in_progress", message, time.time(), 0, kind=kind))
         grace = self.policy.grace(protocol)
-        stalled = time.monotonic() - self.last_iteration
+        # The worker may not have run (stuck), or the whole process may have been stopped
+        # (then the heartbeat is old even if the worker iteration finished after waking).
+        stalled = time.monotonic() - min(self.last_iteration, self.last_heartbeat)
         if stalled > grace:
             # The worker has not run for longer than the grace period (the process was
             # stopped or starved): the tables may be arbitrarily old.
@@ -211,18 +218,35 @@ class BladeRuntime:
         """The worker loop; cancelled by the app's cleanup context. An iteration that
         fails is logged and retried: the loop itself never ends on an error."""
         loop_state = _LoopState(next_audit=time.monotonic() + self.audit_interval)
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            while True:
+                changed = self.store.changed()
+                self._wake.clear()  # before the work: a wake-up during it is not lost
+                try:
+                    await self._iteration(loop_state)
+                except Exception:
+                    log.exception("resync worker iteration failed")
+                await _wait_any(changed, self._wake, timeout=0.1)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self) -> None:
+        """Tick every HEARTBEAT_SECONDS; a late tick means the process did not run for
+        that long (found by a chaos run: a SIGSTOP that landed in the middle of a worker
+        iteration was not seen by the iteration's own gap check, and the woken node
+        answered from tables older than the staleness bound). Loop thread."""
         while True:
-            changed = self.store.changed()
-            self._wake.clear()  # before the work: a wake-up during it is not lost
-            try:
-                await self._iteration(loop_state)
-            except Exception:
-                log.exception("resync worker iteration failed")
-            await _wait_any(changed, self._wake, timeout=0.1)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            gap = time.monotonic() - self.last_heartbeat
+            if gap > STALL_SECONDS:
+                self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
+                self._wake.set()
+            self.last_heartbeat = time.monotonic()
 
     async def _iteration(self, s: _LoopState) -> None:
         gap = time.monotonic() - self.last_iteration
-        if gap > 0.5:
+        if gap > STALL_SECONDS:
             self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
         self.last_iteration = time.monotonic()
         if self.worker_delay:
