@@ -223,12 +223,11 @@ def test_restarted_node_never_serves_the_config_it_replays_from_disk(cluster: Cl
     assert "caught_up" in kinds
 
 
-def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster: Cluster) -> None:
-    c = cluster
-    # Pausing the leader also makes the write below wait out an election.
-    victim = c.leader()
+def _stop_change_and_wake(c: Cluster, victim: str) -> list[tuple[int, str]]:
+    """SIGSTOP ``victim`` past its 1.5 s grace while its export rule changes from rw to ro
+    elsewhere, wake it, and return every NFS answer (status, access or error code) it
+    gave until it served the new config."""
     survivor = next(n for n in c.nodes if n != victim)
-    assert nfs(c, victim).body["access"] == "rw"
     c.signal(victim, signal.SIGSTOP)
     try:
         changed = put_through_failover(
@@ -236,18 +235,26 @@ def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster
             {"vserver": "vs1", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "ro"},
         )
         assert changed.status == 200
-        # The fault under test is the pause itself: the node stays stopped past its 1.5 s grace.
-        time.sleep(2.5)
+        time.sleep(2.5)  # the fault under test is the stop itself, past the grace
     finally:
         c.signal(victim, signal.SIGCONT)
-    answers = []
+    answers: list[tuple[int, str]] = []
 
     def fresh() -> bool:
         r = nfs(c, victim)
         answers.append((r.status, r.body.get("access") if r.status == 200 else r.body["error"]["code"]))
-        return r.status == 200
+        return r.status == 200 and r.body["revision"] >= changed.body["revision"]
 
-    wait_for(fresh, 20, f"{victim} serving again", interval=0.005)
+    wait_for(fresh, 20, f"{victim} serving the new config", interval=0.005)
+    return answers
+
+
+def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster: Cluster) -> None:
+    c = cluster
+    # Pausing the leader also makes the change wait out an election.
+    victim = c.leader()
+    assert nfs(c, victim).body["access"] == "rw"
+    answers = _stop_change_and_wake(c, victim)
     # On waking it answered 503 until it caught up; it never served the rw from before.
     assert "rw" not in {a for s, a in answers if s == 200}, answers[:5]
     assert answers[0] == (503, "fenced"), answers[:5]
@@ -256,30 +263,12 @@ def test_node_waking_from_a_long_pause_does_not_answer_from_stale_tables(cluster
 def test_a_pause_that_lands_in_the_middle_of_a_resync_iteration_is_still_noticed(cluster: Cluster) -> None:
     c = cluster
     victim = next(n for n in c.nodes if n != c.leader())
-    survivor = next(n for n in c.nodes if n != victim)
     assert nfs(c, victim).body["access"] == "rw"
-    # The worker sleeps inside its iteration: the stop below lands mid-iteration, where
-    # the iteration's own gap check cannot see it (found by chaos seed 14).
+    # The worker sleeps inside its iteration: the stop lands mid-iteration, where the
+    # iteration's own gap check cannot see it (found by chaos seed 14).
     assert http("POST", f"{c.url(victim)}/v1/debug/delay", {"seconds": 1.0}).status == 200
     time.sleep(0.3)
-    c.signal(victim, signal.SIGSTOP)
-    try:
-        changed = put_through_failover(
-            f"{c.url(survivor)}/v1/tables/export_rules/vs1:default:1",
-            {"vserver": "vs1", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "ro"},
-        )
-        assert changed.status == 200
-        time.sleep(2.5)  # the fault under test: stopped past the 1.5 s grace
-    finally:
-        c.signal(victim, signal.SIGCONT)
-    answers = []
-
-    def fresh() -> bool:
-        r = nfs(c, victim)
-        answers.append((r.status, r.body.get("access") if r.status == 200 else r.body["error"]["code"]))
-        return r.status == 200 and r.body["revision"] >= changed.body["revision"]
-
-    wait_for(fresh, 20, f"{victim} serving the new config", interval=0.005)
+    answers = _stop_change_and_wake(c, victim)
     assert "rw" not in {a for s, a in answers if s == 200}, answers[:5]
     assert answers[0] == (503, "fenced"), answers[:5]
     http("POST", f"{c.url(victim)}/v1/debug/delay", {"seconds": 0})
