@@ -250,6 +250,26 @@ class LocalCluster:
             progress(f"cluster stopped ({codes})")
 
 
+@contextlib.contextmanager
+def fresh_cluster(prefix: str, *, fault_injection: bool = False) -> Iterator[LocalCluster]:
+    """A ready three-node cluster in a temporary directory; always stopped and removed."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=fault_injection)
+        os.makedirs(cluster.base_dir, exist_ok=True)
+        try:
+            cluster.start()
+            cluster.wait_ready(30)
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def pct(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``samples``, nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
 def preload(url: str, keys: int, batch: int = 100) -> None:
     """Write bench-read/k0 .. k<keys-1> in transactions of ``batch`` puts (a txn holds at most 128 ops)."""
     for start in range(0, keys, batch):

@@ -21,22 +21,16 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import BenchError, LocalCluster, Node, http, progress, wait_for
+from bench import BenchError, LocalCluster, Node, fresh_cluster, http, pct, progress, wait_for
 
 FIRST_BAR_S = 3.0
 GOAL_S = 1.0
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def one_trial(cluster: LocalCluster, trial: int, clients: int, limit: float) -> tuple[float, str]:
@@ -98,18 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     samples: list[float] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="rdbsync-failover-") as tmp:
-            cluster = LocalCluster(os.path.join(tmp, "c"))
-            os.makedirs(cluster.base_dir, exist_ok=True)
-            try:
-                cluster.start()
-                cluster.wait_ready(30)
-                for trial in range(args.trials):
-                    seconds, victim = one_trial(cluster, trial, args.clients, args.limit)
-                    samples.append(seconds)
-                    progress(f"trial {trial + 1}/{args.trials}: killed {victim}, writes back after {seconds:.3f}s")
-            finally:
-                cluster.stop()
+        with fresh_cluster("rdbsync-failover-") as cluster:
+            for trial in range(args.trials):
+                seconds, victim = one_trial(cluster, trial, args.clients, args.limit)
+                samples.append(seconds)
+                progress(f"trial {trial + 1}/{args.trials}: killed {victim}, writes back after {seconds:.3f}s")
     except BenchError as exc:
         print(f"failover benchmark: {exc}", file=sys.stderr)
         return 1 if samples else 2

@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import BenchError, LocalCluster, http, progress
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+from bench import BenchError, LocalCluster, fresh_cluster, http, pct, progress
 
 
 def put_row(url: str, table: str, key: str, row: dict[str, Any]) -> int:
@@ -138,18 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--trials", type=int, default=50)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="rdbsync-latency-") as tmp:
-        cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=True)
-        os.makedirs(cluster.base_dir, exist_ok=True)
-        try:
-            cluster.start()
-            cluster.wait_ready(30)
-            progress(f"commit -> blade: {args.writes} table writes from {args.writers} writers")
-            lat = commit_to_blade(cluster, args.writes, args.writers)
-            progress(f"fence/unfence: {args.trials} trials on n2 (export_rules -> nfs)")
-            fence, unfence = fence_trials(cluster, args.trials)
-        finally:
-            cluster.stop()
+    with fresh_cluster("rdbsync-latency-", fault_injection=True) as cluster:
+        progress(f"commit -> blade: {args.writes} table writes from {args.writers} writers")
+        lat = commit_to_blade(cluster, args.writes, args.writers)
+        progress(f"fence/unfence: {args.trials} trials on n2 (export_rules -> nfs)")
+        fence, unfence = fence_trials(cluster, args.trials)
     rows = [
         ("commit -> blade applied on all 3 nodes", lat, "p99 <= 50 ms", pct(lat, 0.99) <= 0.050),
         ("injected failure -> first 503", fence, "p99 <= 100 ms", pct(fence, 0.99) <= 0.100),

@@ -12,16 +12,14 @@ not, 2 the benchmark could not run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import BenchError, LocalCluster, http, progress, wait_for
+from bench import BenchError, LocalCluster, fresh_cluster, http, progress, wait_for
 
 FIRST_BAR_MB = 300.0
 GOAL_MB = 150.0
@@ -77,29 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     value = "v" * args.value_bytes
     rows = []
     try:
-        with tempfile.TemporaryDirectory(prefix="rdbsync-rss-") as tmp:
-            cluster = LocalCluster(os.path.join(tmp, "c"))
-            os.makedirs(cluster.base_dir, exist_ok=True)
-            try:
-                cluster.start()
-                cluster.wait_ready(30)
-                baseline = {n.id: proc_kib(n.proc.pid, "VmRSS") for n in cluster.nodes if n.proc}
-                t0 = time.monotonic()
-                revision = load(cluster, args.keys, value)
-                progress(f"wrote {args.keys} keys in {time.monotonic() - t0:.1f}s (revision {revision})")
-                for node in cluster.nodes:
-                    wait_for(
-                        lambda node=node: http("GET", node.url + "/v1/status")[1]["revision"] >= revision,
-                        60,
-                        f"{node.id} applied revision {revision}",
-                    )
-                for node in cluster.nodes:
-                    assert node.proc is not None
-                    rss = proc_kib(node.proc.pid, "VmRSS") / 1024
-                    peak = proc_kib(node.proc.pid, "VmHWM") / 1024
-                    rows.append((node.id, baseline[node.id] / 1024, rss, peak))
-            finally:
-                cluster.stop()
+        with fresh_cluster("rdbsync-rss-") as cluster:
+            baseline = {n.id: proc_kib(n.proc.pid, "VmRSS") for n in cluster.nodes if n.proc}
+            t0 = time.monotonic()
+            revision = load(cluster, args.keys, value)
+            progress(f"wrote {args.keys} keys in {time.monotonic() - t0:.1f}s (revision {revision})")
+            for node in cluster.nodes:
+                wait_for(
+                    lambda node=node: http("GET", node.url + "/v1/status")[1]["revision"] >= revision,
+                    60,
+                    f"{node.id} applied revision {revision}",
+                )
+            for node in cluster.nodes:
+                assert node.proc is not None
+                rss = proc_kib(node.proc.pid, "VmRSS") / 1024
+                peak = proc_kib(node.proc.pid, "VmHWM") / 1024
+                rows.append((node.id, baseline[node.id] / 1024, rss, peak))
     except BenchError as exc:
         print(f"rss benchmark: {exc}", file=sys.stderr)
         return 2
