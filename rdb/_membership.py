@@ -31,8 +31,8 @@ CATCH_UP_MAX_LAG = 1000
 MAX_HOST_CHARS = 253  # the longest DNS name
 
 # ASCII only: Python's \d and str.isdigit() accept other scripts' digits ("\u0663").
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$", re.ASCII)
-_PORT = re.compile(r"^[0-9]{1,5}$", re.ASCII)
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 Resolver = Callable[[str, int], Iterable[tuple[str, int]]]
 
@@ -47,12 +47,12 @@ def parse_address(address: Any) -> tuple[str, int]:
     host, sep, port_text = address.rpartition(":")
     if not sep or not host:
         raise InvalidMember("a member address is 'host:port'", address=shown)
-    if not _PORT.match(port_text) or not 1 <= int(port_text) <= 65535:
+    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         raise InvalidMember("the port must be a number from 1 to 65535", address=shown)
     if len(host) > MAX_HOST_CHARS:
         raise InvalidMember(f"the host is longer than {MAX_HOST_CHARS} characters", address=shown)
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.fullmatch(label) for label in labels):
         raise InvalidMember("the host must be a DNS name or an IPv4 address", address=shown)
     return host.lower(), int(port_text)
 
