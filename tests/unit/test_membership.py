@@ -8,7 +8,13 @@ from rdb import CATCH_UP_MAX_LAG, InvalidMember, caught_up, check_new_member, no
 from rdb._membership import pending_change_index, resolve
 from rdb._store import lease_held
 
-HOSTS = {"localhost": "127.0.0.1", "127.0.0.1": "127.0.0.1", "n2.example": "10.0.0.2", "10.0.0.2": "10.0.0.2", "10.0.0.3": "10.0.0.3"}
+HOSTS = {
+    "localhost": "127.0.0.1",
+    "127.0.0.1": "127.0.0.1",
+    "n2.example": "10.0.0.2",
+    "10.0.0.2": "10.0.0.2",
+    "10.0.0.3": "10.0.0.3",
+}
 
 
 def fake_resolver(host: str, port: int) -> list[tuple[str, int]]:
