@@ -41,7 +41,14 @@ from node._config import NodeConfig
 from node._debug import add_debug_routes
 from node._errors import check_write_result, error_response, translate
 from node._exceptions import ApiError
-from node._members import add_member, init_removal, removal_status, remove_member, removed_middleware
+from node._members import (
+    add_member,
+    init_removal,
+    removal_status,
+    remove_member,
+    removed_middleware,
+    removed_notice,
+)
 from node._mgmt import add_routes, check_row
 from node._models import PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
@@ -544,6 +551,7 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app.router.add_get("/v1/cluster", cluster)
     app.router.add_post("/v1/cluster/members", add_member)
     app.router.add_delete("/v1/cluster/members/{id}", remove_member)
+    app.router.add_post("/v1/cluster/removed", removed_notice)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

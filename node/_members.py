@@ -222,7 +222,51 @@ async def remove_member(request: web.Request) -> web.Response:
         await store.change_membership("remove", address)
         await store.delete(MEMBERS_PREFIX + member_id)
     log.info("removed %s (%s)", member_id, address)
-    return _answer({"removed": member_id}, store.revision)
+    told = await _tell_removed(app, registry[address])
+    return _answer({"removed": member_id, "told": told}, store.revision)
+
+
+async def _tell_removed(app: web.Application, member: dict[str, str]) -> bool:
+    """Tell a removed node that it is out (the leader stopped talking to it at once, so
+    Raft never will). Best effort: False if it could not be told."""
+    url = member.get("http_url")
+    if not url:
+        return False
+    try:
+        async with app[CLIENT].post(
+            f"{url.rstrip('/')}/v1/cluster/removed",
+            json={"by": app[CONFIG].id},
+            headers=_headers(app),
+            timeout=aiohttp.ClientTimeout(total=2.0),
+        ) as resp:
+            return resp.status == 200
+    except Exception as exc:  # noqa: BLE001 - it may be down: it learns on its next removal check
+        log.info("could not tell %s that it was removed: %s", member.get("id"), exc)
+        return False
+
+
+async def removed_notice(request: web.Request) -> web.Response:
+    """``POST /v1/cluster/removed {"by": ID}``: a member says this node was removed.
+    Believed only once that member, found in this node's own registry, reports a
+    quorum and a member list without this node."""
+    app = request.app
+    body = await json_body(request)
+    by = body.get("by") if isinstance(body, dict) else None
+    peer = next((m for m in members_registry(app).values() if m.get("id") == by), None)
+    if peer is None or by == app[CONFIG].id or not peer.get("http_url"):
+        raise ApiError(422, "unknown_member", f"{by!r} is not a member this node knows", applied=False)
+    try:
+        async with app[CLIENT].get(
+            f"{peer['http_url'].rstrip('/')}/v1/status", headers=_headers(app), timeout=aiohttp.ClientTimeout(total=2.0)
+        ) as resp:
+            status: dict[str, Any] = await resp.json()
+    except Exception as exc:  # noqa: BLE001 - cannot check: do not believe it
+        raise ApiError(503, "unverified", f"cannot check with {by}: {exc}", applied=False) from None
+    theirs = {m.get("raft_address") for m in status.get("members", [])}
+    if not status.get("quorum") or app[CONFIG].raft_address in theirs:
+        raise ApiError(409, "still_member", f"{by} does not confirm that this node was removed", applied=False)
+    await mark_removed(app, f"removed through {by}")
+    return web.json_response({"removed": True})
 
 
 async def _remove_self(

@@ -165,13 +165,13 @@ def openapi() -> dict[str, Any]:
         "/v1/cluster/members": {
             "post": {
                 "requestBody": ref("MemberBody"),
-                "responses": {"200": {"description": "added"}, "409": err, "503": err},
+                "responses": {"200": {"description": "added"}, "409": err, "410": err, "422": err, "503": err},
             }
         },
         "/v1/cluster/members/{id}": {
             "delete": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "removed"}, "404": err, "503": err},
+                "responses": {"200": {"description": "removed"}, "404": err, "409": err, "410": err, "503": err},
             }
         },
         "/healthz": {"get": {"responses": {"200": {"description": "process is up"}}}},

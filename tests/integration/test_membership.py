@@ -24,12 +24,12 @@ pytestmark = pytest.mark.integration
 CORE = ("n1", "n2", "n3")
 
 
-def start_learner(cluster: Cluster, nid: str, base_dir: str) -> NodeProc:
+def start_learner(cluster: Cluster, nid: str, base_dir: str, peers: tuple[str, ...] = CORE) -> NodeProc:
     """Start ``nid`` with --join (a non-voting learner of the running cluster)."""
     raft_port, http_port = free_ports(2)
     node = NodeProc(nid, f"127.0.0.1:{raft_port}", http_port, os.path.join(base_dir, nid), extra_args=["--join"])
     cluster.nodes[nid] = node
-    cluster.start(nid, peers=[cluster.nodes[n] for n in CORE])
+    cluster.start(nid, peers=[cluster.nodes[n] for n in peers])
     return node
 
 
@@ -260,3 +260,12 @@ def test_removing_a_follower_through_itself_leaves_it_knowing_it_is_out(cluster:
     removed = http("DELETE", f"{cluster.url(follower)}/v1/cluster/members/{follower}", timeout=30)
     assert removed.status == 200, removed.body
     _check_removed(cluster, follower)
+
+
+def test_removing_another_node_tells_it_that_it_is_out(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    gone = next(n for n in CORE if n != leader)
+    via = next(n for n in CORE if n not in (leader, gone))
+    removed = http("DELETE", f"{cluster.url(via)}/v1/cluster/members/{gone}", timeout=30)
+    assert removed.status == 200 and removed.body["told"] is True, removed.body
+    _check_removed(cluster, gone)
