@@ -269,3 +269,104 @@ def test_removing_another_node_tells_it_that_it_is_out(cluster: Cluster) -> None
     removed = http("DELETE", f"{cluster.url(via)}/v1/cluster/members/{gone}", timeout=30)
     assert removed.status == 200 and removed.body["told"] is True, removed.body
     _check_removed(cluster, gone)
+
+
+# ---------------------------------------------------------------- five nodes under faults
+
+
+class _Writer:
+    """Sequential unique writes through the live members, each retried with its
+    Idempotency-Key until acknowledged (or given up after a bound)."""
+
+    def __init__(self, cluster: Cluster, targets: list[str]) -> None:
+        self.cluster = cluster
+        self.targets = list(targets)
+        self.lock = threading.Lock()
+        self.acked: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def set_targets(self, targets: list[str]) -> None:
+        with self.lock:
+            self.targets = list(targets)
+
+    def _run(self) -> None:
+        for i in range(3000):
+            if self.stop.is_set():
+                return
+            key = f"w{i}"
+            deadline = time.monotonic() + 20
+            attempt = 0
+            while time.monotonic() < deadline and not self.stop.is_set():
+                with self.lock:
+                    target = self.targets[(i + attempt) % len(self.targets)]
+                attempt += 1
+                try:
+                    resp = http(
+                        "PUT",
+                        f"{self.cluster.url(target)}/v1/kv/{key}",
+                        {"value": i},
+                        headers={"Idempotency-Key": key},
+                        timeout=5,
+                    )
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                if resp.status == 200:
+                    self.acked[key] = i
+                    break
+                time.sleep(0.05)
+
+
+def test_five_nodes_add_and_remove_members_under_kills_lose_no_acknowledged_write(tmp_path: Any) -> None:
+    names = ("n1", "n2", "n3", "n4", "n5")
+    with running_cluster(str(tmp_path), 5, env={"RDBSYNC_REQUEST_TIMEOUT": "3"}) as c:
+        writer = _Writer(c, list(names))
+        writer.thread.start()
+        try:
+            # 1. add a sixth member (a learner first)
+            n6 = start_learner(c, "n6", str(tmp_path), peers=names)
+            wait_learner(c, "n6")
+            added = http("POST", f"{c.url('n1')}/v1/cluster/members", member_body(n6), timeout=30)
+            assert added.status == 200, added.body
+            c.wait_ready(30, ["n6"])
+            # 2. kill a follower, 3. remove another one while it is down
+            leader = c.leader()
+            followers = [n for n in names if n != leader]
+            killed, removed = followers[0], followers[1]
+            writer.set_targets([n for n in names if n not in (killed, removed)] + ["n6"])
+            c.signal(killed, signal.SIGKILL)
+            via = next(n for n in names if n not in (killed, removed))
+            gone = http("DELETE", f"{c.url(via)}/v1/cluster/members/{removed}", timeout=30)
+            assert gone.status == 200, gone.body
+            # 4. the killed follower comes back; 5. the leader is killed
+            c.start(killed)
+            c.wait_ready(30, [killed])
+            live = [n for n in (*names, "n6") if n != removed]
+            writer.set_targets(live)
+            leader = c.leader(among=live)
+            c.signal(leader, signal.SIGKILL)
+            live = [n for n in live if n != leader]
+            writer.set_targets(live)
+            c.leader(among=live, timeout=30)
+            # 6. remove the sixth member again, with the old leader still down
+            gone = http("DELETE", f"{c.url(live[0])}/v1/cluster/members/n6", timeout=30)
+            assert gone.status == 200, gone.body
+            live = [n for n in live if n != "n6"]
+            writer.set_targets(live)
+            c.start(leader)
+            live.append(leader)
+            c.wait_ready(30, [leader])
+            time.sleep(1.0)  # writes keep flowing through the last changes
+        finally:
+            writer.stop.set()
+            writer.thread.join(30)
+        assert len(writer.acked) > 20, "too few writes were acknowledged to mean anything"
+        final = set(live)
+        for nid in live:
+            wait_for(lambda nid=nid: {m["id"] for m in c.status(nid)["members"]} == final, 15, f"{nid} members")
+        for nid in live:
+            listing = http("GET", f"{c.url(nid)}/v1/kv?prefix=w&limit=10000&consistency=linearizable").body
+            values = {kv["key"]: kv["value"] for kv in listing["kvs"]}
+            lost = {k: v for k, v in writer.acked.items() if values.get(k) != v}
+            assert not lost, f"{nid} lost {len(lost)} acknowledged writes, e.g. {sorted(lost)[:5]}"
