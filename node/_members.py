@@ -138,8 +138,31 @@ async def add_member(request: web.Request) -> web.Response:
         await _wait_for_learner(app, body)
         await store.put(MEMBERS_PREFIX + body.id, body.model_dump())
         await store.change_membership("add", body.raft_address)
-    log.info("added %s (%s) as a voting member", body.id, body.raft_address)
-    return _answer({"added": body.model_dump()}, store.revision)
+        # The change is over once the new member votes (its learner restarted as a
+        # voter): only then may the next one start.
+        voting = await _wait_for_voter(app, body)
+    log.info("added %s (%s) as a voting member (voting: %s)", body.id, body.raft_address, voting)
+    return _answer({"added": body.model_dump(), "voting": voting}, store.revision)
+
+
+async def _wait_for_voter(app: web.Application, body: MemberBody) -> bool:
+    """Wait, up to the request timeout, for the new member to report a voter's role."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + app[STORE].request_timeout
+    while loop.time() < deadline:
+        try:
+            async with app[CLIENT].get(
+                f"{body.http_url.rstrip('/')}/v1/status",
+                headers=_headers(app),
+                timeout=aiohttp.ClientTimeout(total=1.0),
+            ) as resp:
+                status: dict[str, Any] = await resp.json()
+            if status.get("role") in ("follower", "leader") and status.get("leader") is not None:
+                return True
+        except Exception:  # noqa: BLE001 - restarting its Raft node: ask again
+            pass
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _wait_for_learner(app: web.Application, body: MemberBody) -> None:

@@ -77,6 +77,7 @@ def test_concurrent_adds_through_different_nodes_exactly_one_wins(cluster: Clust
             assert a.body["error"]["code"] == "membership_change_pending", a.body
             assert a.body["error"]["applied"] is False
     winner = next(node for node, a in zip(learners, answers, strict=True) if a.status == 200)
+    assert next(a for a in answers if a.status == 200).body["voting"] is True
     cluster.wait_ready(30, [winner.id])
     for nid in CORE:
         wait_for(lambda nid=nid: members(cluster, nid) == {*CORE, winner.id}, 10, f"{nid} sees four members")
