@@ -206,9 +206,11 @@ async def _wait_for_learner(app: web.Application, body: MemberBody) -> None:
                 )
             ours = store.status()
             applied = int(status.get("applied_index", 0))
-            if status.get("leader_raft_address") == ours.leader and caught_up(applied, ours.commit_index):
+            # The leader's commit index as this node last heard it (its own, on the leader).
+            commit = max(ours.commit_index, ours.leader_commit_index or 0)
+            if status.get("leader_raft_address") == ours.leader and caught_up(applied, commit):
                 return
-            problem = f"learner applied {applied} of {ours.commit_index}, following {status.get('leader')!r}"
+            problem = f"learner applied {applied} of {commit}, following {status.get('leader')!r}"
         if loop.time() >= deadline:
             if not answered:
                 raise ApiError(
