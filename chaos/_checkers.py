@@ -996,3 +996,75 @@ def _report_wrong(
             fits_config_at_revisions=fits,
             op=_brief(op),
         )
+
+
+# ------------------------------------------------------------------ fault outcomes
+
+#: What each kind's record must say (``record["detail"][flag]`` true), and the
+#: violation named when it does not. A kind not listed has no outcome to check.
+FAULT_EXPECTATIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "kill_all": (("ready_after", "not_ready_after_restart"),),
+    "disk_full": (
+        ("stopped", "kept_running_on_full_disk"),
+        ("said_why", "stopped_without_saying_why"),
+        ("ready_after", "not_ready_after_space_freed"),
+    ),
+    "corrupt_restart": (
+        ("refused", "started_on_corrupt_data"),
+        ("said_why", "refused_without_saying_why"),
+        ("served", "cluster_stopped_serving"),
+        ("rejoined", "did_not_rejoin_after_wipe"),
+    ),
+    "compaction_crash": (("ready_after", "not_ready_after_compaction_crash"),),
+    "member_cycle": (
+        ("rejoined", "membership_change_failed"),
+        ("ready_after", "not_ready_after_membership_change"),
+    ),
+}
+
+
+def check_fault_outcomes(records: Iterable[Mapping[str, Any]]) -> CheckResult:
+    """Each injected fault did what the product promises for it (the data itself is
+    judged by the set and register checkers: nothing acknowledged lost).
+
+    ``records``: the executed faults as the runner reports them (``kind``, ``target``,
+    ``start``, ``detail``). Per kind (``FAULT_EXPECTATIONS``): a node whose disk filled
+    up stopped by itself and said why in its log (``kept_running_on_full_disk``,
+    ``stopped_without_saying_why``), and is ready again once space is freed; a node
+    restarted on a damaged snapshot or journal refused to start and said why, naming
+    the file (``started_on_corrupt_data``, ``refused_without_saying_why``), the others
+    kept accepting writes (``cluster_stopped_serving``) and, wiped, it rejoined
+    (``did_not_rejoin_after_wipe``); a membership change went through
+    (``membership_change_failed``); a restarted cluster or node became ready.
+
+    A record with ``detail.injected`` false (nothing to damage yet, the failpoint never
+    fired) is counted and not judged; a record of a checked kind that never ended
+    (``end`` None) makes the result inconclusive. ``stats``: per kind, injected and
+    judged counts."""
+    found = _Findings("fault_outcomes")
+    stats: dict[str, dict[str, int]] = {}
+    for record in records:
+        kind = str(record.get("kind"))
+        expectations = FAULT_EXPECTATIONS.get(kind)
+        if expectations is None:
+            continue
+        detail = record.get("detail") or {}
+        counts = stats.setdefault(kind, {"injected": 0, "judged": 0})
+        if detail.get("injected", True) is False:
+            continue
+        counts["injected"] += 1
+        if record.get("end") is None:
+            found.unsure(f"a {kind} fault at {record.get('start')} s never ended")
+            continue
+        counts["judged"] += 1
+        for flag, violation in expectations:
+            if detail.get(flag) is not True:
+                found.violation(
+                    violation,
+                    fault=kind,
+                    target=record.get("target"),
+                    start=record.get("start"),
+                    detail={k: v for k, v in detail.items() if k not in ("log_offset",)},
+                )
+    found.stats = {"by_kind": stats}
+    return found.result()

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chaos._net import NetLab
@@ -74,6 +74,8 @@ class ChaosNode:
     log_path: str
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    extra_args: list[str] = field(default_factory=list)  # e.g. --join after a rejoin
+    env: dict[str, str] = field(default_factory=dict)  # e.g. RDBSYNC_FAILPOINTS for one start
 
     @property
     def url(self) -> str:
@@ -85,8 +87,17 @@ class ChaosNode:
 
 
 class ChaosCluster:
-    def __init__(self, base_dir: str, size: int, *, net: NetLab | None, quorum_grace: float = 3.0) -> None:
+    def __init__(
+        self,
+        base_dir: str,
+        size: int,
+        *,
+        net: NetLab | None,
+        quorum_grace: float = 3.0,
+        node_args: tuple[str, ...] = (),
+    ) -> None:
         self.base_dir = base_dir
+        self.node_args = list(node_args)  # added to every node's command line
         self.net = net
         self.quorum_grace = quorum_grace
         os.makedirs(base_dir, exist_ok=True)
@@ -142,6 +153,7 @@ class ChaosCluster:
                 argv += ["--peer", f"{other.id}={other.raft}={other.url}"]
         if self.shared_url:
             argv += ["--cluster-address", self.shared_url.removeprefix("http://")]
+        argv += self.node_args + node.extra_args
         if self.net is not None:
             argv = self.net.prefix_argv(node.id) + argv
         return argv
@@ -156,6 +168,7 @@ class ChaosCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **node.env} if node.env else None,
             )
         node.paused = False
 

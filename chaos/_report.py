@@ -18,6 +18,10 @@ _FAULT_COLOR = {
     "packet_loss": "#8ecae6",
     "resync": "#9b5de5",
     "tamper": "#f15bb5",
+    "disk": "#ff7f11",
+    "corrupt": "#7b2cbf",
+    "compaction": "#bc4749",
+    "member": "#2a9d8f",
 }
 
 
@@ -116,8 +120,18 @@ def render_html(summary: dict[str, Any], ops: list[dict[str, Any]]) -> str:
         f"<tr><td>{html.escape(k)}</td><td>{v['ok']}</td><td>{v['fail']}</td><td>{v['unknown']}</td></tr>"
         for k, v in sorted(summary["operations"].items())
     )
+    kinds = summary["faults"].get("kinds") or {
+        k: {"planned": v, "executed": v, "injected": v} for k, v in summary["faults"]["counts"].items()
+    }
     fault_rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(summary["faults"]["counts"].items())
+        f"<tr><td>{html.escape(k)}</td><td>{v['planned']}</td><td>{v['executed']}</td><td>{v['injected']}</td></tr>"
+        for k, v in sorted(kinds.items())
+    )
+    unavailable = ", ".join(summary["faults"].get("unavailable", [])) or "none"
+    storage = summary.get("storage", {})
+    storage_note = html.escape(
+        f"{storage.get('disk', '')}; compaction every {storage.get('compaction_entries') or 'default'} entries; "
+        f"snapshot writes {json.dumps(storage.get('snapshot_writes', {}))}"
     )
     verdict = summary["result"].upper()
     verdict_color = "#2a9d4b" if summary["result"] == "pass" else "#d62828"
@@ -134,6 +148,8 @@ Repeat with <code>{html.escape(summary["repeat"])}</code>.</p>
 <h2>Checkers</h2><table><tr><th>checker</th><th>result</th><th>figures</th><th>violations (first 10)</th></tr>
 {"".join(rows)}</table>
 <h2>Operations</h2><table><tr><th>operation</th><th>ok</th><th>failed</th><th>unknown</th></tr>{op_rows}</table>
-<h2>Faults</h2><table><tr><th>kind</th><th>count</th></tr>{fault_rows}</table>
+<h2>Faults</h2><table><tr><th>kind</th><th>planned</th><th>executed</th><th>injected</th></tr>{fault_rows}</table>
+<p>Kinds not possible in this run: {html.escape(unavailable)}.</p>
+<p>Storage: {storage_note}.</p>
 </body></html>
 """

@@ -24,11 +24,21 @@ from chaos._checkers import (
     CheckResult,
     check_convergence,
     check_dataplane,
+    check_fault_outcomes,
     check_linearizability,
     check_set,
 )
 from chaos._cluster import ChaosCluster, http
-from chaos._faults import FaultRunner, schedule
+from chaos._disk import DiskUnavailable, SmallDisk, enter_mount_namespace
+from chaos._faults import (
+    ALL_FAULTS,
+    SNAPSHOT_FILE,
+    FaultRunner,
+    available_kinds,
+    compaction_entries,
+    failpoints_available,
+    schedule,
+)
 from chaos._net import NetLab, NetUnavailable
 from chaos._report import write_report
 from chaos._workload import (
@@ -262,6 +272,14 @@ def run(args: argparse.Namespace) -> int:
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
     base = tempfile.mkdtemp(prefix=f"seed{args.seed}-", dir=args.workdir or None)
+    disk_note = "disk_full off (--no-disk)"
+    in_mount_ns = False
+    if not args.no_disk:
+        try:
+            enter_mount_namespace()  # first: unshare(2) needs a single-threaded process
+            in_mount_ns = True
+        except DiskUnavailable as exc:
+            disk_note = f"no private mount namespace ({exc}); disk_full faults skipped"
     os.makedirs(args.report, exist_ok=True)
     net: NetLab | None = None
     network_note = "process faults only"
@@ -275,12 +293,45 @@ def run(args: argparse.Namespace) -> int:
             net = None
             network_note = f"network namespaces unavailable ({exc}); running process and resync faults only"
     progress(network_note)
-    cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net)
-    plan = schedule(args.seed, args.duration, network=net is not None)
+    compaction = args.compaction_entries or compaction_entries(args.seed)
+    node_args = ("--compaction-entries", str(compaction)) if compaction else ()
+    cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net, node_args=node_args)
+    disk: SmallDisk | None = None
+    disk_node = node_ids[args.seed % len(node_ids)]
+    if in_mount_ns:
+        try:
+            disk = SmallDisk(os.path.join(base, f"disk-{disk_node}"), args.disk_mb)
+            disk.setup()
+            cluster.nodes[disk_node].data_dir = disk.data_dir
+            disk_note = f"{disk_node}'s data on a {args.disk_mb} MiB tmpfs in a private mount namespace (disk_full)"
+        except DiskUnavailable as exc:
+            disk = None
+            disk_note = f"{exc}; disk_full faults skipped"
+    progress(disk_note)
+    # A crash at a compaction step needs compactions within seconds: small thresholds only.
+    failpoints = failpoints_available() and compaction is not None and compaction <= 1000
+    possible = available_kinds(network=net is not None, disk=disk is not None, failpoints=failpoints, nodes=args.nodes)
+    unavailable = [k for k in ALL_FAULTS if k not in possible]
+    if args.faults:
+        wanted = [k.strip() for k in args.faults.split(",") if k.strip()]
+        unknown = [k for k in wanted if k not in ALL_FAULTS]
+        if unknown:
+            progress(f"unknown fault kinds {unknown}; kinds: {', '.join(ALL_FAULTS)}")
+            return 2
+        skipped = [k for k in wanted if k not in possible]
+        if skipped:
+            progress(f"fault kinds not possible in this run, skipped: {skipped}")
+        kinds = [k for k in wanted if k in possible]
+        plan = schedule(args.seed, args.duration, network=net is not None, kinds=kinds, round_robin=True)
+    else:
+        kinds = possible
+        plan = schedule(args.seed, args.duration, network=net is not None, kinds=kinds)
+    progress(f"compaction every {compaction or 'default'} entries; fault kinds: {', '.join(kinds)}")
     stop = threading.Event()
     history = History(time.monotonic())
     config_log = ConfigLog()
-    faults = FaultRunner(cluster, plan, history.now, stop)
+    faults = FaultRunner(cluster, plan, history.now, stop, disk=disk, disk_node=disk_node if disk else None)
+    snapshots = SnapshotWatch(cluster, history, stop)
     workloads: list[Workload] = []
     results: list[CheckResult] = []
     t0_wall = time.time()
@@ -318,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
         for w in workloads:
             w.thread.start()
         faults.thread.start()
+        snapshots.thread.start()
         next_note = 10.0
         while history.now() < args.duration:
             time.sleep(0.2)
@@ -338,13 +390,15 @@ def run(args: argparse.Namespace) -> int:
         cluster.stop_all()
         if net is not None:
             net.teardown()
+        if disk is not None:
+            disk.teardown()
         signal.signal(signal.SIGTERM, previous)
         return 2
     try:
         stop.set()
         for w in workloads:
             w.thread.join(10)
-        faults.thread.join(10)
+        faults.thread.join(180)  # a rejoin in progress finishes (bounded by its own deadlines)
         progress("healing every fault")
         faults.heal_all()
         if interrupted:
@@ -369,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
             check_linearizability([o for o in ops if o["kind"] == "register"], time_limit_s=args.check_time_limit)
         )
         results.append(check_set([o for o in ops if o["kind"] == "set"], state["sets"]))
+        results.append(check_fault_outcomes([r.to_dict() for r in faults.records]))
         results.append(check_convergence(state["blades"], state["committed"], state["revision"]))
         log_events = list(config_log.events) if config_log.complete else []
         drift_windows = [
@@ -392,6 +447,8 @@ def run(args: argparse.Namespace) -> int:
         cluster.stop_all()
         if net is not None:
             net.teardown()
+        if disk is not None:
+            disk.teardown()
         signal.signal(signal.SIGTERM, previous)
     ok = all(r.status == "pass" for r in results)
     summary = {
@@ -400,12 +457,21 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
         "network": network_note,
         "result": "pass" if ok else "fail",
-        "repeat": f"scripts/chaos --seed {args.seed} --duration {args.duration:g} --nodes {args.nodes}",
+        "repeat": f"scripts/chaos --seed {args.seed} --duration {args.duration:g} --nodes {args.nodes}"
+        + (f" --faults {args.faults}" if args.faults else "")
+        + (f" --compaction-entries {args.compaction_entries}" if args.compaction_entries else ""),
         "operations": _op_counts(history.ops),
         "faults": {
             "planned": [f.to_dict() for f in plan],
             "executed": [r.to_dict() for r in faults.records],
             "counts": _fault_counts(faults.records),
+            "kinds": _kind_table(kinds, plan, faults.records),
+            "unavailable": unavailable,
+        },
+        "storage": {
+            "disk": disk_note,
+            "compaction_entries": compaction,
+            "snapshot_writes": snapshots.summary(faults.records),
         },
         "fault_windows": faults.fault_windows,
         "fence_events": events,
@@ -422,6 +488,56 @@ def run(args: argparse.Namespace) -> int:
     if not ok:
         progress(f"FAILED; repeat with: {summary['repeat']}")
     return 0 if ok else 1
+
+
+class SnapshotWatch:
+    """Notes every time a node's snapshot file changes (a compaction, or a snapshot
+    installed from the leader), sampling every 0.1 s: the report says how many fell
+    inside kill windows."""
+
+    KILL_KINDS = ("kill_restart", "kill_leader", "kill_all", "compaction_crash", "corrupt_restart", "member_cycle")
+
+    def __init__(self, cluster: ChaosCluster, history: History, stop: threading.Event) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.stop = stop
+        self.events: list[tuple[float, str]] = []
+        self.thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+
+    def _run(self) -> None:
+        seen: dict[str, int] = {}
+        while not self.stop.wait(0.1):
+            for nid, node in self.cluster.nodes.items():
+                try:
+                    stamp = os.stat(os.path.join(node.data_dir, SNAPSHOT_FILE)).st_mtime_ns
+                except OSError:
+                    continue
+                if seen.get(nid) != stamp:
+                    seen[nid] = stamp
+                    self.events.append((self.history.now(), nid))
+
+    def summary(self, records: list[Any]) -> dict[str, Any]:
+        windows = [
+            (r.start, r.end if r.end is not None else float("inf")) for r in records if r.kind in self.KILL_KINDS
+        ]
+        inside = sum(1 for t, _ in self.events if any(a <= t <= b for a, b in windows))
+        per_node: dict[str, int] = {}
+        for _, nid in self.events:
+            per_node[nid] = per_node.get(nid, 0) + 1
+        return {"total": len(self.events), "per_node": per_node, "inside_kill_windows": inside}
+
+
+def _kind_table(kinds: list[str], plan: list[Any], records: list[Any]) -> dict[str, dict[str, int]]:
+    """Per fault kind of this run: planned, executed and injected (a record whose
+    ``detail.injected`` is false executed without injecting anything)."""
+    table = {k: {"planned": 0, "executed": 0, "injected": 0} for k in kinds}
+    for f in plan:
+        table.setdefault(f.kind, {"planned": 0, "executed": 0, "injected": 0})["planned"] += 1
+    for r in records:
+        row = table.setdefault(r.kind, {"planned": 0, "executed": 0, "injected": 0})
+        row["executed"] += 1
+        row["injected"] += 0 if r.detail.get("injected", True) is False else 1
+    return table
 
 
 def _op_counts(ops: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -451,6 +567,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-network", action="store_true", help="skip network namespaces (process faults only)")
     parser.add_argument("--check-time-limit", type=float, default=60.0, help="seconds for the linearizability search")
     parser.add_argument("--workdir", default=None, help="where node data and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--faults",
+        default=None,
+        help="comma-separated fault kinds, injected in turn (default: every kind this run can do, at random)",
+    )
+    parser.add_argument(
+        "--compaction-entries",
+        type=int,
+        default=None,
+        help="the nodes' --compaction-entries (default: chosen by the seed, small in two seeds of three)",
+    )
+    parser.add_argument("--no-disk", action="store_true", help="no small filesystem, no disk_full faults")
+    parser.add_argument("--disk-mb", type=int, default=256, help="size of the small filesystem (MiB, default 256)")
     return parser
 
 

@@ -24,6 +24,7 @@ from chaos._checkers import (
     CheckResult,
     check_convergence,
     check_dataplane,
+    check_fault_outcomes,
     check_linearizability,
     check_set,
 )
@@ -917,3 +918,58 @@ def test_wrong_answer_inside_a_drift_window_is_excused_and_counted() -> None:
     result = check_dataplane([bad, bad_shared, later], LOG, [], log_complete_through=R0, drift_windows=drift)
     assert types(result) == ["wrong_answer"] and result.violations[0]["op"]["id"] == later["id"]
     assert result.stats["excused_wrong_answers"] == 2
+
+
+# ---------------------------------------------------------------- fault outcomes
+
+
+def _record(kind: str, **detail: Any) -> dict[str, Any]:
+    return {"kind": kind, "start": 10.0, "end": 15.0, "target": ["n2"], "detail": detail}
+
+
+GOOD_RECORDS = [
+    _record("kill_all", ready_after=True),
+    _record("disk_full", injected=True, stopped=True, exit_code=74, said_why=True, ready_after=True),
+    _record("corrupt_restart", injected=True, refused=True, said_why=True, served=True, rejoined=True),
+    _record("compaction_crash", injected=True, fired=True, ready_after=True),
+    _record("member_cycle", under="kill", rejoined=True, ready_after=True),
+    _record("kill_restart"),
+]
+
+
+def test_fault_outcomes_pass_when_every_fault_did_what_is_promised() -> None:
+    result = check_fault_outcomes(GOOD_RECORDS)
+    assert result.status == "pass", result.to_dict()
+    assert result.stats["by_kind"]["disk_full"] == {"injected": 1, "judged": 1}
+
+
+@pytest.mark.parametrize(
+    ("index", "flag", "violation"),
+    [
+        (0, "ready_after", "not_ready_after_restart"),
+        (1, "stopped", "kept_running_on_full_disk"),
+        (1, "said_why", "stopped_without_saying_why"),
+        (1, "ready_after", "not_ready_after_space_freed"),
+        (2, "refused", "started_on_corrupt_data"),
+        (2, "said_why", "refused_without_saying_why"),
+        (2, "served", "cluster_stopped_serving"),
+        (2, "rejoined", "did_not_rejoin_after_wipe"),
+        (3, "ready_after", "not_ready_after_compaction_crash"),
+        (4, "rejoined", "membership_change_failed"),
+    ],
+)
+def test_fault_outcomes_fail_on_each_broken_promise(index: int, flag: str, violation: str) -> None:
+    records = [dict(r, detail=dict(r["detail"])) for r in GOOD_RECORDS]
+    records[index]["detail"][flag] = False
+    result = check_fault_outcomes(records)
+    assert result.status == "fail"
+    assert [v["type"] for v in result.violations] == [violation]
+    assert result.violations[0]["fault"] == records[index]["kind"]
+
+
+def test_a_fault_that_injected_nothing_is_not_judged_and_one_that_never_ended_is_inconclusive() -> None:
+    skipped = _record("corrupt_restart", injected=False, file=None)
+    assert check_fault_outcomes([skipped]).status == "pass"
+    unfinished = dict(_record("disk_full", injected=True), end=None)
+    result = check_fault_outcomes([unfinished])
+    assert result.status == "inconclusive" and "never ended" in result.inconclusive[0]

@@ -31,3 +31,31 @@ def test_a_retry_answered_not_applied_leaves_an_earlier_unknown_attempt_unknown(
     assert combine_attempts(["fail"]) == "fail"
     assert combine_attempts(["unknown", "fail"]) == "unknown"
     assert combine_attempts(["unknown", "unknown", "unknown"]) == "unknown"
+
+
+def test_a_chosen_mix_is_injected_in_turn_so_a_short_run_has_every_kind() -> None:
+    from chaos._faults import STORAGE_FAULTS
+
+    mix = [*STORAGE_FAULTS, "kill_leader", "member_cycle"]
+    plan = schedule(7, 60, network=True, kinds=mix, round_robin=True)
+    assert {f.kind for f in plan} == set(mix)
+    assert plan == schedule(7, 60, network=True, kinds=mix, round_robin=True)
+
+
+def test_new_kinds_only_where_the_run_can_do_them() -> None:
+    from chaos._faults import available_kinds
+
+    assert "disk_full" not in available_kinds(network=True, disk=False)
+    assert "compaction_crash" not in available_kinds(network=True, failpoints=False)
+    assert "member_cycle" not in available_kinds(network=True, nodes=3)
+    full = available_kinds(network=True, disk=True, failpoints=True, nodes=5)
+    assert {"kill_all", "disk_full", "corrupt_restart", "compaction_crash", "member_cycle"} <= set(full)
+
+
+def test_some_seeds_compact_every_few_hundred_entries() -> None:
+    from chaos._faults import compaction_entries
+
+    chosen = [compaction_entries(seed) for seed in range(30)]
+    assert None in chosen
+    assert any(c is not None and c <= 400 for c in chosen)
+    assert chosen == [compaction_entries(seed) for seed in range(30)]
