@@ -1,4 +1,7 @@
-"""A short seeded chaos run, end to end: it must find no violation and nothing inconclusive."""
+"""Short seeded chaos runs, end to end through ``python -m chaos``: they must find no
+violation and nothing inconclusive, and inject the storage and membership faults of
+issue 8 (whole-cluster kill, full disk, corrupt files on restart, a crash inside a
+compaction, membership changes on five nodes under kills and partitions)."""
 
 from __future__ import annotations
 
@@ -15,17 +18,14 @@ from tests.integration.cluster import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_short_seeded_chaos_run_passes(tmp_path: Any) -> None:
+def run_chaos(tmp_path: Any, *args: str, timeout: float) -> dict[str, Any]:
     report = tmp_path / "report"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "chaos",
-            "--seed",
-            "7",
-            "--duration",
-            "45",
+            *args,
             "--report",
             str(report),
             "--workdir",
@@ -36,12 +36,42 @@ def test_short_seeded_chaos_run_passes(tmp_path: Any) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=timeout,
     )
-    print(proc.stdout[-4000:], proc.stderr[-4000:])
-    summary = json.loads((report / "report.json").read_text())
+    print(proc.stdout[-6000:], proc.stderr[-4000:])
+    summary: dict[str, Any] = json.loads((report / "report.json").read_text())
     assert os.path.getsize(report / "report.html") > 1000
     assert summary["faults"]["executed"], "the schedule ran no fault"
     statuses = {c["name"]: c["status"] for c in summary["checkers"]}
     assert statuses and set(statuses.values()) == {"pass"}, summary["checkers"]
+    assert "fault_outcomes" in statuses
     assert proc.returncode == 0
+    return summary
+
+
+def injected(summary: dict[str, Any], kind: str) -> int:
+    return int(summary["faults"]["kinds"].get(kind, {}).get("injected", 0))
+
+
+def test_short_seeded_chaos_run_with_storage_faults_passes(tmp_path: Any) -> None:
+    # In turn: a damaged file on restart, a full disk, the whole cluster killed, a crash
+    # inside a compaction, then the classic faults; compactions every 100 entries.
+    mix = "corrupt_restart,disk_full,kill_all,compaction_crash,kill_leader,partition_one,resync_error,pause_leader"
+    summary = run_chaos(
+        tmp_path, "--seed", "7", "--duration", "50", "--faults", mix, "--compaction-entries", "100", timeout=300
+    )
+    expected = {"corrupt_restart", "disk_full", "kill_all", "compaction_crash"} - set(summary["faults"]["unavailable"])
+    assert {"corrupt_restart", "kill_all"} <= expected
+    for kind in expected:
+        assert injected(summary, kind) >= 1, (kind, summary["faults"]["kinds"])
+    assert summary["storage"]["snapshot_writes"]["inside_kill_windows"] >= 1, summary["storage"]
+
+
+def test_five_node_chaos_run_with_membership_changes_passes(tmp_path: Any) -> None:
+    mix = "member_cycle,partition_one,member_cycle,kill_leader"
+    summary = run_chaos(
+        tmp_path, "--seed", "5", "--nodes", "5", "--duration", "45", "--faults", mix, "--no-disk", timeout=300
+    )
+    assert injected(summary, "member_cycle") >= 2, summary["faults"]["kinds"]
+    outcome = next(c for c in summary["checkers"] if c["name"] == "fault_outcomes")
+    assert outcome["stats"]["by_kind"]["member_cycle"]["judged"] >= 2
