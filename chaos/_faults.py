@@ -340,13 +340,14 @@ def _log_since(node: ChaosNode, offset: int) -> str:
 def _wait_exit(node: ChaosNode, timeout: float, ready_url: str | None = None) -> str:
     """``"exited"``, ``"ready"`` (its /readyz said 200 first, when ``ready_url``) or "running"."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if node.proc is None or node.proc.poll() is not None:
             return "exited"
         if ready_url is not None and http("GET", ready_url, timeout=1)[0] == 200:
             return "ready"
+        if time.monotonic() >= deadline:
+            return "running"
         time.sleep(0.1)
-    return "running"
 
 
 def _exit_code(node: ChaosNode) -> int | None:
@@ -479,7 +480,8 @@ def _end_compaction_crash(r: FaultRunner, record: FaultRecord) -> None:
     node = c.nodes[record.target[0]]
     point = record.detail["failpoint"]
     exited = _wait_exit(node, 0.0) == "exited"
-    record.detail["fired"] = exited and f"failpoint {point}" in _log_since(node, record.detail.pop("log_offset"))
+    said = _log_since(node, record.detail.pop("log_offset"))
+    record.detail["fired"] = exited and f"failpoint {point}: crash" in said
     record.detail["injected"] = record.detail["fired"]
     node.env = {}
     c.kill(node.id)
