@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, TypeVar
 
-from node.cli import ensure_secret, local_cluster_commands
+from node.launcher import ensure_secret, local_cluster_commands
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "benchmarks")
