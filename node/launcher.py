@@ -61,7 +61,7 @@ def http(
     body: Any = None,
     *,
     raw: bytes | None = None,
-    timeout: float = 5.0,
+    timeout: float = 10.0,
     headers: Mapping[str, str] | None = None,
 ) -> Reply:
     """Send one request (JSON ``body`` or ``raw`` bytes). Raises ``OSError`` (a
@@ -170,7 +170,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-_PREEXEC = _die_with_parent if platform.system() == "Linux" else None
+# preexec_fn for any child that must not outlive its launching thread (None off Linux)
+DIE_WITH_PARENT = _die_with_parent if platform.system() == "Linux" else None
 
 
 # ---------------------------------------------------------------- processes
@@ -263,7 +264,7 @@ class LocalCluster:
         self.command_prefix = command_prefix
         self.python = python
         self.cwd = cwd
-        self.preexec = _PREEXEC if die_with_parent else None
+        self.preexec = DIE_WITH_PARENT if die_with_parent else None
         self.nodes: dict[str, Node] = {
             nid: Node(
                 nid,
@@ -358,7 +359,7 @@ class LocalCluster:
         def agreed() -> str | None:
             leaders = set()
             for nid in ids:
-                st = self.status(nid, timeout=1.5)
+                st = self.status(nid, timeout=3.0)
                 if not st["quorum"]:
                     return None
                 leaders.add(st["leader"])
