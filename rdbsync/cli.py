@@ -351,11 +351,15 @@ def status(c: Ctx) -> None:
     nodes = sorted(data["nodes"], key=lambda n: str(n.get("id")))
 
     def render() -> Table:
-        ring = Table("node", "role", "term", "leader", "commit", "applied", "quorum", "tables", "fences", title="ring")
+        ring = Table(
+            "node", "pid", "role", "term", "leader", "commit", "applied", "quorum", "tables", "fences", title="ring"
+        )
         tables_seen: list[str] = []
         for n in nodes:
             if not n.get("reachable"):
-                ring.add_row(str(n.get("id")), "[red]unreachable[/red]", *["-"] * 7, _short(n.get("error", ""), 40))
+                ring.add_row(
+                    str(n.get("id")), "-", "[red]unreachable[/red]", *["-"] * 6, _short(n.get("error", ""), 40)
+                )
                 continue
             tbl = n.get("tables") or {}
             tables_seen += [t for t in tbl if t not in tables_seen]
@@ -363,6 +367,7 @@ def status(c: Ctx) -> None:
             fences = sorted({f"{f['protocol']}({f['table']} {f['cause']})" for f in n.get("fences") or []})
             ring.add_row(
                 str(n["id"]),
+                str(n.get("pid")),
                 str(n.get("role")),
                 str(n.get("term")),
                 str(n.get("leader")),
@@ -384,6 +389,36 @@ def status(c: Ctx) -> None:
         return blades
 
     c.emit(data, render)
+
+
+@cli.command("blades")
+@click.argument("table")
+@pass_ctx
+def blades(c: Ctx, table: str) -> None:
+    """What every node's blade holds for blade table TABLE (vservers, vldb, volumes, ...):
+    its revision, state and rows, to see config land on each node."""
+    out = []
+    for n in sorted(c.client.cluster()["nodes"], key=lambda n: str(n.get("id"))):
+        st = (n.get("tables") or {}).get(table)
+        if not n.get("reachable") or not n.get("http_url"):
+            out.append({"node": n.get("id"), "reachable": False})
+            continue
+        if st is None:
+            raise NotFound("unknown_table", f"no blade table {table!r}; tables: {', '.join(n.get('tables') or {})}")
+        got = c.client.blade_table(st["blade"], table, endpoint=str(n["http_url"]))
+        out.append({"node": n["id"], "reachable": True, **got})
+
+    def render() -> Table:
+        t = Table("node", "blade", "state", "revision", "rows")
+        for b in out:
+            if not b["reachable"]:
+                t.add_row(str(b["node"]), "-", "[red]unreachable[/red]", "-", "-")
+                continue
+            rows = ", ".join(sorted(b["rows"])) or "-"
+            t.add_row(str(b["node"]), b["blade"], b["state"], str(b["revision"]), _short(rows, 100))
+        return t
+
+    c.emit(out, render)
 
 
 @cli.group()
@@ -488,8 +523,13 @@ def fences(c: Ctx) -> None:
 
 
 def _event_line(e: dict[str, Any]) -> str:
+    head = f"{_ts(e.get('at'))} {e.get('node')} {e.get('type')}"
+    fence = e.get("fence") or e.get("was")
+    if isinstance(fence, dict):
+        what = f"{e.get('protocol')} table={fence.get('table')} cause={fence.get('cause')}"
+        return f"{head} {what}" + (" (lifted)" if e.get("type") == "unfenced" else "")
     rest = " ".join(f"{k}={_short(v, 60)}" for k, v in sorted(e.items()) if k not in ("seq", "at", "node", "type"))
-    return f"{_ts(e.get('at'))} {e.get('node')} {e.get('type')} {rest}".rstrip()
+    return f"{head} {rest}".rstrip()
 
 
 @cli.command("events")
