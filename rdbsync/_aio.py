@@ -198,3 +198,35 @@ class AsyncClient:
     async def cluster(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request(_api.cluster())
         return result
+
+    async def add_member(self, member_id: str, raft_address: str, http_url: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(_api.add_member(member_id, raft_address, http_url))
+        return result
+
+    async def remove_member(self, member_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(_api.remove_member(member_id))
+        return result
+
+    async def resync(
+        self, table: str | None = None, *, dry_run: bool = False, endpoint: str | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(_api.resync(table, dry_run, endpoint))
+        return result
+
+    async def events(self, *, endpoint: str | None = None, after_seq: int = 0) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(_api.events(endpoint, after_seq))
+        return result
+
+    async def blade_table(self, blade: str, table: str, *, endpoint: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request(_api.blade_table(blade, table, endpoint))
+        return result
+
+    async def snapshot(self) -> bytes:
+        """A linearizable backup of the whole key space (for ``restore``)."""
+        data = await self.request(Req("GET", "/v1/snapshot"))
+        return bytes(data)
+
+    async def restore(self, data: bytes) -> dict[str, Any]:
+        """As ``Client.restore``: retried only where it cannot have applied."""
+        result: dict[str, Any] = await self.request(_api.restore(data))
+        return result

@@ -14,7 +14,7 @@ import httpx
 from rdbsync import _api
 from rdbsync._api import Page
 from rdbsync._core import WATCH_READ_TIMEOUT, Call, Endpoints, KeyValue, Req, SSEParser, WatchEvent, endpoints_from
-from rdbsync._errors import Compacted, RdbsyncError, Unavailable, error_from_answer
+from rdbsync._errors import Unavailable, error_from_answer
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 
@@ -35,8 +35,7 @@ def _sent(exc: httpx.TransportError) -> bool:
 
 class Client:
     """rdbsync over HTTP with failover between ``endpoints`` (default: ``RDBSYNC_ENDPOINTS``,
-    else the local cluster of ``scripts/run``). ``token`` (default ``RDBSYNC_API_TOKEN``
-    is read by the CLI, not here) is sent as a bearer token.
+    else the local cluster of ``scripts/run``). ``token`` is sent as a bearer token.
 
     ``timeout`` bounds a whole call, retries included; ``attempt_timeout`` one attempt
     (above the node's request timeout, so its 503 arrives before we give up). Writes
@@ -162,7 +161,7 @@ class Client:
                 with self._http.stream("GET", endpoint + "/v1/watch", params=params, timeout=timeout) as resp:
                     if resp.status_code == 410:
                         resp.read()
-                        reset = self._relist(prefix, error_from_answer(410, _body(resp), endpoint))
+                        reset = self._relist(prefix)
                         next_revision = reset.revision + 1
                         failing_since = None
                         yield reset
@@ -182,7 +181,7 @@ class Client:
                             continue
                         event, _, data = item
                         if event == "compacted":
-                            reset = self._relist(prefix, Compacted("compacted", data, status=410))
+                            reset = self._relist(prefix)
                             next_revision = reset.revision + 1
                             yield reset
                             break
@@ -197,7 +196,8 @@ class Client:
                     raise Unavailable("unavailable", f"no watch stream for {give_up_after:g}s: {exc}") from None
                 time.sleep(0.2)
 
-    def _relist(self, prefix: str, cause: RdbsyncError) -> WatchEvent:
+    def _relist(self, prefix: str) -> WatchEvent:
+        """The informer's relist: the whole prefix now, as one ``reset`` event."""
         listing = self.list_all(prefix)
         return WatchEvent("reset", listing.revision, kvs=listing.kvs)
 

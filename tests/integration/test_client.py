@@ -158,3 +158,11 @@ async def test_async_client(cluster: Cluster) -> None:
             await client.get("a/none")
         out = await client.put_row("vservers", "vsa", {"name": "vsa", "protocols": ["cifs"]}, wait="applied")
         assert set(out["nodes"]) == set(cluster.nodes)
+        blade = await client.blade_table("nblade", "vservers", endpoint=cluster.url("n3"))
+        assert "vsa" in blade["rows"]
+        plan = await client.resync("vservers", dry_run=True)
+        assert plan["dry_run"] and plan["ok"]
+        backup = await client.snapshot()
+        await client.delete("a/1")
+        restored = await client.restore(backup)
+        assert restored["revision"] > 0 and (await client.get("a/1")).value == {"x": 1}
