@@ -540,6 +540,7 @@ def _event_line(e: dict[str, Any]) -> str:
 def events(c: Ctx, follow: bool, poll: float, duration: float | None) -> None:
     """Resync failures, fences and unfences of every node, oldest first."""
     after: dict[str, int] = {}
+    pids: dict[str, Any] = {}
     end = time.monotonic() + duration if duration else None
     first = True
     while True:
@@ -548,6 +549,8 @@ def events(c: Ctx, follow: bool, poll: float, duration: float | None) -> None:
             url, nid = n.get("http_url"), str(n.get("id"))
             if not n.get("reachable") or not url:
                 continue
+            if pids.setdefault(nid, n.get("pid")) != n.get("pid"):
+                after[nid], pids[nid] = 0, n.get("pid")  # it restarted: its event log starts over
             try:
                 got = c.client.events(endpoint=str(url), after_seq=after.get(nid, 0))["events"]
             except RdbsyncError:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
-from tests.integration.cluster import REPO, Cluster, free_ports, running_cluster
+from tests.integration.cluster import REPO, Cluster, free_ports, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +161,35 @@ def test_token_and_completion(tmp_path) -> None:
     assert "kv" in ok(None, "--help")
     assert "--no-restart" in ok(None, "run", "--help")
     assert time.monotonic() - started < 30
+
+
+def test_events_follow_keeps_up_with_a_restarted_node(cluster: Cluster) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RDBSYNC_")}
+    env["RDBSYNC_ENDPOINTS"] = ",".join(cluster.endpoints())
+    cmd = [RDBSYNC, "-o", "json", "events", "--follow", "--poll", "0.2", "--duration", "40"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events: list[dict] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            events.append(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any(e["node"] == "n3" for e in events), 20, "n3's start-up events")
+        restarted_at = time.time()
+        cluster.signal("n3", signal.SIGKILL)
+        cluster.start("n3")
+        cluster.wait_ready(timeout=30, nodes=["n3"])
+        # the restarted node's event log starts over at seq 1: its new events still show
+        wait_for(
+            lambda: any(e["node"] == "n3" and e["at"] > restarted_at and e["type"] == "unfenced" for e in events),
+            20,
+            "n3's events after its restart",
+        )
+    finally:
+        proc.kill()
+        proc.communicate()
+        reader.join(5)
