@@ -31,11 +31,14 @@ __all__ = [
 ]
 
 
-def NodeProc(node_id: str, raft: str, http_port: int, data_dir: str) -> Node:  # noqa: N802 - kept for the tests' old name
+class NodeProc(Node):
     """A node to add to a ``Cluster`` by hand (membership tests); logs next to its data."""
-    return Node(
-        node_id, raft, f"127.0.0.1:{http_port}", data_dir, os.path.join(os.path.dirname(data_dir), f"{node_id}.log")
-    )
+
+    def __init__(
+        self, node_id: str, raft: str, http_port: int, data_dir: str, *, extra_args: list[str] | None = None
+    ) -> None:
+        log_path = os.path.join(os.path.dirname(data_dir), f"{node_id}.log")
+        super().__init__(node_id, raft, f"127.0.0.1:{http_port}", data_dir, log_path, list(extra_args or []))
 
 
 def put_through_failover(url: str, body: Any, *, within: float = 15.0) -> Response:
