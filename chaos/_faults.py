@@ -323,12 +323,14 @@ class FaultRunner:
 
 def _log_size(node: ChaosNode) -> int:
     try:
-        return os.path.getsize(node.log_path)
+        return os.path.getsize(node.log_path or "")
     except OSError:
         return 0
 
 
 def _log_since(node: ChaosNode, offset: int) -> str:
+    if node.log_path is None:
+        return ""
     try:
         with open(node.log_path, "rb") as f:
             f.seek(offset)
@@ -470,8 +472,13 @@ def _begin_compaction_crash(r: FaultRunner, fault: PlannedFault, start: float) -
     point = COMPACTION_FAILPOINTS[fault.extra % len(COMPACTION_FAILPOINTS)]
     c.kill(nid)
     record = FaultRecord("compaction_crash", start, None, [nid], {"failpoint": point, "log_offset": _log_size(node)})
-    node.env = {"RDBSYNC_FAILPOINTS": f"{point}=crash"}
-    c.start(nid)
+    # The launcher has one environment for every node: armed for this one start only.
+    plain = c.env
+    c.env = {**plain, "RDBSYNC_FAILPOINTS": f"{point}=crash"}
+    try:
+        c.start(nid)
+    finally:
+        c.env = plain
     return record
 
 
@@ -483,7 +490,6 @@ def _end_compaction_crash(r: FaultRunner, record: FaultRecord) -> None:
     said = _log_since(node, record.detail.pop("log_offset"))
     record.detail["fired"] = exited and f"failpoint {point}: crash" in said
     record.detail["injected"] = record.detail["fired"]
-    node.env = {}
     c.kill(node.id)
     c.start(node.id)
     record.detail["ready_after"] = c.wait_ready(60, [node.id])
