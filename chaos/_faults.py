@@ -486,7 +486,9 @@ def _end_compaction_crash(r: FaultRunner, record: FaultRecord) -> None:
     c = r.cluster
     node = c.nodes[record.target[0]]
     point = record.detail["failpoint"]
-    exited = _wait_exit(node, 0.0) == "exited"
+    # A restarted node compacts within seconds at a small threshold, not at once:
+    # give it up to 20 s more than the window.
+    exited = _wait_exit(node, 20.0) == "exited"
     said = _log_since(node, record.detail.pop("log_offset"))
     record.detail["fired"] = exited and f"failpoint {point}: crash" in said
     record.detail["injected"] = record.detail["fired"]
