@@ -79,3 +79,41 @@ def test_five_node_chaos_run_with_membership_changes_passes(tmp_path: Any) -> No
     assert injected(summary, "member_cycle") >= 2, summary["faults"]["kinds"]
     outcome = next(c for c in summary["checkers"] if c["name"] == "fault_outcomes")
     assert outcome["stats"]["by_kind"]["member_cycle"]["judged"] >= 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
+def test_the_small_disk_fills_up_and_never_shows_on_the_host(tmp_path: Any) -> None:
+    script = f"""
+import errno, os, sys
+from chaos._disk import SmallDisk, enter_mount_namespace
+enter_mount_namespace()
+disk = SmallDisk({str(tmp_path / "disk")!r}, 4)
+disk.setup()
+print(open("/proc/self/mounts").read().count({str(tmp_path / "disk")!r}), flush=True)
+print(disk.fill() > 3 << 20, flush=True)
+try:
+    with open(os.path.join(disk.data_dir, "x"), "wb") as f:
+        f.write(b"y" * 65536)
+    print("written")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+disk.free()
+with open(os.path.join(disk.data_dir, "x"), "wb") as f:
+    f.write(b"y" * 65536)
+print("written after free")
+sys.stdin.readline()  # hold the namespace while the parent looks at its own mounts
+disk.teardown()
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    lines = [proc.stdout.readline().strip() for _ in range(4)]
+    with open("/proc/self/mounts") as f:
+        host_mounts = f.read()
+    proc.stdin.write("\n")
+    proc.stdin.close()
+    assert proc.wait(30) == 0
+    proc.stdout.close()
+    assert lines == ["1", "True", "ENOSPC", "written after free"], lines
+    assert str(tmp_path / "disk") not in host_mounts

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
+from typing import Any
 
 from chaos._faults import NET_FAULTS, schedule
 
@@ -59,3 +61,34 @@ def test_some_seeds_compact_every_few_hundred_entries() -> None:
     assert None in chosen
     assert any(c is not None and c <= 400 for c in chosen)
     assert chosen == [compaction_entries(seed) for seed in range(30)]
+
+
+def test_corruption_cuts_the_snapshot_or_flips_a_journal_byte(tmp_path: Any) -> None:
+    from chaos._faults import _corrupt
+
+    node = SimpleNamespace(data_dir=str(tmp_path))
+    assert _corrupt(node, 0)["file"] is None  # nothing yet: not injected
+    journal = tmp_path / "raft.journal"
+    journal.write_bytes(bytes(range(256)) * 64)
+    snapshot = tmp_path / "raft.snapshot"
+    snapshot.write_bytes(b"s" * 1000)
+    assert _corrupt(node, 0)["file"] == "raft.snapshot" and snapshot.stat().st_size == 500
+    before = journal.read_bytes()
+    assert _corrupt(node, 1)["file"] == "raft.journal"
+    after = journal.read_bytes()
+    diff = [i for i in range(len(before)) if before[i] != after[i]]
+    assert diff == [len(before) // 3]
+
+
+def test_the_kind_table_counts_planned_executed_and_injected() -> None:
+    from chaos._faults import FaultRecord, PlannedFault
+    from chaos._runner import _kind_table
+
+    plan = [PlannedFault("disk_full", 1, 2, 0, 0), PlannedFault("kill_all", 4, 2, 0, 0)]
+    records = [FaultRecord("disk_full", 1, 3, ["n1"], {"injected": False}), FaultRecord("kill_all", 4, 6, ["n1"])]
+    table = _kind_table(["disk_full", "kill_all", "member_cycle"], plan, records)
+    assert table == {
+        "disk_full": {"planned": 1, "executed": 1, "injected": 0},
+        "kill_all": {"planned": 1, "executed": 1, "injected": 1},
+        "member_cycle": {"planned": 0, "executed": 0, "injected": 0},
+    }
