@@ -16,7 +16,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from node._exceptions import ApiError, Fenced
-from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
+from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, ValueTooLarge
 
 log = logging.getLogger("node.http")
 
@@ -38,6 +38,8 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(
             503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
         )
+    if isinstance(exc, ValueTooLarge):
+        return ApiError(413, "too_large", str(exc), applied=applied_if_write)
     if isinstance(exc, InvalidCommand):
         return ApiError(422, "invalid", str(exc), applied=applied_if_write)
     if isinstance(exc, ValidationError):

@@ -5,16 +5,26 @@ the value types and the exception tree.
 This package imports nothing else of rdbsync's.
 """
 
-from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key, check_value, new_request_id
-from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
+from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, check_key, check_value, new_request_id
+from rdb._errors import (
+    Compacted,
+    InvalidCommand,
+    NoQuorum,
+    NotApplied,
+    OutcomeUnknown,
+    ProposalFailed,
+    RdbError,
+    ValueTooLarge,
+)
 from rdb._raft import RaftStatus
-from rdb._state import Event, KeyValue, Reference, StateMachine
+from rdb._state import MAX_VALUE_BYTES, MAX_VALUE_DEPTH, Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
 
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_TXN_OPS",
     "MAX_VALUE_BYTES",
+    "MAX_VALUE_DEPTH",
     "Compacted",
     "Event",
     "InvalidCommand",
@@ -28,6 +38,7 @@ __all__ = [
     "Reference",
     "ReplicatedStore",
     "StateMachine",
+    "ValueTooLarge",
     "check_key",
     "check_value",
     "new_request_id",

@@ -2,6 +2,7 @@
 
     RdbError
     ├── InvalidCommand        a command failed validation before it was proposed
+    │   └── ValueTooLarge     a value (or a txn's values) over MAX_VALUE_BYTES stored
     ├── Compacted             watch history no longer reaches the asked revision
     └── ProposalFailed        Raft did not give a definite "applied" answer
         ├── NotApplied        known not applied, and never will be (retry freely)
@@ -22,6 +23,10 @@ class RdbError(Exception):
 
 class InvalidCommand(RdbError):
     """A command is malformed or over a limit; it was not proposed."""
+
+
+class ValueTooLarge(InvalidCommand):
+    """A value's stored form (msgpack) is over ``MAX_VALUE_BYTES``; nothing was proposed."""
 
 
 class Compacted(RdbError):
