@@ -45,7 +45,8 @@ from node._debug import add_debug_routes
 from node._errors import check_write_result, error_response, translate
 from node._exceptions import ApiError
 from node._mgmt import add_routes, check_row
-from node._models import MemberBody, PutBody, TxnBody, openapi
+from node._models import MemberBody, PutBody, TxnBody
+from node._openapi import openapi
 from node._runtime import BladeRuntime
 from node._tables import key_problem, restore_problem, split_storage_key
 from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value, snapshot_entries
@@ -631,7 +632,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi())
+    return web.json_response(openapi(request.app))
 
 
 # ---------------------------------------------------------------- assembly
