@@ -65,9 +65,10 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large", f"request body is larger than {limit} bytes", applied=False)
 
 
-async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES, timeout_factor: float = 1.0) -> bytes:
     """The request body, decoded (``Content-Encoding`` identity, gzip or deflate) and at
-    most ``limit`` bytes both as sent and decoded, read within the node's body timeout.
+    most ``limit`` bytes both as sent and decoded, read within the node's body timeout
+    (times ``timeout_factor``, for the few bodies that may be far larger than a value).
 
     Raises ``ApiError``: 415 ``unsupported_encoding`` for any other coding (br, zstd,
     xyz...), 413 ``too_large``, 400 ``bad_body`` for a body that does not decode, 408
@@ -86,8 +87,9 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     chunks, size = [], 0
+    timeout = request.app[CONFIG].body_timeout * timeout_factor
     try:
-        async with asyncio.timeout(request.app[CONFIG].body_timeout):
+        async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(1 << 16):
                 size += len(chunk)
                 if size > limit:
@@ -95,7 +97,7 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         # The connection closes after this answer (and aiohttp's short lingering read).
-        message = f"the request body did not arrive within {request.app[CONFIG].body_timeout:g} s"
+        message = f"the request body did not arrive within {timeout:g} s"
         raise ApiError(408, "body_timeout", message, applied=False) from None
     raw = b"".join(chunks)
     if coding == "identity" or not raw:

@@ -590,7 +590,8 @@ async def get_snapshot(request: web.Request) -> web.Response:
 
 async def post_restore(request: web.Request) -> web.Response:
     """Replace the key space with an uploaded snapshot; every node resyncs in full."""
-    snapshot = await read_body(request, MAX_RESTORE_BYTES)
+    # A snapshot may be 512 MiB: ten body timeouts to send it (300 s by default).
+    snapshot = await read_body(request, MAX_RESTORE_BYTES, timeout_factor=10)
     if not snapshot:
         raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
     store = request.app[STORE]
