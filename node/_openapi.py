@@ -43,11 +43,13 @@ JSON = "application/json"
 
 #: Every request can get these: a malformed request, a path breaking the %-escape rule or
 #: an empty parameter (400), no or a wrong bearer token when one is set (401; listed only
-#: then, and never on /healthz), a transfer
-#: coding other than chunked (501), no quorum or an internal error (503).
+#: then, and never on /healthz), a node removed from the cluster (410; the few calls it
+#: still serves never send it), a transfer coding other than chunked (501), no quorum or
+#: an internal error (503).
 COMMON = {
     400: "malformed request",
     401: "bearer token required",
+    410: "this node was removed from the cluster",
     501: "unsupported transfer coding",
     503: "unavailable",
 }
@@ -158,10 +160,23 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
         ("GET", "/v1/status"): Op("this node"),
         ("GET", "/v1/cluster"): Op("every member's status"),
         ("POST", "/v1/cluster/members"): Op(
-            "add a member", body="MemberBody", errors={409: "already a member", 422: "invalid member"}
+            "add a learner as a voter",
+            body="MemberBody",
+            errors={
+                409: "already a member, or another change is pending",
+                422: "invalid or unreachable member",
+                503: "the learner did not catch up, or unavailable",
+            },
         ),
         ("DELETE", "/v1/cluster/members/{id}"): Op(
-            "remove a member", (_path("id"),), errors={404: "no such member", 409: "the last member"}
+            "remove a member",
+            (_path("id"),),
+            errors={404: "no such member", 409: "the last member, or another change is pending"},
+        ),
+        ("POST", "/v1/cluster/removed"): Op(
+            "a member tells this node it was removed (believed once that member confirms)",
+            body="RemovedNotice",
+            errors={409: "the member does not confirm", 422: "not a member this node knows", 503: "cannot check"},
         ),
         ("GET", "/healthz"): Op("the process is up"),
         ("GET", "/readyz"): Op("joined, caught up and resynced"),
@@ -273,6 +288,11 @@ def _schemas() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
+    schemas["RemovedNotice"] = {
+        "type": "object",
+        "properties": {"by": {"type": "string", "description": "the member that removed this node"}},
+        "required": ["by"],
+    }
     schemas["TableRow"] = {
         "description": "a row of the table in the path (GET /v1/tables has each table's schema)",
         "oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in rows],

@@ -2,10 +2,12 @@
 
     RdbError
     ├── InvalidCommand        a command failed validation before it was proposed
-    │   └── ValueTooLarge     a value (or a txn's values) over MAX_VALUE_BYTES stored
+    │   ├── ValueTooLarge     a value (or a txn's values) over MAX_VALUE_BYTES stored
+    │   └── InvalidMember     an address that cannot be a member (syntax, DNS, alias)
     ├── Compacted             watch history no longer reaches the asked revision
     └── ProposalFailed        Raft did not give a definite "applied" answer
         ├── NotApplied        known not applied, and never will be (retry freely)
+        │   └── MembershipChangePending  the leader refused: another change is pending
         ├── NoQuorum          no leader or no majority within the deadline; ``applied``
         │                     is False if nothing was in flight, else "unknown"
         └── OutcomeUnknown    may still be applied: retry with the same request id
@@ -27,6 +29,14 @@ class InvalidCommand(RdbError):
 
 class ValueTooLarge(InvalidCommand):
     """A value's stored form (msgpack) is over ``MAX_VALUE_BYTES``; nothing was proposed."""
+
+
+class InvalidMember(InvalidCommand):
+    """An address that cannot be a member; ``details`` say which and why."""
+
+    def __init__(self, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class Compacted(RdbError):
@@ -61,3 +71,12 @@ class NoQuorum(ProposalFailed):
 
 class OutcomeUnknown(ProposalFailed):
     """The command may or may not be applied (timeout or leader change after proposal)."""
+
+
+class MembershipChangePending(NotApplied):
+    """Another membership change is not committed yet (or is being prepared): only one
+    change at a time, cluster-wide. Nothing was applied; retry once it is done."""
+
+    def __init__(self, message: str, reason: str = "membership_change_pending", **details: str) -> None:
+        super().__init__(message, reason)
+        self.details = details

@@ -16,7 +16,16 @@ from typing import Any
 import schemathesis
 
 DESIGNED = {
-    503: {"no_quorum", "outcome_unknown", "not_applied", "unavailable", "fenced", "not_ready", "resync_failed"},
+    503: {
+        "no_quorum",
+        "outcome_unknown",
+        "not_applied",
+        "unavailable",
+        "fenced",
+        "not_ready",
+        "resync_failed",
+        "unverified",
+    },
     504: {"wait_timeout"},
 }
 

@@ -109,3 +109,12 @@ def test_connection_limits_come_from_flags_or_env() -> None:
     assert (flags.header_timeout, flags.max_connections) == (0.5, 7)
     with pytest.raises(ConfigError, match="--body-timeout"):
         parse_node_config(parse(["--body-timeout", "0"]), ENV)
+
+
+def test_join_needs_peers_and_comes_from_a_flag_or_the_env() -> None:
+    with pytest.raises(ConfigError, match="--join"):
+        parse_node_config(parse(["--join"]), ENV)
+    peer = ["--peer", "n2=127.0.0.1:7002=http://127.0.0.1:8002"]
+    assert parse_node_config(parse([*peer, "--join"]), ENV).join
+    assert parse_node_config(parse(peer), {**ENV, "RDBSYNC_JOIN": "1"}).join
+    assert not parse_node_config(parse(peer), ENV).join
