@@ -64,17 +64,25 @@ BODY = {
 _MAX_INT = 10**18 - 1  # what int_param parses (18 digits)
 
 
-def _q(name: str, schema: dict[str, Any], description: str = "", required: bool = False) -> dict[str, Any]:
+def _q(
+    name: str, schema: dict[str, Any], description: str = "", required: bool = False, example: Any = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "in": "query", "required": required, "schema": schema}
     if description:
         out["description"] = description
+    if example is not None:
+        out["example"] = example
     return out
 
 
-def _path(name: str, schema: dict[str, Any] | None = None, description: str = "") -> dict[str, Any]:
+def _path(
+    name: str, schema: dict[str, Any] | None = None, description: str = "", example: Any = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"}}
     if description:
         out["description"] = description
+    if example is not None:
+        out["example"] = example
     return out
 
 
@@ -82,7 +90,7 @@ KEY_RULE = (
     "the key, percent-encoded as UTF-8: every %XX is decoded (%2F is '/', %25 is '%'), '+' is itself;"
     " a '%' not followed by two hex digits, or escapes that are not UTF-8, answer 400 bad_path"
 )
-KEY = _path("key", {"type": "string", "minLength": 1, "pattern": "^[^\\n\\x00]+$"}, KEY_RULE)
+KEY = _path("key", {"type": "string", "minLength": 1, "pattern": "^[^\\n\\x00]+$"}, KEY_RULE, "app/config")
 CONSISTENCY = _q("consistency", {"type": "string", "enum": ["linearizable", "serializable"]})
 PREV = _q(
     "prev_revision",
@@ -114,6 +122,7 @@ class Op:
     ok: str | None = None  # the 200 answer's schema name, or None for any JSON object
     ok_type: str = JSON
     errors: Mapping[int, str] = field(default_factory=dict)
+    example: Any = None  # of the body
 
 
 def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
@@ -121,7 +130,7 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
     blades = sorted(runtime.blades)
     blade_tables = sorted(runtime.tables)
     consumers = sorted(runtime.policy.consumers())
-    table = _path("table", {"type": "string", "enum": list(_table_registry())})
+    table = _path("table", {"type": "string", "enum": list(_table_registry())}, example="vservers")
     table_errors = {404: "no such table, or no such row", 422: "bad parameter"}
     write = {409: "compare-and-set conflict, or a row still referred to", 422: "invalid, or a missing reference"}
     return {
@@ -129,7 +138,12 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             "read a key", (KEY, CONSISTENCY), ok="Entry", errors={404: "no such key", 422: "bad key or parameter"}
         ),
         ("PUT", "/v1/kv/{key}"): Op(
-            "write a key", (KEY, PREV, IDEM), body="PutBody", ok="RevisionAnswer", errors=write
+            "write a key",
+            (KEY, PREV, IDEM),
+            body="PutBody",
+            ok="RevisionAnswer",
+            errors=write,
+            example={"value": {"replicas": 3, "enabled": True}},
         ),
         ("DELETE", "/v1/kv/{key}"): Op(
             "delete a key", (KEY, PREV, IDEM), ok="RevisionAnswer", errors={404: "no such key", **write}
@@ -141,7 +155,16 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             errors={422: "bad parameter"},
         ),
         ("POST", "/v1/txn"): Op(
-            "compare, then run one branch atomically", (IDEM,), body="TxnBody", ok="TxnAnswer", errors=write
+            "compare, then run one branch atomically",
+            (IDEM,),
+            body="TxnBody",
+            ok="TxnAnswer",
+            errors=write,
+            example={
+                "compare": [{"key": "app/config", "target": "version", "result": ">", "value": 0}],
+                "success": [{"op": "get", "key": "app/config"}],
+                "failure": [{"op": "put", "key": "app/config", "value": {"replicas": 1}}],
+            },
         ),
         ("GET", "/v1/watch"): Op(
             "Server-Sent Events of changes from a revision",
@@ -200,12 +223,15 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             (table, LIMIT, _q("start_after", {"type": "string"}), CONSISTENCY),
             errors=table_errors,
         ),
-        ("GET", "/v1/tables/{table}/{key}"): Op("one row", (table, _path("key"), CONSISTENCY), errors=table_errors),
+        ("GET", "/v1/tables/{table}/{key}"): Op(
+            "one row", (table, _path("key", example="vs1"), CONSISTENCY), errors=table_errors
+        ),
         ("PUT", "/v1/tables/{table}/{key}"): Op(
             "write a row (the body must name the URL's key)",
-            (table, _path("key"), PREV, WAIT, TIMEOUT, IDEM),
+            (table, _path("key", example="vs2"), PREV, WAIT, TIMEOUT, IDEM),
             body="TableRow",
             ok="RevisionAnswer",
+            example={"name": "vs2", "protocols": ["nfs"]},
             errors={**table_errors, **write, 504: "committed, not applied everywhere within timeout"},
         ),
         ("DELETE", "/v1/tables/{table}/{key}"): Op(
@@ -233,20 +259,32 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
         ("GET", "/v1/data/nfs/mount"): Op(
             "may this client mount this path (from blade tables only)",
             (
-                _q("vserver", NONEMPTY, required=True),
-                _q("path", NONEMPTY, required=True),
-                _q("client", {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}, required=True),
+                _q("vserver", NONEMPTY, required=True, example="vs1"),
+                _q("path", NONEMPTY, required=True, example="/vol1"),
+                _q(
+                    "client",
+                    {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+                    required=True,
+                    example="10.1.2.3",
+                ),
             ),
             errors={422: "bad parameter", 503: "fenced, or unavailable"},
         ),
         ("GET", "/v1/data/cifs/connect"): Op(
             "may this user connect to this share (from blade tables only)",
-            (_q("vserver", NONEMPTY, required=True), _q("share", NONEMPTY, required=True), _q("user", OPTIONAL)),
+            (
+                _q("vserver", NONEMPTY, required=True, example="vs1"),
+                _q("share", NONEMPTY, required=True, example="share1"),
+                _q("user", OPTIONAL, example="alice"),
+            ),
             errors={422: "bad parameter", 503: "fenced, or unavailable"},
         ),
         ("GET", "/v1/guard/{consumer}"): Op(
             "may this consumer serve",
-            (_path("consumer", {"type": "string", "enum": consumers}), _q("vserver", OPTIONAL)),
+            (
+                _path("consumer", {"type": "string", "enum": consumers}, example="nfs"),
+                _q("vserver", OPTIONAL, example="vs1"),
+            ),
             errors={404: "no such consumer", 503: "fenced, or unavailable"},
         ),
         ("GET", "/v1/policy"): Op("the fencing policy this node runs"),
@@ -325,7 +363,10 @@ def _operation(method: str, op: Op) -> dict[str, Any]:
         content = {"application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}
         out["requestBody"] = {"required": True, "content": content}
     elif op.body is not None:
-        out["requestBody"] = {"required": True, "content": {JSON: {"schema": _ref(op.body)}}}
+        media: dict[str, Any] = {"schema": _ref(op.body)}
+        if op.example is not None:
+            media["example"] = op.example
+        out["requestBody"] = {"required": True, "content": {JSON: media}}
     return out
 
 

@@ -119,5 +119,5 @@ def test_schemathesis_finds_nothing(cluster: Cluster, tmp_path: os.PathLike[str]
     # And it did send something: every phase ran, on every selected operation.
     generated = re.search(r"(\d+) generated, (\d+) passed", out)
     assert generated is not None and int(generated.group(1)) >= 500, out[-3000:]
-    for phase in ("Coverage", "Fuzzing", "Stateful"):
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert re.search(rf"✅ {phase}\b", out), (phase, out[-3000:])
