@@ -647,7 +647,8 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
         client_max_size=MAX_BODY_BYTES,
         # Bodies are decoded by read_body; a connection is closed when no complete request
         # head arrives for header_timeout (aiohttp's keep-alive timer covers both the wait
-        # for a request and a head that trickles in).
+        # for a request and a head that trickles in; so it is also the idle keep-alive time,
+        # and its default, 30 s, outlasts aiohttp's client pool, 15 s: no reuse race).
         # A body left unread (a refusal, a timeout) is drained for at most lingering_time.
         handler_args={
             "auto_decompress": False,

@@ -101,7 +101,7 @@ def test_the_readme_policy_example_is_a_valid_policy(tmp_path: Path) -> None:
 
 def test_connection_limits_come_from_flags_or_env() -> None:
     default = parse_node_config(parse([]), ENV)
-    assert (default.header_timeout, default.body_timeout, default.max_connections) == (10.0, 30.0, 1000)
+    assert (default.header_timeout, default.body_timeout, default.max_connections) == (30.0, 30.0, 1000)
     env = {**ENV, "RDBSYNC_HEADER_TIMEOUT": "2", "RDBSYNC_BODY_TIMEOUT": "3", "RDBSYNC_MAX_CONNECTIONS": "50"}
     from_env = parse_node_config(parse([]), env)
     assert (from_env.header_timeout, from_env.body_timeout, from_env.max_connections) == (2.0, 3.0, 50)
