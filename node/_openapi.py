@@ -408,7 +408,9 @@ def openapi(app: web.Application) -> dict[str, Any]:
         "info": {
             "title": "rdbsync",
             "version": "1",
-            "description": "Every answer carries X-Rdb-Revision. Errors are the Error response. " + KEY_RULE + ".",
+            "description": "Every answer carries X-Rdb-Revision. Errors are the Error response. Any path answers"
+            " 405 method_not_allowed (with Allow) to a method it does not have, and 404 no_route where no route"
+            " matches. Keys in paths: " + KEY_RULE + ".",
         },
         "components": {
             "schemas": _schemas(),
