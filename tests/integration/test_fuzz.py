@@ -112,7 +112,8 @@ def test_schemathesis_finds_nothing(cluster: Cluster, tmp_path: os.PathLike[str]
         op_id = f"{method.lower()}{path.replace('/', '_').replace('{', '').replace('}', '')}"
         argv += ["--exclude-operation-id", op_id]
     env = dict(os.environ, SCHEMATHESIS_HOOKS="tests.integration.fuzz_hooks", PYTHONPATH=REPO)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=REPO)
+    # cwd: schemathesis keeps a cache in its working directory; not in the repository.
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     print(out)  # what it sent and found, in the test log
     assert proc.returncode == 0, out[-20000:]
