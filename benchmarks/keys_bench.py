@@ -145,7 +145,7 @@ def run_cluster(sizes: list[int], args: argparse.Namespace) -> int:
                 revision = int(body["revision"])
                 for node in cluster.nodes:
 
-                    def applied(url: str = node.url) -> bool:
+                    def applied(url: str = node.url, revision: int = revision) -> bool:
                         return bool(http("GET", url + "/v1/status")[1]["revision"] >= revision)
 
                     wait_for(applied, 600, f"{node.id} applied the restore of {n} keys")

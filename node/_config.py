@@ -20,6 +20,9 @@ from node._blades import build_blades
 from node._dataplane import DATA_PLANE_READS
 from node._exceptions import ConfigError
 
+#: Raft election timeout range (seconds): a dead leader is replaced within about MAX.
+DEFAULT_ELECTION_TIMEOUT = (0.6, 1.2)
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -46,6 +49,7 @@ class NodeConfig:
     history_limit: int = 10_000
     audit_interval: float = 60.0
     compaction_entries: int = 20_000
+    election_timeout: tuple[float, float] = DEFAULT_ELECTION_TIMEOUT
     fence_policy: FencePolicy = field(default_factory=default_policy)
 
     @property
@@ -77,6 +81,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "--compaction-entries",
         "COMPACTION_ENTRIES",
         "log entries before a snapshot compacts the journal (default 20000)",
+    ),
+    (
+        "--election-timeout",
+        "ELECTION_TIMEOUT",
+        "MIN,MAX seconds a follower waits for the leader before it stands for election "
+        f"(default {DEFAULT_ELECTION_TIMEOUT[0]:g},{DEFAULT_ELECTION_TIMEOUT[1]:g}; the same on every node)",
     ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
@@ -137,6 +147,20 @@ def _number(text: str, flag: str, low: float, high: float) -> float:
     return value
 
 
+def _election_timeout(text: str | None) -> tuple[float, float]:
+    if not text:
+        return DEFAULT_ELECTION_TIMEOUT
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ConfigError(f"--election-timeout {text!r} must be MIN,MAX in seconds")
+    low = _number(parts[0], "--election-timeout MIN", 0.1, 60)
+    high = _number(parts[1], "--election-timeout MAX", 0.1, 60)
+    # A narrow range makes split votes (both survivors standing at once) likely.
+    if high < low * 1.5:
+        raise ConfigError("--election-timeout MAX must be at least 1.5 x MIN")
+    return low, high
+
+
 def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> NodeConfig:
     """Merge flags over ``RDBSYNC_*`` environment variables. Raises ``ConfigError``."""
     env = os.environ if env is None else env
@@ -195,6 +219,7 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     # Below ~0.5 s a protocol would fence between two ordinary worker iterations.
     grace = _number(pick("quorum_grace", "QUORUM_GRACE") or "5", "--quorum-grace", MIN_QUORUM_GRACE, 3600)
     compaction = _number(pick("compaction_entries", "COMPACTION_ENTRIES") or "20000", "--compaction-entries", 10, 10**8)
+    election = _election_timeout(pick("election_timeout", "ELECTION_TIMEOUT"))
     log_format = pick("log_format", "LOG_FORMAT") or "auto"
     if log_format not in ("auto", "json", "text"):
         raise ConfigError("--log-format must be auto, json or text")
@@ -229,6 +254,7 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         history_limit=int(history_text),
         audit_interval=audit,
         compaction_entries=int(compaction),
+        election_timeout=election,
         fence_policy=policy,
     )
 

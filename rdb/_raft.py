@@ -246,7 +246,9 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             dynamicMembershipChange=True,
             raftMinTimeout=election_timeout[0],
             raftMaxTimeout=election_timeout[1],
-            appendEntriesPeriod=0.1,
+            # Heartbeats several times per minimum election timeout: a follower must not
+            # stand for election because one heartbeat was late.
+            appendEntriesPeriod=min(0.1, election_timeout[0] / 6),
             connectionTimeout=max(3.5, election_timeout[1]),
             # PySyncObj redials a lost peer only every 5 s, and only the node with the
             # higher address dials. Two followers whose link dropped (one restarted) then
