@@ -132,7 +132,8 @@ def run_cluster(sizes: list[int], args: argparse.Namespace) -> int:
         return 2
     rows = []
     try:
-        with fresh_cluster("rdbsync-keys-") as cluster:
+        # Applying a restore of 1M keys takes longer than the default 5 s proposal deadline.
+        with fresh_cluster("rdbsync-keys-", node_args=["--request-timeout", "120"]) as cluster:
             leader, follower = LocalCluster.roles(cluster, timeout=15)
             progress(f"leader {leader.id}; benchmarking against follower {follower.id}")
             for n in sizes:
