@@ -6,7 +6,16 @@ This package imports nothing else of rdbsync's.
 """
 
 from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key, check_value, new_request_id
-from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
+from rdb._errors import (
+    Compacted,
+    InvalidCommand,
+    NoQuorum,
+    NotApplied,
+    OutcomeUnknown,
+    ProposalFailed,
+    RdbError,
+    StorageCorrupt,
+)
 from rdb._raft import RaftStatus
 from rdb._state import Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
@@ -28,6 +37,7 @@ __all__ = [
     "Reference",
     "ReplicatedStore",
     "StateMachine",
+    "StorageCorrupt",
     "check_key",
     "check_value",
     "new_request_id",

@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from rdb._errors import StorageCorrupt
 from rdb._journal import _MAGIC, _RECORD, DurableJournal, fsync_directory, write_file_atomically
 
 Entry = tuple[bytes, int, int]
@@ -161,7 +162,7 @@ def test_flush_and_destroy_sync(path: str, opened: list[DurableJournal]) -> None
 def test_not_a_journal_is_refused(path: str) -> None:
     with open(path, "wb") as f:
         f.write(b"something else entirely")
-    with pytest.raises(RuntimeError, match="not an rdbsync journal"):
+    with pytest.raises(StorageCorrupt, match="not an rdbsync journal"):
         DurableJournal(path)
 
 
