@@ -4,8 +4,8 @@ Armed through the environment when the process starts (as etcd's gofail), for ex
 
     RDBSYNC_FAILPOINTS="journal.compact.before_rewrite=crash,snapshot.install.before_rename=enospc@2"
 
-Each item is ``NAME=ACTION`` or ``NAME=ACTION@N`` (fire at the N-th hit only, default
-the first). Actions:
+Each item is ``NAME=ACTION`` (fire at the first hit), ``NAME=ACTION@N`` (at the N-th
+hit only) or ``NAME=ACTION@N+`` (at every hit from the N-th on). Actions:
 
 - ``crash``: SIGKILL this process at once (nothing is flushed: like ``kill -9`` or a
   power cut for everything already written to the kernel);
@@ -42,7 +42,9 @@ FAILPOINTS = {
     "snapshot.install.before_rename": "install: the received snapshot is fsynced, not yet renamed",
     "snapshot.install.after_rename": "install: the received snapshot is renamed, the directory not yet fsynced",
     "snapshot.install.after_fsync": "install: the snapshot is durable, the journal not yet reset",
+    "journal.reset.during_rewrite": "install or load: half of the journal holding the snapshot's entries is written",
     "journal.reset.before_rename": "install or load: the journal holding only the snapshot's entries is fsynced",
+    "journal.reset.after_rename": "install or load: that journal is renamed, the directory not yet fsynced",
     "journal.truncate.before": "truncation (deleteEntriesFrom): before the ftruncate",
     "journal.truncate.after": "truncation: after the ftruncate, before its fsync",
     "journal.sync.before_write": "group commit: before the buffered entries are written",
@@ -52,14 +54,14 @@ FAILPOINTS = {
 
 _ACTIONS = ("crash", "enospc", "error")
 
-_armed: dict[str, tuple[str, int]] | None = None  # name -> (action, fire at hit n)
+_armed: dict[str, tuple[str, int, bool]] | None = None  # name -> (action, hit n, and after)
 _hits: dict[str, int] = {}
 _lock = threading.Lock()
 
 
-def parse(spec: str) -> dict[str, tuple[str, int]]:
-    """``NAME=ACTION[@N],...`` as a map. Raises ``ValueError`` naming a bad item. Pure."""
-    armed: dict[str, tuple[str, int]] = {}
+def parse(spec: str) -> dict[str, tuple[str, int, bool]]:
+    """``NAME=ACTION[@N[+]],...`` as a map. Raises ``ValueError`` naming a bad item. Pure."""
+    armed: dict[str, tuple[str, int, bool]] = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
@@ -67,9 +69,11 @@ def parse(spec: str) -> dict[str, tuple[str, int]]:
         action, _, nth = action.partition("@")
         if not sep or name not in FAILPOINTS or action not in _ACTIONS:
             raise ValueError(f"{ENV}: bad item {item!r} (names: {', '.join(FAILPOINTS)}; actions: {_ACTIONS})")
-        if nth and not (nth.isdigit() and int(nth) >= 1):
+        onwards = nth.endswith("+")
+        nth = nth.removesuffix("+")
+        if (nth or onwards) and not (nth.isdigit() and int(nth) >= 1):
             raise ValueError(f"{ENV}: bad hit count in {item!r}")
-        armed[name] = (action, int(nth or "1"))
+        armed[name] = (action, int(nth or "1"), onwards)
     return armed
 
 
@@ -93,10 +97,10 @@ def _fire(name: str) -> None:
     armed = _armed
     if armed is None or name not in armed:
         return
-    action, nth = armed[name]
+    action, nth, onwards = armed[name]
     with _lock:
         hit = _hits[name] = _hits.get(name, 0) + 1
-    if hit != nth:
+    if hit < nth or (hit > nth and not onwards):
         return
     os.write(2, f"failpoint {name}: {action}\n".encode())
     if action == "crash":
