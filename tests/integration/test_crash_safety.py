@@ -284,3 +284,116 @@ def test_cluster_with_every_journal_rewrite_failing_stops_and_loses_nothing(tmp_
         assert list(codes.values()).count(74) >= 2, f"nodes kept running after ENOSPC in their journal: {codes}"
     finally:
         c.close()
+
+
+# ============================================================ unusable files refuse to start
+
+
+def _stopped_node_with_data(tmp_path: Any, writes: int, extra: list[str] | None = None) -> Cluster:
+    c = Cluster(str(tmp_path), 1, extra_args=extra or [])
+    c.start()
+    c.wait_ready()
+    for i in range(writes):
+        assert http("PUT", f"{c.url('n1')}/v1/kv/w{i}", {"value": i}).status == 200
+    c.stop("n1")  # a clean stop: the meta file records the commit index
+    return c
+
+
+def _refuses(c: Cluster, *needles: str) -> str:
+    c.start("n1")
+    proc = c.nodes["n1"].proc
+    assert proc is not None
+    code = proc.wait(30)
+    log = _log(c, "n1")
+    assert code == 65, log[-2000:]
+    assert "refuses to start" in log and "remove its data directory" in log
+    for needle in needles:
+        assert needle in log, (needle, log[-2000:])
+    return log
+
+
+def test_truncated_snapshot_refuses_to_start(tmp_path: Any) -> None:
+    c = _stopped_node_with_data(tmp_path, 30, COMPACTION)
+    try:
+        snapshot = os.path.join(c.nodes["n1"].data_dir, "raft.snapshot")
+        size = os.path.getsize(snapshot)
+        os.truncate(snapshot, size // 2)
+        _refuses(c, snapshot, "truncated")
+    finally:
+        c.close()
+
+
+def test_missing_snapshot_with_a_compacted_journal_refuses_to_start(tmp_path: Any) -> None:
+    c = _stopped_node_with_data(tmp_path, 30, COMPACTION)
+    try:
+        data = c.nodes["n1"].data_dir
+        os.unlink(os.path.join(data, "raft.snapshot"))
+        _refuses(c, os.path.join(data, "raft.journal"), "no snapshot")
+    finally:
+        c.close()
+
+
+def test_corrupt_committed_journal_record_refuses_to_start(tmp_path: Any) -> None:
+    c = _stopped_node_with_data(tmp_path, 20)  # no compaction: every entry in the journal
+    try:
+        path = os.path.join(c.nodes["n1"].data_dir, "raft.journal")
+        scratch = str(tmp_path / "scratch")
+        shutil.copytree(c.nodes["n1"].data_dir, scratch)
+        journal = DurableJournal(os.path.join(scratch, "raft.journal"))
+        offset = journal._offsets[3]
+        journal.close_quietly()
+        with open(path, "r+b") as f:  # one flipped byte in the payload of record 4
+            f.seek(offset + 30)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x55]))
+        _refuses(c, path, f"offset {offset}", "below the commit index")
+        # After the data is wiped the node starts (empty) again.
+        shutil.rmtree(c.nodes["n1"].data_dir)
+        c.start("n1")
+        c.wait_ready(30)
+    finally:
+        c.close()
+
+
+# ============================================================ snapshot install
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "snapshot.install.before_fsync",
+        "snapshot.install.before_rename",
+        "snapshot.install.after_rename",
+        "snapshot.install.after_fsync",
+        "journal.reset.before_rename",
+        "journal.reset.after_rename",
+    ],
+)
+def test_crash_during_snapshot_install_leaves_a_loadable_state(tmp_path: Any, step: str) -> None:
+    c = Cluster(str(tmp_path), 3, env={"RDBSYNC_REQUEST_TIMEOUT": "3"}, extra_args=COMPACTION)
+    c.start()
+    try:
+        c.wait_ready()
+        leader = c.leader()
+        follower = next(n for n in c.nodes if n != leader)
+        c.signal(follower, signal.SIGKILL)
+        # The others compact far past what the follower holds: it must get a snapshot.
+        acked = {}
+        others = [n for n in c.nodes if n != follower]
+        for i in range(60):
+            key = f"w{i}"
+            assert http("PUT", f"{c.url(others[i % 2])}/v1/kv/{key}", {"value": i}).status == 200
+            acked[key] = i
+        c.env["RDBSYNC_FAILPOINTS"] = f"{step}=crash"
+        c.start(follower)
+        proc = c.nodes[follower].proc
+        assert proc is not None
+        assert proc.wait(60) == -signal.SIGKILL
+        assert f"failpoint {step}: crash" in _log(c, follower)
+        _restart_clean(c, [follower])  # it loads what the crash left, and catches up
+        c.leader(timeout=30)
+        wait_for(lambda: not _missing(c, follower, acked), 30, "the follower to catch up")
+        assert http("GET", f"{c.url(follower)}/v1/kv/w59?consistency=serializable").body["value"] == 59
+    finally:
+        c.close()
