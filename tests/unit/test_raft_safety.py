@@ -208,3 +208,35 @@ def test_frames_within_the_cap_still_arrive_in_pieces(connection: Any) -> None:
     assert [m["type"] for m in received] == ["a", "x", "b"]
     assert received[1] == big
     assert conn.state == CONNECTION_STATE.CONNECTED
+
+
+# =========================================================================== failpoints
+
+
+def test_every_failpoint_is_listed_in_the_readme() -> None:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    text = readme.read_text()
+    assert [name for name in failpoints.FAILPOINTS if f"| `{name}` |" not in text] == []
+
+
+def test_failpoint_specs() -> None:
+    assert failpoints.parse("journal.sync.before_write=crash@3+, snapshot.before_rename=enospc") == {
+        "journal.sync.before_write": ("crash", 3, True),
+        "snapshot.before_rename": ("enospc", 1, False),
+    }
+    for bad in ("nope=crash", "journal.sync.before_write=explode", "journal.sync.before_write=crash@0", "x"):
+        with pytest.raises(ValueError, match="RDBSYNC_FAILPOINTS"):
+            failpoints.parse(bad)
+
+
+def test_a_failpoint_fires_at_the_asked_hits_only() -> None:
+    failpoints.arm("journal.sync.before_write=error@2+")
+    try:
+        failpoints.failpoint("journal.sync.before_write")  # first hit: nothing
+        failpoints.failpoint("journal.truncate.before")  # not armed
+        for _ in range(2):
+            with pytest.raises(OSError):
+                failpoints.failpoint("journal.sync.before_write")
+    finally:
+        failpoints.arm(None)
+    failpoints.failpoint("journal.sync.before_write")
