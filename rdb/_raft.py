@@ -547,13 +547,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         return journal
 
     def _persist_and_release(self) -> None:
-        try:
-            self._rdb_journal.sync()
-        except OSError:
-            # fsync failed: what was acknowledged may not be on disk. PySyncObj would
-            # retry the tick forever; a broken durability invariant must crash loudly.
-            log.critical("journal fsync failed; stopping this node", exc_info=True)
-            os._exit(70)
+        # An fsync that fails ends the process (DurableJournal's fail_stop): PySyncObj
+        # would retry the tick forever, and what was acknowledged may not be on disk.
+        self._rdb_journal.sync()
         self._SyncObj__transport.release_held()
         # PySyncObj compacts by entry count only: big values must not grow the journal
         # (held in memory too) without bound, so compact by size as well.
