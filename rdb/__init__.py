@@ -9,6 +9,8 @@ from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key
 from rdb._errors import (
     Compacted,
     InvalidCommand,
+    InvalidMember,
+    MembershipChangePending,
     NoQuorum,
     NotApplied,
     OutcomeUnknown,
@@ -16,18 +18,22 @@ from rdb._errors import (
     RdbError,
     StorageCorrupt,
 )
+from rdb._membership import CATCH_UP_MAX_LAG, caught_up, check_new_member, normalize_address, resolve
 from rdb._raft import RaftStatus
 from rdb._state import Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
 
 __all__ = [
+    "CATCH_UP_MAX_LAG",
     "MAX_KEY_BYTES",
     "MAX_TXN_OPS",
     "MAX_VALUE_BYTES",
     "Compacted",
     "Event",
     "InvalidCommand",
+    "InvalidMember",
     "KeyValue",
+    "MembershipChangePending",
     "NoQuorum",
     "NotApplied",
     "OutcomeUnknown",
@@ -38,8 +44,12 @@ __all__ = [
     "ReplicatedStore",
     "StateMachine",
     "StorageCorrupt",
+    "caught_up",
     "check_key",
+    "check_new_member",
     "check_value",
     "new_request_id",
+    "normalize_address",
+    "resolve",
     "snapshot_entries",
 ]
