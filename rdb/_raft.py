@@ -397,8 +397,9 @@ def check_snapshot_file(path: str) -> str | None:
 
 
 def journal_holds(journal: DurableJournal, index: int, term: int) -> bool:
-    """True if ``journal`` holds the entry ``index`` with ``term`` (so, by Raft's log
-    matching, every entry before it as the snapshot that ends there saw them)."""
+    """True if ``journal`` holds the entry ``index`` with ``term``: by Raft's log
+    matching property its entries up to there are the ones a snapshot ending there
+    holds, so the entries after it can be kept."""
     first = journal.first_index
     if not first or not first <= index <= journal.last_index:
         return False
