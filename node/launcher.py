@@ -531,7 +531,7 @@ def exit_line(nid: str, code: int, *, data_dir: str, reason: str | None, restart
 
     Returns (restart it?, line). Exit 65 (its data files are unusable) is never
     restarted: it would fail the same way. ``restart_in`` is the backoff delay, None
-    when restarts are off (--no-restart). ``reason`` (from ``exit_reason``) is quoted
+    when restarts are off (--no-restart, ``supervised`` False). ``reason`` (from ``exit_reason``) is quoted
     for a node that exited by itself, not for one killed by a signal."""
     if code == EXIT_STORAGE_CORRUPT:
         what = f"stopped: its data files are unusable (exit {code})"
@@ -541,6 +541,8 @@ def exit_line(nid: str, code: int, *, data_dir: str, reason: str | None, restart
         what = describe_exit(code)
     if reason and code > 0:
         what += f": {reason}"
+    if code == EXIT_STORAGE_CORRUPT and not supervised:
+        return False, f"node {nid} {what}; --no-restart: leaving it down (remove {data_dir} before starting it again)"
     if code == EXIT_STORAGE_CORRUPT:
         return False, (
             f"node {nid} {what}; not restarting: remove {data_dir} and the launcher restarts it to rejoin "
@@ -632,7 +634,9 @@ class Supervisor:
                 delay = None
                 if self.restart and code != EXIT_STORAGE_CORRUPT:
                     delay = self.backoff[nid].delay(now - node.started_at)
-                restart, line = exit_line(nid, code, data_dir=node.data_dir, reason=reason, restart_in=delay)
+                restart, line = exit_line(
+                    nid, code, data_dir=node.data_dir, reason=reason, restart_in=delay, supervised=self.restart
+                )
                 self.say(line)
                 if restart and delay is not None:
                     self._due[nid] = now + delay

@@ -73,6 +73,12 @@ def test_exit_65_is_not_restarted_and_says_what_to_do() -> None:
     )
 
 
+def test_exit_65_under_no_restart_says_to_remove_the_data_first() -> None:
+    restart, line = exit_line("n2", 65, data_dir="data/n2", reason=None, restart_in=None, supervised=False)
+    assert not restart
+    assert line.endswith("; --no-restart: leaving it down (remove data/n2 before starting it again)")
+
+
 def test_exit_74_is_restarted_with_backoff_and_says_why() -> None:
     restart, line = exit_line("n2", 74, data_dir="data/n2", reason=None, restart_in=4.0)
     assert restart
@@ -80,8 +86,8 @@ def test_exit_74_is_restarted_with_backoff_and_says_why() -> None:
     restart, line = exit_line("n2", 74, data_dir="d", reason="journal sync failed (ENOSPC)", restart_in=None)
     assert not restart
     assert (
-        line
-        == "node n2 stopped: it could not write to its disk (exit 74): journal sync failed (ENOSPC); --no-restart: leaving it down"
+        line == "node n2 stopped: it could not write to its disk (exit 74): journal sync failed (ENOSPC); "
+        "--no-restart: leaving it down"
     )
 
 
