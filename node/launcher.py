@@ -526,7 +526,9 @@ def exit_reason(lines: Sequence[str], limit: int = 300) -> str | None:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
-def exit_line(nid: str, code: int, *, data_dir: str, reason: str | None, restart_in: float | None) -> tuple[bool, str]:
+def exit_line(
+    nid: str, code: int, *, data_dir: str, reason: str | None, restart_in: float | None, supervised: bool = True
+) -> tuple[bool, str]:
     """The decision on a node that exited with ``code`` and its one report line (pure).
 
     Returns (restart it?, line). Exit 65 (its data files are unusable) is never
