@@ -21,11 +21,10 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node._blades import build_blades
-from node._tables import REFERENCES, TABLES
 from rdb import StateMachine
 from rdb._commands import put, txn
 from resync import ResyncEngine
+from tests.ontap import REFERENCES, TABLES, build_blades
 
 T = TypeVar("T")
 

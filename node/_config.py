@@ -15,10 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fencing import MIN_QUORUM_GRACE, PROTOCOLS, FencePolicy, PolicyError, default_policy, policy_from_document
-from node._blades import build_blades
-from node._dataplane import DATA_PLANE_READS
-from node._exceptions import ConfigError
+from fencing import MIN_QUORUM_GRACE, FencePolicy, PolicyError, policy_from_document
+from node._exceptions import AppError, ConfigError
+from node._loading import DEFAULT_APP, data_plane_reads, load_app, policy_of
+from node.app import App
+
+
+def _default_app() -> App:
+    return load_app(DEFAULT_APP)
+
+
+def _default_policy() -> FencePolicy:
+    return policy_of(_default_app(), 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +53,9 @@ class NodeConfig:
     history_limit: int = 10_000
     audit_interval: float = 60.0
     compaction_entries: int = 20_000
-    fence_policy: FencePolicy = field(default_factory=default_policy)
+    fence_policy: FencePolicy = field(default_factory=_default_policy)
+    app: App = field(default_factory=_default_app)
+    app_spec: str = DEFAULT_APP
 
     @property
     def http_url(self) -> str:
@@ -79,6 +89,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
+    ("--app", "APP", f"the app to run, as module:attribute (default {DEFAULT_APP})"),
     (
         "--fence-policy",
         "FENCE_POLICY",
@@ -195,12 +206,13 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         "true",
         "yes",
     )
+    app_spec = pick("app", "APP") or DEFAULT_APP
+    try:
+        app = load_app(app_spec)
+    except AppError as exc:
+        raise ConfigError(str(exc)) from None
     policy_file = pick("fence_policy", "FENCE_POLICY")
-    policy = (
-        load_fence_policy(policy_file, grace)
-        if policy_file
-        else default_policy(quorum_grace=dict.fromkeys(PROTOCOLS, grace))
-    )
+    policy = load_fence_policy(policy_file, grace, app) if policy_file else policy_of(app, grace)
     return NodeConfig(
         id=node_id,
         raft_address=raft,
@@ -218,6 +230,8 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         audit_interval=audit,
         compaction_entries=int(compaction),
         fence_policy=policy,
+        app=app,
+        app_spec=app_spec,
     )
 
 
@@ -232,7 +246,7 @@ def policy_relaxations(policy: FencePolicy) -> list[str]:
     return notes
 
 
-def load_fence_policy(path: str, quorum_grace: float) -> FencePolicy:
+def load_fence_policy(path: str, quorum_grace: float, app: App | None = None) -> FencePolicy:
     """Read a fencing policy file (``.toml`` or ``.json``). Raises ``ConfigError`` saying
     what is wrong: unreadable file, bad syntax, bad field, or a built-in data-plane
     protocol that would no longer depend on a table it reads."""
@@ -252,12 +266,15 @@ def load_fence_policy(path: str, quorum_grace: float) -> FencePolicy:
         raise ConfigError(f"the fencing policy {path} is not valid {path.rsplit('.', 1)[-1].upper()}: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"the fencing policy {path} must be a table/object at the top level")
-    known = sorted(name for blade in build_blades("_").values() for name in blade)
+    app = _default_app() if app is None else app
+    known = sorted(b.name for b in app.blades)
     try:
-        policy = policy_from_document(doc, known_tables=known, quorum_grace=quorum_grace)
+        policy = policy_from_document(
+            doc, known_tables=known, quorum_grace=quorum_grace, base=policy_of(app, quorum_grace)
+        )
     except PolicyError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    for protocol, reads in DATA_PLANE_READS.items():
+    for protocol, reads in data_plane_reads(app).items():
         missing = sorted(reads - policy.dependencies.get(protocol, frozenset()))
         if missing:
             # Serving from a table that may have failed would break "never serve from

@@ -4,7 +4,12 @@
     ├── ConfigError     bad or missing configuration (flags, environment); exit 2
     ├── ApiError        an answer decided by a handler: HTTP status and a machine code
     ├── Fenced          a data-plane request hit a fence: 503 ``fenced``
-    └── InjectedFault   a blade table's injected resync failure (fault injection only)
+    ├── InjectedFault   a blade table's injected resync failure (fault injection only)
+    ├── AppError        an app's declarations are inconsistent, or it cannot be loaded; exit 2
+    ├── UndeclaredRead  a projection read a table its blade table does not declare
+    └── BadRequest      a data-plane handler refused its input: 422 ``bad_parameter``
+
+The last three are public as ``node.app.AppError`` etc.
 
 Errors of the other packages (``rdb.RdbError``, pydantic's ``ValidationError``) are
 translated by ``node._errors.translate``; anything else is a bug, logged and answered 503.
@@ -54,3 +59,17 @@ class Fenced(NodeError):
 
 class InjectedFault(NodeError):
     """Raised by a blade table whose adapter has an injected ``error`` fault."""
+
+
+class AppError(NodeError, ValueError):
+    """An app's declarations are inconsistent, or it cannot be loaded; the message names
+    the problem."""
+
+
+class UndeclaredRead(NodeError, LookupError):
+    """A projection read a table its blade table does not declare (that table's resync
+    fails and fences its consumers)."""
+
+
+class BadRequest(NodeError, ValueError):
+    """Raised by a data-plane handler for bad input: the node answers 422 ``bad_parameter``."""

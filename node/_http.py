@@ -44,7 +44,7 @@ from node._exceptions import ApiError
 from node._mgmt import add_routes, check_row
 from node._models import MemberBody, PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
-from node._tables import key_problem, restore_problem, split_storage_key
+from node._tables import TableRegistry, key_problem
 from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
 
 log = logging.getLogger("node.http")
@@ -106,13 +106,13 @@ def _check_writable(key: str) -> None:
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
 
 
-def _checked_value(key: str, value: Any) -> Any:
+def _checked_value(registry: TableRegistry, key: str, value: Any) -> Any:
     """What a put stores: a key the API can route to again, and, in a management table,
     a row that passes the table's schema."""
     problem = key_problem(key)
     if problem is not None:
         raise ApiError(422, "invalid_key", problem, applied=False)
-    table = split_storage_key(key)
+    table = registry.split_storage_key(key)
     if table is None:
         if key.startswith("tables/"):
             raise ApiError(422, "unknown_table", f"{key!r} is not under a known management table", applied=False)
@@ -150,7 +150,7 @@ async def put_key(request: web.Request) -> web.Response:
     _check_writable(key)
     prev = int_param(request, "prev_revision")
     body = await json_body(request, PutBody)
-    value = _checked_value(key, body.value)
+    value = _checked_value(request.app[RUNTIME].registry, key, body.value)
     result = await request.app[STORE].put(key, value, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
 
@@ -191,7 +191,7 @@ async def txn(request: web.Request) -> web.Response:
             if op.op != "get":
                 _check_writable(op.key)
             if op.op == "put":
-                item["value"] = _checked_value(op.key, op.value)
+                item["value"] = _checked_value(request.app[RUNTIME].registry, op.key, op.value)
             branch.append(item)
     result = await request.app[STORE].txn(
         [c.model_dump() for c in body.compare], branches[0], branches[1], request_id=request_id(request)
@@ -489,7 +489,7 @@ async def post_restore(request: web.Request) -> web.Response:
     # Everything this API could not serve afterwards is refused up front, nothing proposed
     # (in a thread: a large snapshot takes seconds to check).
     entries = await asyncio.to_thread(snapshot_entries, snapshot, store.references)
-    problem = await asyncio.to_thread(restore_problem, entries)
+    problem = await asyncio.to_thread(request.app[RUNTIME].registry.restore_problem, entries)
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
@@ -542,6 +542,7 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
         store,
         audit_interval=config.audit_interval,
         policy=config.fence_policy,
+        app=config.app,
     )
 
     async def lifecycle(app: web.Application) -> Any:

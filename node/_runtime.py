@@ -39,12 +39,14 @@ from fencing import (
     Tick,
     backing_off,
     decide,
-    default_policy,
     guard,
     initial_state,
 )
-from node._blades import BladeTable, build_blades
+from node._blades import ProjectedTable, build_blades
 from node._exceptions import Fenced
+from node._loading import DEFAULT_APP, load_app, policy_of
+from node._tables import TableRegistry
+from node.app import App
 from rdb import ReplicatedStore
 from resync import ResyncEngine, TableOutcome
 
@@ -68,16 +70,19 @@ class BladeRuntime:
         node_id: str,
         store: ReplicatedStore,
         *,
+        app: App | None = None,
         policy: FencePolicy | None = None,
         audit_interval: float = 60.0,
         action_timeout: float = 1.0,
     ) -> None:
         self.node_id = node_id
         self.store = store
-        self.blades = build_blades(node_id)
-        self.tables: dict[str, BladeTable] = {t.name: t for b in self.blades.values() for t in b.values()}
+        self.app = load_app(DEFAULT_APP) if app is None else app
+        self.registry = TableRegistry(self.app)
+        self.blades = build_blades(self.app, self.registry, node_id)
+        self.tables: dict[str, ProjectedTable] = {t.name: t for b in self.blades.values() for t in b.values()}
         self.audit_interval = audit_interval
-        self.policy = policy or default_policy()
+        self.policy = policy or policy_of(self.app, 5.0)
         self.fence_state = initial_state(self.policy, time.time())
         self.decisions: Counter[str] = Counter()
         self.event_counts: Counter[str] = Counter()

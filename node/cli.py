@@ -31,7 +31,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
 from node._http import build_app
-from node._tables import REFERENCES
+from node._tables import TableRegistry
 from rdb import ReplicatedStore
 
 log = logging.getLogger("node")
@@ -104,7 +104,7 @@ async def serve_node(config: NodeConfig) -> None:
         password=config.secret,
         request_timeout=config.request_timeout,
         history_limit=config.history_limit,
-        references=REFERENCES,
+        references=TableRegistry(config.app).references,
         compaction_entries=config.compaction_entries,
     )
     store.start(loop)
