@@ -29,8 +29,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
-from node._exceptions import ConfigError
+from node._exceptions import AppError, ConfigError
 from node._http import build_app
+from node._loading import load_app
 from node._tables import TableRegistry
 from rdb import ReplicatedStore
 
@@ -158,6 +159,7 @@ def local_cluster_commands(
     cluster_address: str | None,
     fault_injection: bool,
     python: str = sys.executable,
+    app: str | None = None,
 ) -> list[tuple[str, list[str], str]]:
     """(id, argv, http_url) for each node of a local cluster."""
     ids = [f"n{i + 1}" for i in range(nodes)]
@@ -189,6 +191,8 @@ def local_cluster_commands(
             argv += ["--cluster-address", cluster_address]
         if fault_injection:
             argv.append("--fault-injection")
+        if app:
+            argv += ["--app", app]
         out.append((nid, argv, f"http://{http[nid]}"))
     return out
 
@@ -197,6 +201,12 @@ def run_local_cluster(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.nodes % 2 == 0:
         print("rdbsync run: --nodes must be an odd number >= 1", file=sys.stderr)
         return 2
+    if args.app:
+        try:
+            load_app(args.app)  # refuse a bad app once, before starting any node
+        except AppError as exc:
+            print(f"rdbsync run: {exc}", file=sys.stderr)
+            return 2
     base_dir = os.path.abspath(args.data_dir)
     ensure_secret(os.path.join(base_dir, "cluster.secret"))
     commands = local_cluster_commands(
@@ -207,6 +217,7 @@ def run_local_cluster(args: argparse.Namespace) -> int:
         http_base=args.http_port,
         cluster_address=args.cluster_address or None,
         fault_injection=args.fault_injection,
+        app=args.app,
     )
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
@@ -266,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--cluster-address", default=os.environ.get("RDBSYNC_CLUSTER_ADDRESS", "127.0.0.1:8000"))
     run_p.add_argument("--api-token", default=os.environ.get("RDBSYNC_API_TOKEN"))
     run_p.add_argument("--fault-injection", action="store_true")
+    run_p.add_argument("--app", default=None, help="the app every node runs, module:attribute [env RDBSYNC_APP]")
     sub.add_parser("chaos", help="run the chaos harness (see rdbsync chaos --help)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["chaos"]:
