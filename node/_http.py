@@ -296,6 +296,7 @@ def node_status(app: web.Application) -> dict[str, Any]:
             "truncations_below_commit": st.truncations_below_commit,
             "suppressed_truncations": st.suppressed_truncations,
         },
+        "app": app[RUNTIME].identity,
         "tables": app[RUNTIME].table_status(),
         "fences": app[RUNTIME].fences(),
         "reachable": True,

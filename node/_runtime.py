@@ -44,7 +44,7 @@ from fencing import (
 )
 from node._blades import ProjectedTable, build_blades
 from node._exceptions import Fenced
-from node._loading import DEFAULT_APP, load_app, policy_of
+from node._loading import DEFAULT_APP, app_identity, load_app, policy_of
 from node._tables import TableRegistry
 from node.app import App
 from rdb import ReplicatedStore
@@ -79,6 +79,8 @@ class BladeRuntime:
         self.store = store
         self.app = load_app(DEFAULT_APP) if app is None else app
         self.registry = TableRegistry(self.app)
+        #: Name, version and declaration digest, shown in /v1/status and /v1/cluster.
+        self.identity = app_identity(self.app)
         self.blades = build_blades(self.app, self.registry, node_id)
         self.tables: dict[str, ProjectedTable] = {t.name: t for b in self.blades.values() for t in b.values()}
         self.audit_interval = audit_interval
