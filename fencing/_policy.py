@@ -156,7 +156,16 @@ class Tick:
     """Time passed (quorum grace periods expire on ticks)."""
 
 
-Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick
+@dataclass(frozen=True)
+class AppChecked:
+    """The outcome of comparing this node's app with the one the cluster records:
+    ``problem`` None when they are the same, else why not (this node then fences every
+    consumer: it must never project tables the rest of the cluster does not)."""
+
+    problem: str | None
+
+
+Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick | AppChecked
 
 
 # ------------------------------------------------------------------ state
@@ -218,6 +227,8 @@ class FenceState:
     required_revision: int = 0
     #: The policy's consumers: the guard fences anything else (fail closed).
     consumers: frozenset[str] = frozenset(PROTOCOLS)
+    #: Why this node's app is not the cluster's, or None (see ``AppChecked``).
+    app_problem: str | None = None
 
 
 def initial_state(policy: FencePolicy, now: float) -> FenceState:
@@ -248,6 +259,7 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
     tables = dict(state.tables)
     quorum_lost_since = state.quorum_lost_since
     caught_up, required = state.caught_up, state.required_revision
+    app_problem = state.app_problem
 
     if isinstance(outcome, ResyncOk) and outcome.table in tables:
         tables[outcome.table] = TableHealth(
@@ -308,8 +320,16 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
             events.append({"type": "quorum_regained"})
     elif isinstance(outcome, Reset):
         tables = {name: h if h.ok else replace(h, retry_at=now) for name, h in tables.items()}
+    elif isinstance(outcome, AppChecked) and outcome.problem != app_problem:
+        if outcome.problem is None:
+            events.append({"type": "app_matched"})
+        else:
+            events.append({"type": "app_mismatch", "message": outcome.problem})
+        app_problem = outcome.problem
 
-    new_state = FenceState(tables, state.fences, quorum_lost_since, caught_up, required, state.consumers)
+    new_state = FenceState(
+        tables, state.fences, quorum_lost_since, caught_up, required, state.consumers, app_problem=app_problem
+    )
     return Decision(*_refence(policy, new_state, now, events))
 
 
@@ -387,6 +407,9 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
     if not state.caught_up:
         # Never caught up (a restart replays old config from disk): no grace for that.
         return Fence(protocol, "*", "catching_up", "not yet caught up with the leader's commit index", now, 0)
+    if state.app_problem is not None:
+        # A node running another app (or version) must never serve what it projects.
+        return Fence(protocol, "*", "app_mismatch", state.app_problem, now, 0)
     if state.quorum_lost_since is not None:
         # Within the grace period: keep serving last-known config, except where a
         # vserver-scoped dependency has failed.

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
-from node._exceptions import ApiError, Fenced
+from node._exceptions import ApiError, AppMismatch, Fenced
 from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
 
 log = logging.getLogger("node.http")
@@ -38,6 +38,8 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(
             503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
         )
+    if isinstance(exc, AppMismatch):
+        return ApiError(409, "app_mismatch", str(exc), applied=False)
     if isinstance(exc, InvalidCommand):
         return ApiError(422, "invalid", str(exc), applied=applied_if_write)
     if isinstance(exc, ValidationError):

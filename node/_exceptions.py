@@ -7,7 +7,8 @@
     ├── InjectedFault   a blade table's injected resync failure (fault injection only)
     ├── AppError        an app's declarations are inconsistent, or it cannot be loaded; exit 2
     ├── UndeclaredRead  a projection read a table its blade table does not declare
-    └── BadRequest      a data-plane handler refused its input: 422 ``bad_parameter``
+    ├── BadRequest      a data-plane handler refused its input: 422 ``bad_parameter``
+    └── AppMismatch     a management write on a node whose app is not the cluster's: 409
 
 The last three are public as ``node.app.AppError`` etc.
 
@@ -73,3 +74,8 @@ class UndeclaredRead(NodeError, LookupError):
 
 class BadRequest(NodeError, ValueError):
     """Raised by a data-plane handler for bad input: the node answers 422 ``bad_parameter``."""
+
+
+class AppMismatch(NodeError):
+    """A management-table write reached a node whose app (or version) is not the one the
+    cluster records: answered 409 ``app_mismatch``, nothing proposed."""

@@ -518,7 +518,7 @@ async def _register_self(app: web.Application) -> None:
     """Put this node's HTTP URL in the replicated member registry, once, with retries."""
     cfg = app[CONFIG]
     store = app[STORE]
-    entry = {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url}
+    entry = {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url, "app": app[RUNTIME].identity}
     while True:
         try:
             await store.linearizable_barrier()

@@ -113,6 +113,7 @@ async def put_row(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     wait = _wait_params(request)
     prev = int_param(request, "prev_revision")
+    request.app[RUNTIME].check_table_write()
     row = check_row(table, key, await json_body(request))
     result = await request.app[STORE].put(
         table.storage_key(key), row, prev_revision=prev, request_id=request_id(request)
@@ -125,6 +126,7 @@ async def delete_row(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     wait = _wait_params(request)
     prev = int_param(request, "prev_revision")
+    request.app[RUNTIME].check_table_write()
     result = await request.app[STORE].delete(table.storage_key(key), prev_revision=prev, request_id=request_id(request))
     return await _table_write_answer(request, table, key, result, wait)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fencing import (
+    AppChecked,
     CaughtUp,
     Fence,
     FencePolicy,
@@ -43,7 +44,7 @@ from fencing import (
     initial_state,
 )
 from node._blades import ProjectedTable, build_blades
-from node._exceptions import Fenced
+from node._exceptions import AppMismatch, Fenced
 from node._loading import DEFAULT_APP, app_identity, load_app, policy_of
 from node._tables import TableRegistry
 from node.app import App
@@ -51,6 +52,11 @@ from rdb import ReplicatedStore
 from resync import ResyncEngine, TableOutcome
 
 log = logging.getLogger("node.resync")
+
+#: The app the cluster runs (name, version, digest), recorded by the leader: a node whose
+#: app differs fences every consumer (see ``BladeRuntime._check_app``).
+APP_KEY = "_rdb/app"
+MEMBERS_PREFIX = "_rdb/members/"
 
 EVENT_LOG_SIZE = 1000
 HEARTBEAT_SECONDS = 0.1
@@ -103,6 +109,7 @@ class BladeRuntime:
         self.blade_times: deque[tuple[int, float]] = deque(maxlen=20_000)
         self.worker_delay = 0.0  # fault injection: hold the worker back
         self._catch_up: asyncio.Task[None] | None = None
+        self._record_app: asyncio.Task[None] | None = None
         self.last_iteration = time.monotonic()  # the worker's heartbeat
         #: Ticked every HEARTBEAT_SECONDS by its own task: a stop of the whole process
         #: (SIGSTOP, a VM pause) shows here whenever it happened, even in mid-iteration.
@@ -270,6 +277,7 @@ class BladeRuntime:
             if s.leader is not None:
                 self.observe(Reset("leader_change"))
             s.leader = status.leader
+        self._check_app(status.role == "leader")
         await self.engine.run_pending(skip=backing_off(self.fence_state, time.time()))
         if time.monotonic() >= s.next_audit:
             s.next_audit = time.monotonic() + self.audit_interval
@@ -278,6 +286,60 @@ class BladeRuntime:
         self._observe_lag()
         self.observe(Tick())
         self.last_iteration = time.monotonic()
+
+    def app_problem(self) -> str | None:
+        """Why this node's app is not the one the cluster records, or None. Loop thread."""
+        record = self.store.get(APP_KEY)
+        if record is None:
+            return "waiting for the leader to record the cluster's app"
+        if record.value != self.identity:
+            theirs = record.value if isinstance(record.value, dict) else {}
+            return (
+                f"this node runs app {_describe(self.identity)} but the cluster runs {_describe(theirs)}; "
+                "it serves nothing until every member runs one app"
+            )
+        return None
+
+    def check_table_write(self) -> None:
+        """Raise ``AppMismatch`` if this node's app is not the cluster's recorded one: its
+        schemas and keys are not the cluster's, so it must not write management rows."""
+        record = self.store.get(APP_KEY)
+        if record is not None and record.value != self.identity:
+            problem = self.app_problem()
+            raise AppMismatch(problem or "this node's app is not the cluster's")
+
+    def _check_app(self, leader: bool) -> None:
+        """Feed the app comparison to the policy; as leader, record the cluster's app:
+        this node's if none is recorded, or once every member has registered this
+        node's app (the last step of a rolling upgrade). A single node that joins with
+        another app never changes the record: it fences itself instead."""
+        self.observe(AppChecked(self.app_problem()))
+        if not leader or self._record_app is not None:
+            return
+        record = self.store.get(APP_KEY)
+        if record is not None and record.value == self.identity:
+            return
+        if record is not None:
+            members = self.store.status().members
+            registered = {
+                kv.value.get("raft_address"): kv.value.get("app")
+                for kv in self.store.range(MEMBERS_PREFIX)[0]
+                if isinstance(kv.value, dict)
+            }
+            if any(registered.get(m) != self.identity for m in members):
+                return
+        prev = 0 if record is None else record.mod_revision
+        self._record_app = asyncio.get_running_loop().create_task(self._write_app_record(prev))
+
+    async def _write_app_record(self, prev_revision: int) -> None:
+        try:
+            await self.store.put(APP_KEY, dict(self.identity), prev_revision=prev_revision)
+            log.info("recorded the cluster's app: %s", _describe(self.identity))
+            self._wake.set()
+        except Exception as exc:  # noqa: BLE001 - no quorum, lost the race: the next iteration retries
+            log.debug("recording the cluster's app failed: %s", exc)
+        finally:
+            self._record_app = None
 
     async def _confirm_caught_up(self) -> None:
         """A read barrier through the log: once it returns, this node has applied
@@ -305,6 +367,12 @@ class BladeRuntime:
                 continue
             since = self._behind_since.setdefault(name, now)
             self.observe(LagObserved(name, revision - st.applied_revision, now - since, revision))
+
+
+def _describe(identity: Any) -> str:
+    if not isinstance(identity, dict):
+        return "an unknown app"
+    return f"{identity.get('name')} {identity.get('version')} (declarations {identity.get('digest')})"
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
