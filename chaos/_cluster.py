@@ -85,8 +85,11 @@ class ChaosNode:
 
 
 class ChaosCluster:
-    def __init__(self, base_dir: str, size: int, *, net: NetLab | None, quorum_grace: float = 3.0) -> None:
+    def __init__(
+        self, base_dir: str, size: int, *, net: NetLab | None, quorum_grace: float = 3.0, app: str | None = None
+    ) -> None:
         self.base_dir = base_dir
+        self.app = app
         self.net = net
         self.quorum_grace = quorum_grace
         os.makedirs(base_dir, exist_ok=True)
@@ -142,6 +145,8 @@ class ChaosCluster:
                 argv += ["--peer", f"{other.id}={other.raft}={other.url}"]
         if self.shared_url:
             argv += ["--cluster-address", self.shared_url.removeprefix("http://")]
+        if self.app:
+            argv += ["--app", self.app]
         if self.net is not None:
             argv = self.net.prefix_argv(node.id) + argv
         return argv
