@@ -151,19 +151,29 @@ class _Context:
     """What a projection reads besides its row (``node.app.Context``): only the tables
     its blade table declares, so the engine's affected keys stay complete."""
 
-    __slots__ = ("_reader", "_table", "node")
+    __slots__ = ("_parents", "_reader", "_table", "node")
 
     def __init__(self, table: ProjectedTable, reader: Reader) -> None:
         self._table = table
         self._reader = reader
         self.node = table.node_id
+        #: Parent rows already read in this (consistent) read: a full resync of 100k
+        #: volumes on a few aggregates reads each aggregate once.
+        self._parents: dict[str, dict[str, Any] | None] = {}
 
     def parent(self, row: Mapping[str, Any], field: str) -> dict[str, Any] | None:
         parent = self._table._joins.get(field)
         if parent is None:
             raise UndeclaredRead(f"blade table {self._table.name} reads through undeclared join {field!r}")
-        kv = self._reader.get(parent.prefix + str(row.get(field)))
-        return kv.value if kv is not None and isinstance(kv.value, dict) else None
+        key = parent.prefix + str(row.get(field))
+        try:
+            return self._parents[key]
+        except KeyError:
+            pass
+        kv = self._reader.get(key)
+        value = kv.value if kv is not None and isinstance(kv.value, dict) else None
+        self._parents[key] = value
+        return value
 
     def get(self, table: str, key: str) -> dict[str, Any] | None:
         t = self._table._readable.get(table)

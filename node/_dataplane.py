@@ -12,13 +12,12 @@ Threading: asyncio loop. Raises ``ApiError`` / ``Fenced``; the error middleware 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from fencing import Fence
+from fencing import corrupt_table
 from node._common import RUNTIME
 from node._exceptions import ApiError, BadRequest, Fenced
 from node._runtime import BladeRuntime
@@ -45,9 +44,8 @@ def decide(runtime: BladeRuntime, op: DataPlane, query: Mapping[str, str]) -> di
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         if runtime.request_full_resync("corrupt_table"):
             log.error("%s decision failed on a blade row: %r; resyncing every table in full", op.consumer, exc)
-        message = f"a blade row cannot be read ({type(exc).__name__}: {exc}); a full resync was started"
-        kind = runtime.policy.kind(op.consumer)
-        raise Fenced(Fence(op.consumer, "*", "corrupt_table", message, time.time(), 0, kind=kind)) from None
+        fence = corrupt_table(runtime.policy, op.consumer, f"{type(exc).__name__}: {exc}", runtime.clock())
+        raise Fenced(fence, runtime.clock_offset) from None
 
 
 def _handler(op: DataPlane) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -36,7 +36,10 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
     if isinstance(exc, Fenced):
         f = exc.fence
         return ApiError(
-            503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
+            503,
+            "fenced",
+            f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}",
+            f.to_dict(exc.clock_offset),
         )
     if isinstance(exc, AppMismatch):
         return ApiError(409, "app_mismatch", str(exc), applied=False)

@@ -53,9 +53,11 @@ class ApiError(NodeError):
 class Fenced(NodeError):
     """A data-plane request hit a fence (answered 503 ``fenced``)."""
 
-    def __init__(self, fence: Fence) -> None:
+    def __init__(self, fence: Fence, clock_offset: float = 0.0) -> None:
         super().__init__(fence.message)
         self.fence = fence
+        #: Turns the fence's policy-clock ``since`` into wall time in the answer.
+        self.clock_offset = clock_offset
 
 
 class InjectedFault(NodeError):

@@ -21,15 +21,15 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from fencing import (
     AppChecked,
     CaughtUp,
-    Fence,
     FencePolicy,
+    GuardFacts,
     LagObserved,
     Outcome,
     QuorumChanged,
@@ -38,9 +38,9 @@ from fencing import (
     ResyncOk,
     Stalled,
     Tick,
+    admit,
     backing_off,
     decide,
-    guard,
     initial_state,
 )
 from node._blades import ProjectedTable, build_blades
@@ -80,8 +80,14 @@ class BladeRuntime:
         policy: FencePolicy | None = None,
         audit_interval: float = 60.0,
         action_timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` (monotonic seconds) is the one clock of every fencing decision:
+        the policy's state, the guard's checks and the worker's heartbeat."""
         self.node_id = node_id
+        self.clock = clock
+        #: Added to the clock's readings where they are shown (fences' since, events' at).
+        self.clock_offset = time.time() - clock()
         self.store = store
         self.app = load_app(DEFAULT_APP) if app is None else app
         self.registry = TableRegistry(self.app)
@@ -91,7 +97,7 @@ class BladeRuntime:
         self.tables: dict[str, ProjectedTable] = {t.name: t for b in self.blades.values() for t in b.values()}
         self.audit_interval = audit_interval
         self.policy = policy or policy_of(self.app, 5.0)
-        self.fence_state = initial_state(self.policy, time.time())
+        self.fence_state = initial_state(self.policy, clock())
         self.decisions: Counter[str] = Counter()
         self.event_counts: Counter[str] = Counter()
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_SIZE)
@@ -110,10 +116,10 @@ class BladeRuntime:
         self.worker_delay = 0.0  # fault injection: hold the worker back
         self._catch_up: asyncio.Task[None] | None = None
         self._record_app: asyncio.Task[None] | None = None
-        self.last_iteration = time.monotonic()  # the worker's heartbeat
+        self.last_iteration = clock()  # the worker's heartbeat
         #: Ticked every HEARTBEAT_SECONDS by its own task: a stop of the whole process
         #: (SIGSTOP, a VM pause) shows here whenever it happened, even in mid-iteration.
-        self.last_heartbeat = time.monotonic()
+        self.last_heartbeat = clock()
         #: A data-plane request waits at most this long for a suspended resync run.
         self.settle_timeout = 2 * action_timeout + 0.5
         store.add_load_listener(self.load_event)
@@ -122,15 +128,16 @@ class BladeRuntime:
 
     def observe(self, outcome: Outcome) -> None:
         """Feed one outcome to the pure policy; record what it decided. Loop thread."""
-        now = time.time()
+        now = self.clock()
         decision = decide(self.policy, self.fence_state, outcome, now)
         self.fence_state = decision.state
         for event in decision.events:
             self._event_seq += 1
-            self.events.append({"seq": self._event_seq, "at": now, "node": self.node_id, **event})
-            self.event_counts[event["type"]] += 1
-            level = logging.WARNING if event["type"] in ("fenced", "resync_failed", "quorum_lost") else logging.INFO
-            log.log(level, "%s %s", event["type"], {k: v for k, v in event.items() if k != "type"})
+            fields = event.to_dict(self.clock_offset)
+            self.events.append({"seq": self._event_seq, "at": now + self.clock_offset, "node": self.node_id, **fields})
+            self.event_counts[event.type] += 1
+            level = logging.WARNING if event.type in ("fenced", "resync_failed", "quorum_lost") else logging.INFO
+            log.log(level, "%s %s", event.type, {k: v for k, v in fields.items() if k != "type"})
 
     def _on_resync_outcome(self, outcome: TableOutcome) -> None:
         self.decisions[f"{outcome.kind}:{outcome.decision}"] += 1
@@ -145,46 +152,22 @@ class BladeRuntime:
         """Raise ``Fenced`` if ``protocol`` (any consumer of the policy) may not be
         served now, for ``vserver`` if given. Loop thread. Fails closed.
 
-        Before the policy's verdict it makes sure the blade tables are consistent and
-        current enough, at the moment of the request:
-        - no resync run is half-way (an adapter that suspends leaves tables at mixed
-          revisions): wait, bounded, for the run to finish;
-        - quorum was confirmed within the protocol's grace period, checked against the
-          clock now (a node waking from SIGSTOP must not answer before its worker has
-          noticed that time passed).
-        """
-        kind = self.policy.kind(protocol)
-        if not await self.engine.wait_idle(self.settle_timeout):
-            message = "a resync is still applying changes"
-            raise Fenced(Fence(protocol, "*", "resync_in_progress", message, time.time(), 0, kind=kind))
-        grace = self.policy.grace(protocol)
-        # The worker may not have run (stuck), or the whole process may have been stopped
-        # (then the heartbeat is old even if the worker iteration finished after waking).
-        stalled = time.monotonic() - min(self.last_iteration, self.last_heartbeat)
-        if stalled > grace:
-            # The worker has not run for longer than the grace period (the process was
-            # stopped or starved): the tables may be arbitrarily old.
-            raise Fenced(
-                Fence(
-                    protocol,
-                    "*",
-                    "resync_stalled",
-                    f"the resync worker has not run for {stalled:.1f}s",
-                    time.time() - stalled,
-                    0,
-                    kind=kind,
-                )
-            )
-        age = self.store.last_leader_contact_age()
-        if age > grace:
-            message = f"no quorum for {age:.1f}s (grace {grace:g}s)"
-            raise Fenced(Fence(protocol, "*", "no_quorum", message, time.time() - age, 0, kind=kind))
-        fence = guard(self.fence_state, protocol, vserver)
+        The verdict is the pure policy's (``fencing.admit``); this gathers its facts at
+        the moment of the request, after waiting (bounded) for a resync run that is
+        half-way to finish."""
+        settled = await self.engine.wait_idle(self.settle_timeout)
+        facts = GuardFacts(
+            now=self.clock(),
+            settled=settled,
+            last_run=min(self.last_iteration, self.last_heartbeat),
+            leader_contact_age=self.store.last_leader_contact_age(),
+        )
+        fence = admit(self.policy, self.fence_state, protocol, vserver, facts)
         if fence is not None:
-            raise Fenced(fence)
+            raise Fenced(fence, self.clock_offset)
 
     def fences(self) -> list[dict[str, Any]]:
-        return [f.to_dict() for f in self.fence_state.fences.values()]
+        return [f.to_dict(self.clock_offset) for f in self.fence_state.fences.values()]
 
     # ------------------------------------------------------------ load events and status
 
@@ -221,7 +204,7 @@ class BladeRuntime:
             row = st.to_dict(revision)
             health = self.fence_state.tables.get(name)
             if health is not None and not health.ok:
-                row["retry_at"] = health.retry_at
+                row["retry_at"] = health.retry_at + self.clock_offset
                 row["consecutive_failures"] = health.failures
             out[name] = row
         return out
@@ -231,7 +214,7 @@ class BladeRuntime:
     async def run(self) -> None:
         """The worker loop; cancelled by the app's cleanup context. An iteration that
         fails is logged and retried: the loop itself never ends on an error."""
-        loop_state = _LoopState(next_audit=time.monotonic() + self.audit_interval)
+        loop_state = _LoopState(next_audit=self.clock() + self.audit_interval)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
             while True:
@@ -252,17 +235,17 @@ class BladeRuntime:
         answered from tables older than the staleness bound). Loop thread."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
-            gap = time.monotonic() - self.last_heartbeat
+            gap = self.clock() - self.last_heartbeat
             if gap > STALL_SECONDS:
                 self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
                 self._wake.set()
-            self.last_heartbeat = time.monotonic()
+            self.last_heartbeat = self.clock()
 
     async def _iteration(self, s: _LoopState) -> None:
-        gap = time.monotonic() - self.last_iteration
+        gap = self.clock() - self.last_iteration
         if gap > STALL_SECONDS:
             self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
-        self.last_iteration = time.monotonic()
+        self.last_iteration = self.clock()
         if self.worker_delay:
             await asyncio.sleep(self.worker_delay)
         status = self.store.status()
@@ -278,14 +261,14 @@ class BladeRuntime:
                 self.observe(Reset("leader_change"))
             s.leader = status.leader
         self._check_app(status.role == "leader")
-        await self.engine.run_pending(skip=backing_off(self.fence_state, time.time()))
-        if time.monotonic() >= s.next_audit:
-            s.next_audit = time.monotonic() + self.audit_interval
+        await self.engine.run_pending(skip=backing_off(self.fence_state, self.clock()))
+        if self.clock() >= s.next_audit:
+            s.next_audit = self.clock() + self.audit_interval
             await self.engine.resync(None, "audit")
         self._record_blade_time()
         self._observe_lag()
         self.observe(Tick())
-        self.last_iteration = time.monotonic()
+        self.last_iteration = self.clock()
 
     def app_problem(self) -> str | None:
         """Why this node's app is not the one the cluster records, or None. Loop thread."""
@@ -359,7 +342,7 @@ class BladeRuntime:
             self.blade_times.append((applied, time.time()))
 
     def _observe_lag(self) -> None:
-        now = time.time()
+        now = self.clock()
         revision = self.store.revision
         for name, st in self.engine.status.items():
             if st.applied_revision >= revision:
