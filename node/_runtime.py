@@ -296,7 +296,9 @@ class BladeRuntime:
         this node's if none is recorded, or once every member has registered this
         node's app (the last step of a rolling upgrade). A single node that joins with
         another app never changes the record: it fences itself instead."""
-        self.observe(AppChecked(self.app_problem()))
+        problem = self.app_problem()
+        if problem != self.fence_state.app_problem:  # only news reaches the policy
+            self.observe(AppChecked(problem))
         if not leader or self._record_app is not None:
             return
         record = self.store.get(APP_KEY)
