@@ -147,3 +147,22 @@ def test_a_projection_that_reads_an_undeclared_table_fails_its_resync() -> None:
     sm.apply(put("tables/things/a", {"name": "a"}, request_id="r1"), 1)
     with pytest.raises(UndeclaredRead, match="reads undeclared table 'others'"):
         table.desired_all(sm)
+
+
+def test_rdbsync_run_passes_the_app_to_every_node(tmp_path: Path) -> None:
+    from node.cli import local_cluster_commands
+
+    commands = local_cluster_commands(
+        nodes=3,
+        base_dir=str(tmp_path),
+        host="127.0.0.1",
+        raft_base=7001,
+        http_base=8001,
+        cluster_address=None,
+        fault_injection=False,
+        app="apps.proxy:app",
+    )
+    for _, argv, _ in commands:
+        assert argv[argv.index("--app") + 1] == "apps.proxy:app"
+    scripts_run = (REPO / "scripts" / "run").read_text()
+    assert 'rdbsync run "$@"' in scripts_run  # scripts/run --app ... reaches rdbsync run
