@@ -1,6 +1,6 @@
 """fencing: turn protocols off on a node while the config they depend on cannot be trusted.
 
-Public surface: the pure policy (``FencePolicy``, ``default_policy``, ``decide``,
+Public surface: the pure policy (``FencePolicy``, ``decide``,
 ``guard``, ``admit`` at request time), its state, outcome and event values, ``policy_from_document`` and the
 ``FencingError`` tree. Imports only ``resync`` and ``rdb`` (and today
 needs neither).
@@ -11,7 +11,6 @@ from fencing._errors import FencingError, PolicyError
 from fencing._policy import (
     DEFAULT_QUORUM_GRACE,
     MIN_QUORUM_GRACE,
-    PROTOCOLS,
     AppChecked,
     AppMatched,
     AppMismatched,
@@ -44,7 +43,6 @@ from fencing._policy import (
     backing_off,
     corrupt_table,
     decide,
-    default_policy,
     due_for_retry,
     guard,
     initial_state,
@@ -53,7 +51,6 @@ from fencing._policy import (
 __all__ = [
     "DEFAULT_QUORUM_GRACE",
     "MIN_QUORUM_GRACE",
-    "PROTOCOLS",
     "AppChecked",
     "AppMatched",
     "AppMismatched",
@@ -88,7 +85,6 @@ __all__ = [
     "backing_off",
     "corrupt_table",
     "decide",
-    "default_policy",
     "due_for_retry",
     "guard",
     "initial_state",

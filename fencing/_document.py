@@ -38,10 +38,8 @@ from fencing._errors import PolicyError
 from fencing._policy import (
     DEFAULT_QUORUM_GRACE,
     MIN_QUORUM_GRACE,
-    PROTOCOLS,
     FencePolicy,
     ScopedDependency,
-    default_policy,
 )
 
 _NAME = r"[a-z][a-z0-9_-]{0,62}"
@@ -99,18 +97,16 @@ def policy_from_document(
     *,
     known_tables: Collection[str],
     quorum_grace: float = DEFAULT_QUORUM_GRACE,
-    base: FencePolicy | None = None,
+    base: FencePolicy,
 ) -> FencePolicy:
-    """Build the policy ``doc`` describes, over ``base`` (the app's default policy;
-    None: ``default_policy()``). ``quorum_grace`` is the grace of every consumer whose
-    entry does not set its own. Raises ``PolicyError`` naming each bad field: unknown
-    keys, out-of-range numbers, unknown tables."""
+    """Build the policy ``doc`` describes, over ``base`` (the app's default policy).
+    ``quorum_grace`` is the grace of every consumer whose entry does not set its own.
+    Raises ``PolicyError`` naming each bad field: unknown keys, out-of-range numbers,
+    unknown tables."""
     try:
         parsed = _Document.model_validate(doc)
     except ValidationError as err:
         raise PolicyError(f"invalid fencing policy: {_readable(err)}") from None
-    if base is None:
-        base = default_policy(quorum_grace=dict.fromkeys(PROTOCOLS, quorum_grace))
     protocols = [n for n in base.consumers() if base.kind(n) == "protocol"]
     problems = []
     for name, consumer in parsed.consumers.items():

@@ -8,10 +8,11 @@ the events it produced (resync failures, fences raised and lifted). No I/O, no c
 ``guard(state, protocol, vserver)`` is the one check every data-plane handler makes;
 it fails closed: a table that was never synced counts as failed.
 
-ONTAP-like defaults (``default_policy``): NFS depends on vservers, LIFs, export rules
-and the volume-location cache; CIFS on vservers, LIFs, CIFS shares and the
-volume-location cache; iSCSI on vservers and LIFs; every protocol on the D-blade
-volume table.
+``admit(policy, state, consumer, scope, facts)`` is the guard at request time: it adds
+what the runtime observes at that moment (``GuardFacts``) to the state's fences.
+
+The consumers and the tables they depend on are the app's (``node.app.Consumer``);
+this package knows no table names.
 
 A *consumer* is a protocol or a client application. Its dependencies are either
 node-wide (a failed table fences the consumer for every vserver) or scoped to a set of
@@ -25,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-PROTOCOLS = ("nfs", "cifs", "iscsi")
 DEFAULT_QUORUM_GRACE = 5.0
 #: The smallest grace period a consumer may have: below it, a consumer would fence
 #: between two ordinary iterations of the resync worker.
@@ -65,7 +65,7 @@ class FencePolicy:
     max_lag_seconds: float = 5.0
     #: Per consumer: how long a node without quorum keeps serving last-known config. The
     #: smallest one also decides when a node must catch up again after a stall.
-    quorum_grace: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, DEFAULT_QUORUM_GRACE))
+    quorum_grace: Mapping[str, float] = field(default_factory=dict)
 
     def consumers(self) -> list[str]:
         """Every protocol and application the policy knows, sorted."""
@@ -87,15 +87,6 @@ class FencePolicy:
     def backoff(self, failures: int) -> float:
         """Delay before retry number ``failures`` (>= 1): capped exponential."""
         return min(self.backoff_max, self.backoff_initial * self.backoff_factor ** max(0, failures - 1))
-
-
-def default_policy(**overrides: Any) -> FencePolicy:
-    deps = {
-        "nfs": frozenset({"vservers", "lifs", "export_rules", "vldb", "volumes"}),
-        "cifs": frozenset({"vservers", "lifs", "cifs_shares", "vldb", "volumes"}),
-        "iscsi": frozenset({"vservers", "lifs", "volumes"}),
-    }
-    return FencePolicy(dependencies=overrides.pop("dependencies", deps), **overrides)
 
 
 # ------------------------------------------------------------------ outcomes (inputs)
@@ -309,7 +300,7 @@ class FenceState:
     #: Every table must have resynced to at least this revision before serving.
     required_revision: int = 0
     #: The policy's consumers: the guard fences anything else (fail closed).
-    consumers: frozenset[str] = frozenset(PROTOCOLS)
+    consumers: frozenset[str] = frozenset()
     #: Why this node's app is not the cluster's, or None (see ``AppChecked``).
     app_problem: str | None = None
 

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fencing import (
-    PROTOCOLS,
     CaughtUp,
     Decision,
     FenceEvent,
@@ -29,11 +28,11 @@ from fencing import (
     Tick,
     backing_off,
     decide,
-    default_policy,
     due_for_retry,
     guard,
     initial_state,
 )
+from tests.ontap import PROTOCOLS, default_policy
 
 POLICY = default_policy()
 TABLES = sorted(POLICY.tables())
