@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +32,7 @@ from node._config import NodeConfig, add_node_arguments, parse_node_config, poli
 from node._exceptions import AppError, ConfigError
 from node._http import build_app
 from node._loading import load_app
+from node._members import REMOVAL
 from node._tables import TableRegistry
 from rdb import ReplicatedStore
 
@@ -91,6 +92,14 @@ def _reuseport_socket(address: str) -> socket.socket:
     return sock
 
 
+def _leave_address(site: web.SockSite, address: str) -> Callable[[], Awaitable[None]]:
+    async def leave() -> None:
+        await site.stop()  # closes the listening socket: new connections go to the members
+        log.warning("stopped listening on the cluster address %s", address)
+
+    return leave
+
+
 async def serve_node(config: NodeConfig) -> None:
     """Run one node until SIGTERM/SIGINT. Runs on the asyncio loop."""
     loop = asyncio.get_running_loop()
@@ -107,6 +116,7 @@ async def serve_node(config: NodeConfig) -> None:
         history_limit=config.history_limit,
         references=TableRegistry(config.app).references,
         compaction_entries=config.compaction_entries,
+        learner=config.join,
     )
     store.start(loop)
     app = build_app(config, store)
@@ -115,8 +125,10 @@ async def serve_node(config: NodeConfig) -> None:
     try:
         host, _, port = config.http_address.rpartition(":")
         await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-        if config.cluster_address:
-            await web.SockSite(runner, _reuseport_socket(config.cluster_address)).start()
+        if config.cluster_address and not app[REMOVAL].removed:
+            shared = web.SockSite(runner, _reuseport_socket(config.cluster_address))
+            await shared.start()
+            app[REMOVAL].on_removed.append(_leave_address(shared, config.cluster_address))
         log.info(
             "node %s up: http %s, raft %s, cluster address %s, data %s",
             config.id,
