@@ -108,7 +108,14 @@ def test_rdbsync_app_env_var_and_run_refuse_a_bad_app(tmp_path: Path) -> None:
     proc = subprocess.run(_node_argv(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "node", "run", "--app", "badapp:app", "--data-dir", str(tmp_path / "cluster")],
+        [
+            os.path.join(os.path.dirname(sys.executable), "rdbsync"),
+            "run",
+            "--app",
+            "badapp:app",
+            "--data-dir",
+            str(tmp_path / "cluster"),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -157,23 +164,16 @@ def test_a_projection_that_reads_through_an_undeclared_join_fails_its_resync() -
         table.desired_all(sm)
 
 
-def test_rdbsync_run_passes_the_app_to_every_node(tmp_path: Path) -> None:
-    from node.cli import local_cluster_commands
+def test_rdbsync_run_passes_the_app_to_every_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.cli
 
-    commands = local_cluster_commands(
-        nodes=3,
-        base_dir=str(tmp_path),
-        host="127.0.0.1",
-        raft_base=7001,
-        http_base=8001,
-        cluster_address=None,
-        fault_injection=False,
-        app="apps.proxy:app",
-    )
-    for _, argv, _ in commands:
-        assert argv[argv.index("--app") + 1] == "apps.proxy:app"
+    seen: list[list[str]] = []
+    monkeypatch.setattr(node.cli, "run_local_cluster", lambda args: seen.append(list(args.node_arg)) or 0)
+    monkeypatch.setattr(node.cli, "setup_logging", lambda *a, **k: None)
+    assert node.cli.main(["run", "--app", "apps.proxy:app", "--node-arg=--audit-interval=5"]) == 0
+    assert seen == [["--audit-interval=5", "--app", "apps.proxy:app"]]  # every node gets it
     scripts_run = (REPO / "scripts" / "run").read_text()
-    assert 'rdbsync run "$@"' in scripts_run  # scripts/run --app ... reaches rdbsync run
+    assert '"$@"' in scripts_run  # scripts/run --app ... reaches rdbsync run
 
 
 def test_the_start_up_probe_finds_an_undeclared_join_in_a_real_projection() -> None:
