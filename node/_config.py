@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fencing import MIN_QUORUM_GRACE, FencePolicy, PolicyError, policy_from_document
+from node._agents import parse_agents
 from node._exceptions import AppError, ConfigError
 from node._loading import DEFAULT_APP, data_plane_reads, load_app, policy_of
 from node.app import App
@@ -57,6 +58,9 @@ class NodeConfig:
     fence_policy: FencePolicy = field(default_factory=_default_policy)
     app: App = field(default_factory=_default_app)
     app_spec: str = DEFAULT_APP
+    #: Agents this node expects: name -> the blade tables it holds (node/_agents.py).
+    agents: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    agent_timeout: float = 1.0
 
     @property
     def http_url(self) -> str:
@@ -90,6 +94,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
+    (
+        "--agent",
+        "AGENTS",
+        "an agent this node expects, NAME=TABLE[,TABLE...]; repeat the flag, or ';'-separate in the env var",
+    ),
+    ("--agent-timeout", "AGENT_TIMEOUT", "seconds without a report before an agent counts as lost (default 1)"),
     ("--app", "APP", f"the app to run, as module:attribute (default {DEFAULT_APP})"),
     (
         "--fence-policy",
@@ -101,7 +111,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, env, help_text in SETTINGS:
-        if flag == "--peer":
+        if flag in ("--peer", "--agent"):
             parser.add_argument(flag, action="append", default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
         else:
             parser.add_argument(flag, default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
@@ -224,7 +234,20 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         raise ConfigError(str(exc)) from None
     policy_file = pick("fence_policy", "FENCE_POLICY")
     policy = load_fence_policy(policy_file, grace, app) if policy_file else policy_of(app, grace)
+    agent_specs = list(getattr(args, "agent", None) or [])
+    if not agent_specs and env.get(ENV_PREFIX + "AGENTS"):
+        agent_specs = [s for s in env[ENV_PREFIX + "AGENTS"].split(";") if s.strip()]
+    try:
+        agents = parse_agents(agent_specs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = sorted({t for held in agents.values() for t in held} - {b.name for b in app.blades})
+    if unknown:
+        raise ConfigError(f"--agent names unknown blade table(s) {unknown}")
+    agent_timeout = _number(pick("agent_timeout", "AGENT_TIMEOUT") or "1", "--agent-timeout", 0.1, 60)
     return NodeConfig(
+        agents=agents,
+        agent_timeout=agent_timeout,
         id=node_id,
         raft_address=raft,
         http_address=http,
