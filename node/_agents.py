@@ -149,6 +149,19 @@ class AgentHub:
         start = cursor - self._base
         return [e for e in self._log[start:] if e[1] in tables]
 
+    async def wait_tick(self, timeout: float) -> None:
+        """Wait for the next ``wake`` (or ``timeout`` seconds)."""
+        tick = self._tick
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tick.wait(), timeout)
+
+    def heartbeat(self, name: str) -> bool:
+        """A sign of life from an in-process agent (a file sink) that has nothing new to
+        report. True if the agent had been declared lost (it must report in full again)."""
+        rec = self.agents[name]
+        rec.last_report = self.runtime.clock()
+        return rec.state == "lost"
+
     def wake(self) -> None:
         """Let every stream look for news now (after a worker iteration, a report)."""
         self._tick.set()
@@ -323,9 +336,7 @@ class AgentHub:
                         sent_revision, last_sent = max(revision, sent_revision), now
                 if frame is not None:
                     yield frame
-                tick = self._tick
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(tick.wait(), STREAM_HEARTBEAT)
+                await self.wait_tick(STREAM_HEARTBEAT)
         finally:
             rec.streams -= 1
 

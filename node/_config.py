@@ -19,6 +19,7 @@ from fencing import MIN_QUORUM_GRACE, FencePolicy, PolicyError, policy_from_docu
 from node._agents import parse_agents
 from node._exceptions import AppError, ConfigError
 from node._loading import DEFAULT_APP, data_plane_reads, load_app, policy_of
+from node._sinks import SinkConfigError, SinkSpec, load_sink_config
 from node.app import App
 
 
@@ -61,6 +62,8 @@ class NodeConfig:
     #: Agents this node expects: name -> the blade tables it holds (node/_agents.py).
     agents: Mapping[str, frozenset[str]] = field(default_factory=dict)
     agent_timeout: float = 1.0
+    #: File sinks this node renders (node/_sinks.py); each is an agent too.
+    sinks: tuple[SinkSpec, ...] = ()
 
     @property
     def http_url(self) -> str:
@@ -99,6 +102,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
         "AGENTS",
         "an agent this node expects, NAME=TABLE[,TABLE...]; repeat the flag, or ';'-separate in the env var",
     ),
+    ("--sink-config", "SINK_CONFIG", "TOML file of file sinks: blade tables rendered into files for daemons"),
     ("--agent-timeout", "AGENT_TIMEOUT", "seconds without a report before an agent counts as lost (default 1)"),
     ("--app", "APP", f"the app to run, as module:attribute (default {DEFAULT_APP})"),
     (
@@ -244,10 +248,22 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     unknown = sorted({t for held in agents.values() for t in held} - {b.name for b in app.blades})
     if unknown:
         raise ConfigError(f"--agent names unknown blade table(s) {unknown}")
+    sink_file = pick("sink_config", "SINK_CONFIG")
+    try:
+        sinks = tuple(load_sink_config(sink_file)) if sink_file else ()
+    except SinkConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    clash = sorted({s.name for s in sinks} & set(agents))
+    if clash:
+        raise ConfigError(f"sink(s) {clash} have the name of an --agent")
+    unknown = sorted({t for s in sinks for t in s.tables} - {b.name for b in app.blades})
+    if unknown:
+        raise ConfigError(f"--sink-config names unknown blade table(s) {unknown}")
     agent_timeout = _number(pick("agent_timeout", "AGENT_TIMEOUT") or "1", "--agent-timeout", 0.1, 60)
     return NodeConfig(
         agents=agents,
         agent_timeout=agent_timeout,
+        sinks=sinks,
         id=node_id,
         raft_address=raft,
         http_address=http,

@@ -53,6 +53,7 @@ from node._members import (
 from node._mgmt import add_routes, check_row
 from node._models import PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
+from node._sinks import FileSink
 from node._tables import TableRegistry, key_problem
 from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
 
@@ -539,14 +540,16 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
         audit_interval=config.audit_interval,
         policy=config.fence_policy,
         app=config.app,
-        agents=config.agents,
+        agents={**config.agents, **{s.name: s.tables for s in config.sinks}},
         agent_timeout=config.agent_timeout,
     )
+    sinks = [FileSink(spec, app[RUNTIME]) for spec in config.sinks]
 
     async def lifecycle(app: web.Application) -> Any:
         app[CLIENT] = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(_register_self(app)), loop.create_task(app[RUNTIME].run())]
+        tasks += [loop.create_task(sink.run()) for sink in sinks]
         yield
         for task in tasks:
             task.cancel()
