@@ -152,6 +152,15 @@ class FileSink:
         return self._template.render(tables=tables, node=self.runtime.node_id)
 
     async def run(self) -> None:
+        """The sink's task: never ends on an error (a failed step is logged and retried)."""
+        while True:
+            try:
+                await self._run()
+            except Exception:
+                log.exception("sink %s: iteration failed", self.spec.name)
+                await asyncio.sleep(0.5)
+
+    async def _run(self) -> None:
         hub = self.runtime.agents
         next_check = 0.0
         retry_at = 0.0
@@ -181,7 +190,7 @@ class FileSink:
                     if isinstance(exc, CommandFailed) and exc.what == "check":
                         self.rendered = None  # the daemon died: reload it once it is back
                     log.warning("sink %s: %s", self.spec.name, exc)
-                    hub.report(self.spec.name, {"state": "failed", "applied_revision": revision, "error": str(exc)})
+                    self._report({"state": "failed", "applied_revision": revision, "error": str(exc)})
             await hub.wait_tick(0.1)
 
     def _report(self, body: dict[str, Any]) -> None:
