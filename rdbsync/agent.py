@@ -187,6 +187,10 @@ class Agent:
                     log.info("agent %s: node %s: %s", self.name, self.node_url, exc)
                 self._stop.wait(backoff)
                 backoff = min(1.0, backoff * 2)
+            except AttributeError:
+                if not self._stop.is_set():
+                    raise
+                return  # stop() closed the stream under a read (http.client then fails this way)
 
     def _load(self) -> tuple[int, int]:
         status, body = self._request("GET", f"/v1/agents/{self.name}/load")
