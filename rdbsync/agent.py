@@ -108,6 +108,9 @@ class Agent:
         self._rows: dict[str, dict[str, Row]] = {t: {} for t in self.tables}
         self.applied_revision = 0
         self.loaded = False
+        #: True from a successful load while its stream lasts: a reconnect must load
+        #: (and see the node's fences) again before the daemon serves.
+        self.in_sync = False
         self.failure: str | None = None
         self.failures: list[dict[str, Any]] = []
         self.node_fenced: list[dict[str, Any]] = []
@@ -115,6 +118,7 @@ class Agent:
         self.loads = 0
         self.drift = 0  # rows the last load changed, reported once
         self._stop = threading.Event()
+        self._report_now = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"agent-{name}-cb")
         self._stream_conn: http.client.HTTPConnection | None = None
@@ -130,6 +134,7 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+        self._report_now.set()
         conn = self._stream_conn
         if conn is not None:
             conn.close()
@@ -143,6 +148,7 @@ class Agent:
             contact = self.last_contact
             return (
                 self.loaded
+                and self.in_sync
                 and self.failure is None
                 and not self.node_fenced
                 and contact is not None
@@ -154,6 +160,8 @@ class Agent:
         with self._lock:
             if not self.loaded:
                 return "not loaded yet"
+            if not self.in_sync:
+                return "reconnecting to the node (serving resumes after a load)"
             if self.failure is not None:
                 return f"a callback failed: {self.failure}"
             if self.node_fenced:
@@ -172,6 +180,8 @@ class Agent:
     def _run(self) -> None:
         backoff = 0.05
         while not self._stop.is_set():
+            with self._lock:
+                self.in_sync = False
             try:
                 cursor, epoch = self._load()
                 backoff = 0.05
@@ -216,8 +226,9 @@ class Agent:
             self.loads += 1
             self.drift += len(changes) if self.loaded else 0  # a first load is no drift
             self.loaded = True
+            self.in_sync = True
             self.failure, self.failures = None, []
-        self._report()
+        self._report_now.set()
         return body["cursor"], body["epoch"]
 
     def _follow(self, cursor: int, epoch: int) -> None:
@@ -243,7 +254,7 @@ class Agent:
             advanced = revision > self.applied_revision or bool(changes)
             self._apply(revision, changes)
             if advanced:
-                self._report()
+                self._report_now.set()
 
     def _apply(self, revision: int, changes: list[Change]) -> None:
         """Run the callbacks for ``changes`` in order, then move to ``revision``.
@@ -290,16 +301,13 @@ class Agent:
             self.failure = f"{ch.table}/{ch.key}: {exc.error}"
             self.failures = [{"table": ch.table, "key": ch.key, "error": exc.error}]
         log.warning("agent %s: callback failed on %s/%s: %s", self.name, ch.table, ch.key, exc.error)
-        try:
-            self._report()
-        except (OSError, http.client.HTTPException, ValueError):
-            pass  # the node is gone too; the heartbeat stops and it fences on its own
+        self._report_now.set()
 
     # ------------------------------------------------------------ reports
 
     def _report_body(self) -> dict[str, Any]:
         with self._lock:
-            state = "failed" if self.failure else ("ok" if self.loaded else "loading")
+            state = "failed" if self.failure else ("ok" if self.loaded and self.in_sync else "loading")
             body = {
                 "applied_revision": self.applied_revision,
                 "state": state,
@@ -310,17 +318,33 @@ class Agent:
             self.drift = 0
             return body
 
-    def _report(self) -> None:
-        status, _ = self._request("POST", f"/v1/agents/{self.name}/report", self._report_body())
-        if status != 200:
-            raise OSError(f"report answered {status}")
-
     def _report_loop(self) -> None:
-        while not self._stop.wait(self.report_interval):
+        """The report thread: at once when the sync thread asks (``_report_now``: after a
+        load, a batch, a failure), else every ``report_interval`` (the heartbeat). Its own
+        kept-alive connection, so reporting never holds up applying the next batch."""
+        conn: http.client.HTTPConnection | None = None
+        path = f"/v1/agents/{self.name}/report"
+        while not self._stop.is_set():
+            self._report_now.wait(self.report_interval)
+            self._report_now.clear()
+            if self._stop.is_set():
+                break
             try:
-                self._report()
+                if conn is None:
+                    conn = self._connection(timeout=2.0)
+                headers = {**self._headers, "Content-Type": "application/json"}
+                conn.request("POST", path, body=json.dumps(self._report_body()).encode(), headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    raise OSError(f"report answered {resp.status}")
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 log.debug("agent %s: report failed: %s", self.name, exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
 
     # ------------------------------------------------------------ HTTP
 
