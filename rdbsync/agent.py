@@ -160,10 +160,10 @@ class Agent:
         with self._lock:
             if not self.loaded:
                 return "not loaded yet"
-            if not self.in_sync:
-                return "reconnecting to the node (serving resumes after a load)"
             if self.failure is not None:
                 return f"a callback failed: {self.failure}"
+            if not self.in_sync:
+                return "reconnecting to the node (serving resumes after a load)"
             if self.node_fenced:
                 return "the node fences " + ", ".join(f"{f['protocol']} ({f['cause']})" for f in self.node_fenced)
             if self.last_contact is None or time.monotonic() - self.last_contact > self.grace:
@@ -258,24 +258,68 @@ class Agent:
 
     def _apply(self, revision: int, changes: list[Change]) -> None:
         """Run the callbacks for ``changes`` in order, then move to ``revision``.
-        Raises ``_CallbackFailed`` at the first failure (the rest are not applied)."""
-        if self._on_batch is not None and changes:
-            self._call(changes[0], self._on_batch, revision, list(changes))
-            for ch in changes:
-                self._hold(ch)
-        else:
-            for ch in changes:
-                if ch.new is None:
-                    if ch.old is not None and self._on_remove is not None:
-                        self._call(ch, self._on_remove, ch.table, ch.key, ch.old)
-                elif ch.old is None:
-                    if self._on_add is not None:
-                        self._call(ch, self._on_add, ch.table, ch.key, ch.new)
-                elif self._on_modify is not None:
-                    self._call(ch, self._on_modify, ch.table, ch.key, ch.old, ch.new)
-                self._hold(ch)
+        Raises ``_CallbackFailed`` at the first failure (the rest are not applied).
+
+        The callbacks run on one callback thread, handed the whole list at once (a
+        handoff per row would cost more than a 100k-row load may take); this thread
+        watches how long the current callback has run and gives up on it past
+        ``callback_timeout``, after which the stuck thread applies nothing more."""
+        if changes:
+            self._run_callbacks(revision, changes)
         with self._lock:
             self.applied_revision = max(self.applied_revision, revision)
+
+    def _invoke(self, revision: int, ch: Change) -> None:
+        if ch.new is None:
+            if ch.old is not None and self._on_remove is not None:
+                self._on_remove(ch.table, ch.key, ch.old)
+        elif ch.old is None:
+            if self._on_add is not None:
+                self._on_add(ch.table, ch.key, ch.new)
+        elif self._on_modify is not None:
+            self._on_modify(ch.table, ch.key, ch.old, ch.new)
+
+    def _run_callbacks(self, revision: int, changes: list[Change]) -> None:
+        progress = [0, time.monotonic()]  # index of the current change, when it started
+        abandoned = threading.Event()
+
+        def job() -> tuple[int, str] | None:
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(revision, list(changes))
+                except Exception as exc:  # noqa: BLE001 - any failure of the daemon's callback is reported
+                    return 0, f"{type(exc).__name__}: {exc}"
+                if not abandoned.is_set():
+                    for ch in changes:
+                        self._hold(ch)
+                return None
+            for i, ch in enumerate(changes):
+                if abandoned.is_set():
+                    return None
+                progress[0], progress[1] = i, time.monotonic()
+                try:
+                    self._invoke(revision, ch)
+                except Exception as exc:  # noqa: BLE001 - any failure of the daemon's callback is reported
+                    return i, f"{type(exc).__name__}: {exc}"
+                if abandoned.is_set():
+                    return None
+                self._hold(ch)
+            return None
+
+        future = self._pool.submit(job)
+        while True:
+            try:
+                failed = future.result(timeout=0.05)
+                break
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() - float(progress[1]) > self.callback_timeout:
+                    abandoned.set()
+                    # The stuck callback keeps its thread; later callbacks get a fresh one.
+                    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"agent-{self.name}-cb")
+                    change = changes[int(progress[0])]
+                    raise _CallbackFailed(change, f"callback timed out after {self.callback_timeout:g}s") from None
+        if failed is not None:
+            raise _CallbackFailed(changes[failed[0]], failed[1])
 
     def _hold(self, ch: Change) -> None:
         with self._lock:
@@ -283,17 +327,6 @@ class Agent:
                 self._rows[ch.table].pop(ch.key, None)
             else:
                 self._rows[ch.table][ch.key] = ch.new
-
-    def _call(self, change: Change, fn: Callable[..., None], *args: Any) -> None:
-        future = self._pool.submit(fn, *args)
-        try:
-            future.result(timeout=self.callback_timeout)
-        except concurrent.futures.TimeoutError:
-            # The stuck callback keeps its thread; later callbacks get a fresh one.
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"agent-{self.name}-cb")
-            raise _CallbackFailed(change, f"callback timed out after {self.callback_timeout:g}s") from None
-        except Exception as exc:  # noqa: BLE001 - any failure of the daemon's callback is reported
-            raise _CallbackFailed(change, f"{type(exc).__name__}: {exc}") from None
 
     def _fail(self, exc: _CallbackFailed) -> None:
         ch = exc.change
