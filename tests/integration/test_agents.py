@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,3 +175,22 @@ def test_node_kill_and_restart_agent_stops_serving_and_converges(cluster: tuple[
     else:
         raise AssertionError("the agent never served again after its node came back")
     wait_for(lambda: converged(c, d, "n1"), 10, "agent on n1 converged after the restart")
+
+
+def test_a_restore_makes_every_agent_reload_and_converge(cluster: tuple[Cluster, Daemons]) -> None:
+    c, d = cluster
+    configure(c)
+    for nid in c.nodes:
+        wait_for(lambda nid=nid: converged(c, d, nid), 15, f"agent on {nid} converged")
+    with urllib.request.urlopen(f"{c.url('n2')}/v1/snapshot", timeout=10) as resp:
+        backup = resp.read()
+    put(c, "routes", "ln1:late", {"listener": "ln1", "name": "late", "pool": "api"})
+    wait_for(lambda: "ln1:late" in d.state("n1")["held"]["routes"], 10, "the late route reached n1's agent")
+    loads = {nid: c.status(nid)["agents"]["edge"]["loads"] for nid in c.nodes}
+    assert http("POST", f"{c.url('n3')}/v1/restore", raw=backup).status == 200
+    # The snapshot load ends every stream with "reload"; each agent loads again and
+    # diffs: the route written after the snapshot goes.
+    for nid in c.nodes:
+        wait_for(lambda nid=nid: c.status(nid)["agents"]["edge"]["loads"] > loads[nid], 15, f"{nid} agent reloaded")
+        wait_for(lambda nid=nid: converged(c, d, nid), 15, f"agent on {nid} converged after the restore")
+    assert "ln1:late" not in d.state("n1")["rows"]["routes"]
