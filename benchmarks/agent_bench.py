@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rdbsync.agent import Agent  # noqa: E402
+from rdbsync import Agent  # noqa: E402
 from tests.integration.cluster import Cluster, http, wait_for  # noqa: E402
 
 
@@ -136,7 +136,12 @@ def main() -> int:
                         break
                     time.sleep(0.1)
                 assert status == 200, body
-            wait_for(lambda: len(recs["n3"].seen) >= args.rows, 120, "the running agents hold every row")
+            last = int(body["revision"])
+
+            def settled() -> bool:  # every node and agent past the bulk load: the load below measures only itself
+                return all(c.status(nid)["agents"]["bench"]["applied_revision"] >= last for nid in c.nodes)
+
+            wait_for(settled, 180, "every agent past the bulk load", interval=0.2)
             t0 = time.monotonic()
             status, body = request("GET", f"{c.url('n3')}/v1/agents/bench/load", None)
             get_s = time.monotonic() - t0

@@ -43,7 +43,6 @@ class ProjectedTable:
         self._transform = spec.transform
         #: join field -> parent table, for the fields the projection reads through.
         self._joins = {f: registry[dict(self.source.references)[f]] for f in spec.joins}
-        self._readable = {self.source.name: self.source, **{t.name: t for t in self._joins.values()}}
         self._parent_prefixes = tuple(sorted({t.prefix for t in self._joins.values()}))
         self._rows: dict[str, Row] = {}
         self._index_fields = tuple(spec.index)
@@ -178,13 +177,6 @@ class _Context:
         value = kv.value if kv is not None and isinstance(kv.value, dict) else None
         self._parents[key] = value
         return value
-
-    def get(self, table: str, key: str) -> dict[str, Any] | None:
-        t = self._table._readable.get(table)
-        if t is None:
-            raise UndeclaredRead(f"blade table {self._table.name} reads undeclared table {table!r}")
-        kv = self._reader.get(t.prefix + key)
-        return kv.value if kv is not None and isinstance(kv.value, dict) else None
 
 
 def build_blades(app: App, registry: TableRegistry, node_id: str) -> dict[str, dict[str, ProjectedTable]]:

@@ -54,7 +54,7 @@ from node._mgmt import add_routes, check_row
 from node._models import PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
 from node._sinks import FileSink
-from node._tables import TableRegistry, key_problem
+from node._tables import TABLE_PREFIX, TableRegistry, key_problem
 from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
 
 log = logging.getLogger("node.http")
@@ -111,9 +111,11 @@ def _user_key(request: web.Request) -> str:
     return key
 
 
-def _check_writable(key: str) -> None:
+def _check_writable(request: web.Request, key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
+    if key.startswith(TABLE_PREFIX):
+        request.app[RUNTIME].check_table_write()  # a node running another app writes no rows
 
 
 def _checked_value(registry: TableRegistry, key: str, value: Any) -> Any:
@@ -157,7 +159,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def put_key(request: web.Request) -> web.Response:
     key = _user_key(request)
-    _check_writable(key)
+    _check_writable(request, key)
     prev = int_param(request, "prev_revision")
     body = await json_body(request, PutBody)
     value = _checked_value(request.app[RUNTIME].registry, key, body.value)
@@ -167,7 +169,7 @@ async def put_key(request: web.Request) -> web.Response:
 
 async def delete_key(request: web.Request) -> web.Response:
     key = _user_key(request)
-    _check_writable(key)
+    _check_writable(request, key)
     prev = int_param(request, "prev_revision")
     result = await request.app[STORE].delete(key, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
@@ -199,7 +201,7 @@ async def txn(request: web.Request) -> web.Response:
         for op in ops:
             item = op.model_dump()
             if op.op != "get":
-                _check_writable(op.key)
+                _check_writable(request, op.key)
             if op.op == "put":
                 item["value"] = _checked_value(request.app[RUNTIME].registry, op.key, op.value)
             branch.append(item)

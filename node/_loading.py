@@ -17,7 +17,7 @@ import traceback
 from typing import Any
 
 from fencing import FencePolicy
-from node._exceptions import AppError
+from node._exceptions import AppError, UndeclaredRead
 from node.app import App
 
 DEFAULT_APP = "apps.ontap:app"
@@ -44,7 +44,76 @@ def load_app(spec: str) -> App:
         value = getattr(value, part)
     if not isinstance(value, App):
         raise AppError(f"--app {spec}: {attribute} is a {type(value).__name__}, not a node.app.App")
+    problem = probe_projections(value)
+    if problem is not None:
+        raise AppError(f"--app {spec}: app {value.name!r}: {problem}")
     return value
+
+
+class _ProbeValue:
+    """Stands for any field value in a probe row: equal to nothing, empty, falsy."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return ""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __getitem__(self, key: Any) -> _ProbeValue:
+        return self
+
+    def get(self, key: Any, default: Any = None) -> _ProbeValue:
+        return self
+
+
+class _ProbeRow(dict[str, Any]):
+    def __missing__(self, key: str) -> _ProbeValue:
+        return _ProbeValue()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key]
+
+
+class _ProbeContext:
+    def __init__(self, joins: tuple[str, ...], table: str) -> None:
+        self.node = "probe"
+        self._joins = joins
+        self._table = table
+
+    def parent(self, row: Any, field: str) -> dict[str, Any] | None:
+        if field not in self._joins:
+            raise UndeclaredRead(f"blade table {self._table!r}: its projection reads through undeclared join {field!r}")
+        return _ProbeRow()
+
+
+def probe_projections(app: App) -> str | None:
+    """Run every projection once on a probe row, so that a read through a join the blade
+    table does not declare is found at start-up, not when that row first arrives. Other
+    errors are the probe's placeholders meeting real code, and say nothing. Start-up only."""
+    for blade in app.blades:
+        ctx = _ProbeContext(tuple(blade.joins), blade.name)
+        for fn in (blade.where, blade.transform):
+            if fn is None:
+                continue
+            try:
+                fn(ctx, _ProbeRow())
+            except UndeclaredRead as exc:
+                return str(exc)
+            except Exception:  # noqa: BLE001 - a placeholder the code could not use: no verdict
+                continue
+    return None
 
 
 def _where(exc: BaseException) -> str:

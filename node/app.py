@@ -22,8 +22,8 @@ A node loads an app with ``--app module:attribute`` (or ``RDBSYNC_APP``); the de
 the first problem; the node reports it and does not start.
 
 Projections run on the node's event loop under the store's read lock: they must be pure
-and fast, and may read other tables only through ``Context`` (``ctx.parent``,
-``ctx.get``) and only tables they declare. Data-plane handlers run on the loop too.
+and fast, and read other tables only through their declared joins (``ctx.parent``).
+Data-plane handlers run on the loop too.
 """
 
 from __future__ import annotations
@@ -66,11 +66,10 @@ class Context(Protocol):
         ...
 
     def parent(self, row: Mapping[str, Any], field: str) -> Row | None:
-        """The row ``row[field]`` references (``field`` must be one of the blade's ``joins``)."""
-        ...
-
-    def get(self, table: str, key: str) -> Row | None:
-        """Row ``key`` of ``table`` (the source or a joined table), or None."""
+        """The row ``row[field]`` references (``field`` must be one of the blade's
+        ``joins``: reading through any other field raises ``UndeclaredRead``). This is
+        the only way a projection reads another table, so the declarations are all the
+        engine needs to know which rows a change affects."""
         ...
 
 

@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from rdbsync.agent import Agent
+from rdbsync import Agent
 
 
 def main() -> None:

@@ -47,6 +47,11 @@ def test_a_node_with_another_app_or_version_fences_itself(tmp_path: Any) -> None
         assert guard.status == 503 and guard.body["error"]["details"]["cause"] == "app_mismatch"
         write = http("PUT", f"{c.url('n3')}/v1/tables/pools/p", {"name": "p"})
         assert write.status == 409 and write.body["error"]["code"] == "app_mismatch"
+        raw = http("PUT", f"{c.url('n3')}/v1/kv/tables/pools/p", {"value": {"name": "p"}})
+        assert raw.status == 409 and raw.body["error"]["code"] == "app_mismatch"
+        txn = {"compare": [], "success": [{"op": "delete", "key": "tables/pools/p"}], "failure": []}
+        assert http("POST", f"{c.url('n3')}/v1/txn", txn).status == 409
+        assert http("PUT", f"{c.url('n3')}/v1/kv/plain", {"value": 1}).status == 200  # not a table row
         assert http("GET", f"{c.url('n3')}/readyz").status == 503
         # The others keep serving, and /v1/cluster shows which app each member runs.
         assert serving(c, "n1") and serving(c, "n2")

@@ -39,6 +39,12 @@ BAD_APPS = {
         ' [Consumer("c", frozenset({"t"}))])\n',
         "reads through things.parent, which is not a declared reference of 'things'",
     ),
+    "undeclared_join_in_code": (
+        HEADER + 'app = App("x", "1", [Table("p", Thing), Table("things", Thing, references={"parent": "p"})],'
+        ' [BladeTable("t", "b", "things", where=lambda ctx, row: ctx.parent(row, "parent") is None)],'
+        ' [Consumer("c", frozenset({"t"}))])\n',
+        "blade table 't': its projection reads through undeclared join 'parent'",
+    ),
     "duplicate_table": (
         HEADER + 'app = App("x", "1", [Table("things", Thing), Table("things", Thing)],'
         ' [BladeTable("t", "b", "things")], [Consumer("c", frozenset({"t"}))])\n',
@@ -102,7 +108,14 @@ def test_rdbsync_app_env_var_and_run_refuse_a_bad_app(tmp_path: Path) -> None:
     proc = subprocess.run(_node_argv(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "node", "run", "--app", "badapp:app", "--data-dir", str(tmp_path / "cluster")],
+        [
+            os.path.join(os.path.dirname(sys.executable), "rdbsync"),
+            "run",
+            "--app",
+            "badapp:app",
+            "--data-dir",
+            str(tmp_path / "cluster"),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -121,7 +134,7 @@ def test_the_default_app_is_ontap_and_both_shipped_apps_load() -> None:
     assert app_identity(load_app("apps.ontap:app")) != app_identity(load_app("apps.proxy:app"))
 
 
-def test_a_projection_that_reads_an_undeclared_table_fails_its_resync() -> None:
+def test_a_projection_that_reads_through_an_undeclared_join_fails_its_resync() -> None:
     """Declarations are checked at start-up; a read outside them (in code) fails loudly
     when it runs instead of silently missing incremental updates."""
     from pydantic import BaseModel
@@ -133,36 +146,43 @@ def test_a_projection_that_reads_an_undeclared_table_fails_its_resync() -> None:
 
     class Thing(BaseModel):
         name: str
+        other: str = "o"
 
     app = App(
         "x",
         "1",
-        [Table("things", Thing), Table("others", Thing)],
-        [BladeTable("t", "b", "things", where=lambda ctx, row: ctx.get("others", "o") is None)],
+        [Table("things", Thing, references={"other": "others"}), Table("others", Thing)],
+        [BladeTable("t", "b", "things", where=lambda ctx, row: ctx.parent(row, "other") is None)],
         [Consumer("c", frozenset({"t"}))],
     )
     registry = TableRegistry(app)
     table = build_blades(app, registry, "n1")["b"]["t"]
     sm = StateMachine(references=registry.references)
-    sm.apply(put("tables/things/a", {"name": "a"}, request_id="r1"), 1)
-    with pytest.raises(UndeclaredRead, match="reads undeclared table 'others'"):
+    sm.apply(put("tables/others/o", {"name": "o", "other": "o"}, request_id="r0"), 1)
+    sm.apply(put("tables/things/a", {"name": "a", "other": "o"}, request_id="r1"), 2)
+    with pytest.raises(UndeclaredRead, match="reads through undeclared join 'other'"):
         table.desired_all(sm)
 
 
-def test_rdbsync_run_passes_the_app_to_every_node(tmp_path: Path) -> None:
-    from node.cli import local_cluster_commands
+def test_rdbsync_run_passes_the_app_to_every_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    import node.cli
 
-    commands = local_cluster_commands(
-        nodes=3,
-        base_dir=str(tmp_path),
-        host="127.0.0.1",
-        raft_base=7001,
-        http_base=8001,
-        cluster_address=None,
-        fault_injection=False,
-        app="apps.proxy:app",
-    )
-    for _, argv, _ in commands:
-        assert argv[argv.index("--app") + 1] == "apps.proxy:app"
+    seen: list[list[str]] = []
+    monkeypatch.setattr(node.cli, "run_local_cluster", lambda args: seen.append(list(args.node_arg)) or 0)
+    monkeypatch.setattr(node.cli, "setup_logging", lambda *a, **k: None)
+    assert node.cli.main(["run", "--app", "apps.proxy:app", "--node-arg=--audit-interval=5"]) == 0
+    assert seen == [["--audit-interval=5", "--app", "apps.proxy:app"]]  # every node gets it
     scripts_run = (REPO / "scripts" / "run").read_text()
-    assert 'rdbsync run "$@"' in scripts_run  # scripts/run --app ... reaches rdbsync run
+    assert '"$@"' in scripts_run  # scripts/run --app ... reaches rdbsync run
+
+
+def test_the_start_up_probe_finds_an_undeclared_join_in_a_real_projection() -> None:
+    import dataclasses
+
+    from node._loading import probe_projections
+
+    ontap = load_app("apps.ontap:app")
+    assert probe_projections(ontap) is None
+    blades = [dataclasses.replace(b, joins=()) if b.name == "vldb" else b for b in ontap.blades]
+    broken = dataclasses.replace(ontap, blades=blades)
+    assert probe_projections(broken) == "blade table 'vldb': its projection reads through undeclared join 'aggregate'"
