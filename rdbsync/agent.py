@@ -249,8 +249,8 @@ class Agent:
                 old = self._rows[table].get(key)
                 if old != row:
                     changes.append(Change(table, key, old, row))
-            if revision < self.applied_revision:
-                continue  # never move back (a batch is never older; guard anyway)
+            # Changes come from the node's change log in order: always apply them; the
+            # revision never moves back (``_apply`` keeps the highest).
             advanced = revision > self.applied_revision or bool(changes)
             self._apply(revision, changes)
             if advanced:
