@@ -203,7 +203,9 @@ class Agent:
                 return  # stop() closed the stream under a read (http.client then fails this way)
 
     def _load(self) -> tuple[int, int]:
-        status, body = self._request("GET", f"/v1/agents/{self.name}/load")
+        # A big table takes a while to send on a busy node: a short timeout would turn a
+        # slow load into an endless retry of it.
+        status, body = self._request("GET", f"/v1/agents/{self.name}/load", timeout=30.0)
         if status != 200:
             raise OSError(f"load answered {status}: {body.get('message') if isinstance(body, dict) else body}")
         revision, tables = body["revision"], body["tables"]
@@ -387,8 +389,8 @@ class Agent:
             return http.client.HTTPSConnection(url.netloc, timeout=timeout)
         return http.client.HTTPConnection(url.netloc, timeout=timeout)
 
-    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = self._connection(timeout=5.0)
+    def _request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+        conn = self._connection(timeout=timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = dict(self._headers)
