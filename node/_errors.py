@@ -25,6 +25,7 @@ from rdb import (
     NotApplied,
     OutcomeUnknown,
     ProposalFailed,
+    ValueTooLarge,
 )
 
 log = logging.getLogger("node.http")
@@ -52,6 +53,8 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         )
     if isinstance(exc, AppMismatch):
         return ApiError(409, "app_mismatch", str(exc), applied=False)
+    if isinstance(exc, ValueTooLarge):
+        return ApiError(413, "too_large", str(exc), applied=applied_if_write)
     if isinstance(exc, InvalidMember):
         return ApiError(422, "invalid_member", str(exc), exc.details, applied=False)
     if isinstance(exc, InvalidCommand):
