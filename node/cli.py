@@ -31,9 +31,13 @@ from node._loading import load_app
 from node._members import REMOVAL
 from node._tables import TableRegistry
 from node.launcher import add_run_arguments, run_local_cluster
-from rdb import ReplicatedStore
+from rdb import ReplicatedStore, StorageCorrupt
 
 log = logging.getLogger("node")
+
+#: Exit status of a node whose data files cannot be used safely (EX_DATAERR): wipe its
+#: data directory and start it again to rejoin.
+EXIT_STORAGE_CORRUPT = 65
 
 
 class _JsonFormatter(logging.Formatter):
@@ -177,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.id)
     try:
         asyncio.run(serve_node(config))
+    except StorageCorrupt as exc:
+        log.critical("node %s refuses to start: %s", config.id, exc)
+        return EXIT_STORAGE_CORRUPT
     except OSError as exc:
         log.error("node %s cannot start: %s", config.id, exc)
         return 1
