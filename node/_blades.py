@@ -13,7 +13,7 @@ pure functions of a ``resync.Reader`` and run under the store's read lock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,8 @@ class ProjectedTable:
         self._indexes: dict[str, dict[Any, set[str]]] = {f: {} for f in spec.index}
         self.fault: Fault | None = None
         self.apply_delay = 0.0
+        #: Called with (table, key, row or None) after every row change (agents' change log).
+        self.on_change: Callable[[str, str, Row | None], None] | None = None
 
     # ----------------------------------------------------------- projection
 
@@ -144,6 +146,8 @@ class ProjectedTable:
             self._rows.pop(key, None)
         else:
             self._rows[key] = dict(row)
+        if self.on_change is not None:
+            self.on_change(self.name, key, row)
 
 
 class _Context:

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fencing import MIN_QUORUM_GRACE, FencePolicy, PolicyError, policy_from_document
+from node._agents import parse_agents
 from node._exceptions import AppError, ConfigError
 from node._loading import DEFAULT_APP, data_plane_reads, load_app, policy_of
+from node._sinks import SinkConfigError, SinkSpec, load_sink_config
 from node.app import App
 
 
@@ -65,6 +67,11 @@ class NodeConfig:
     fence_policy: FencePolicy = field(default_factory=_default_policy)
     app: App = field(default_factory=_default_app)
     app_spec: str = DEFAULT_APP
+    #: Agents this node expects: name -> the blade tables it holds (node/_agents.py).
+    agents: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    agent_timeout: float = 1.0
+    #: File sinks this node renders (node/_sinks.py); each is an agent too.
+    sinks: tuple[SinkSpec, ...] = ()
     header_timeout: float = 30.0
     body_timeout: float = 30.0
     max_connections: int = 1000
@@ -107,6 +114,13 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
+    (
+        "--agent",
+        "AGENTS",
+        "an agent this node expects, NAME=TABLE[,TABLE...]; repeat the flag, or ';'-separate in the env var",
+    ),
+    ("--sink-config", "SINK_CONFIG", "TOML file of file sinks: blade tables rendered into files for daemons"),
+    ("--agent-timeout", "AGENT_TIMEOUT", "seconds without a report before an agent counts as lost (default 1)"),
     ("--app", "APP", f"the app to run, as module:attribute (default {DEFAULT_APP})"),
     (
         "--header-timeout",
@@ -126,7 +140,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, env, help_text in SETTINGS:
-        if flag == "--peer":
+        if flag in ("--peer", "--agent"):
             parser.add_argument(flag, action="append", default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
         else:
             parser.add_argument(flag, default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
@@ -267,7 +281,32 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         raise ConfigError(str(exc)) from None
     policy_file = pick("fence_policy", "FENCE_POLICY")
     policy = load_fence_policy(policy_file, grace, app) if policy_file else policy_of(app, grace)
+    agent_specs = list(getattr(args, "agent", None) or [])
+    if not agent_specs and env.get(ENV_PREFIX + "AGENTS"):
+        agent_specs = [s for s in env[ENV_PREFIX + "AGENTS"].split(";") if s.strip()]
+    try:
+        agents = parse_agents(agent_specs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = sorted({t for held in agents.values() for t in held} - {b.name for b in app.blades})
+    if unknown:
+        raise ConfigError(f"--agent names unknown blade table(s) {unknown}")
+    sink_file = pick("sink_config", "SINK_CONFIG")
+    try:
+        sinks = tuple(load_sink_config(sink_file)) if sink_file else ()
+    except SinkConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    clash = sorted({s.name for s in sinks} & set(agents))
+    if clash:
+        raise ConfigError(f"sink(s) {clash} have the name of an --agent")
+    unknown = sorted({t for s in sinks for t in s.tables} - {b.name for b in app.blades})
+    if unknown:
+        raise ConfigError(f"--sink-config names unknown blade table(s) {unknown}")
+    agent_timeout = _number(pick("agent_timeout", "AGENT_TIMEOUT") or "1", "--agent-timeout", 0.1, 60)
     return NodeConfig(
+        agents=agents,
+        agent_timeout=agent_timeout,
+        sinks=sinks,
         id=node_id,
         raft_address=raft,
         http_address=http,

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from node._agent_routes import add_agent_routes
 from node._common import (
     CLIENT,
     CONFIG,
@@ -56,6 +57,7 @@ from node._mgmt import add_routes, check_row
 from node._models import PutBody, TxnBody
 from node._openapi import openapi
 from node._runtime import BladeRuntime
+from node._sinks import FileSink
 from node._tables import TABLE_PREFIX, TableRegistry, key_problem
 from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value, snapshot_entries
 
@@ -425,6 +427,7 @@ def node_status(app: web.Application) -> dict[str, Any]:
         "app": app[RUNTIME].identity,
         "tables": app[RUNTIME].table_status(),
         "fences": app[RUNTIME].fences(),
+        "agents": app[RUNTIME].agents.status(),
         **removal_status(app),
         "reachable": True,
     }
@@ -553,6 +556,13 @@ async def metrics(request: web.Request) -> web.Response:
     ]
     lines.append("# TYPE rdb_fence_events_total counter")
     lines += [f'rdb_fence_events_total{{type="{k}"}} {v}' for k, v in sorted(runtime.event_counts.items())]
+    agents = runtime.agents.status()
+    lines.append("# TYPE rdb_agent_applied_revision gauge")
+    lines += [f'rdb_agent_applied_revision{{agent="{n}"}} {a["applied_revision"]}' for n, a in agents.items()]
+    lines.append("# TYPE rdb_agent_lag_revisions gauge")
+    lines += [f'rdb_agent_lag_revisions{{agent="{n}"}} {a["lag_revisions"] or 0}' for n, a in agents.items()]
+    lines.append("# TYPE rdb_agent_ok gauge")
+    lines += [f'rdb_agent_ok{{agent="{n}"}} {int(a["state"] == "ok")}' for n, a in agents.items()]
     lines.append("# TYPE http_responses_total counter")
     lines += [f"{name} {value}" for name, value in sorted(request.app[METRICS].items())]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
@@ -669,12 +679,16 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
         audit_interval=config.audit_interval,
         policy=config.fence_policy,
         app=config.app,
+        agents={**config.agents, **{s.name: s.tables for s in config.sinks}},
+        agent_timeout=config.agent_timeout,
     )
+    sinks = [FileSink(spec, app[RUNTIME]) for spec in config.sinks]
 
     async def lifecycle(app: web.Application) -> Any:
         app[CLIENT] = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(_register_self(app)), loop.create_task(app[RUNTIME].run())]
+        tasks += [loop.create_task(sink.run()) for sink in sinks]
         yield
         for task in tasks:
             task.cancel()
@@ -701,6 +715,7 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_post("/v1/restore", post_restore)
     add_routes(app)
+    add_agent_routes(app)
     if config.fault_injection:
         add_debug_routes(app)
     return app

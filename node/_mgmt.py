@@ -188,7 +188,9 @@ async def wait_applied(app: web.Application, revision: int, timeout: float) -> t
         info = registry.get(address, {"id": address})
         node_id = info.get("id", address)
         if address == cfg.raft_address:
-            return node_id, _node_outcome(runtime.applied_revision(), bool(runtime.fences()), revision)
+            agents = runtime.agents.applied_revision()
+            applied = runtime.applied_revision() if agents is None else min(runtime.applied_revision(), agents)
+            return node_id, _node_outcome(applied, bool(runtime.fences()), revision)
         url = info.get("http_url")
         if not url:
             return node_id, {"outcome": "unreachable", "error": "no HTTP URL known"}
@@ -198,7 +200,8 @@ async def wait_applied(app: web.Application, revision: int, timeout: float) -> t
             ) as resp:
                 st = await resp.json()
             tables = st.get("tables") or {}
-            applied = min((t.get("applied_revision", 0) for t in tables.values()), default=0)
+            revisions = [t.get("applied_revision", 0) for t in [*tables.values(), *(st.get("agents") or {}).values()]]
+            applied = min(revisions, default=0)  # its blade tables and its agents
             return node_id, _node_outcome(applied, bool(st.get("fences")), revision)
         except Exception as exc:  # noqa: BLE001 - unreachable is an outcome
             return node_id, {"outcome": "unreachable", "error": str(exc) or type(exc).__name__}

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from fencing import (
     decide,
     initial_state,
 )
+from node._agents import DEFAULT_HEARTBEAT_TIMEOUT, AgentHub, with_agents
 from node._blades import ProjectedTable, build_blades
 from node._exceptions import AppMismatch, Fenced
 from node._loading import DEFAULT_APP, app_identity, load_app, policy_of
@@ -81,6 +82,8 @@ class BladeRuntime:
         audit_interval: float = 60.0,
         action_timeout: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        agents: Mapping[str, frozenset[str]] | None = None,
+        agent_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> None:
         """``clock`` (monotonic seconds) is the one clock of every fencing decision:
         the policy's state, the guard's checks and the worker's heartbeat."""
@@ -96,7 +99,8 @@ class BladeRuntime:
         self.blades = build_blades(self.app, self.registry, node_id)
         self.tables: dict[str, ProjectedTable] = {t.name: t for b in self.blades.values() for t in b.values()}
         self.audit_interval = audit_interval
-        self.policy = policy or policy_of(self.app, 5.0)
+        # An agent is one more table to the policy (node/_agents.py).
+        self.policy = with_agents(policy or policy_of(self.app, 5.0), agents or {})
         self.fence_state = initial_state(self.policy, clock())
         self.decisions: Counter[str] = Counter()
         self.event_counts: Counter[str] = Counter()
@@ -123,6 +127,7 @@ class BladeRuntime:
         #: A data-plane request waits at most this long for a suspended resync run.
         self.settle_timeout = 2 * action_timeout + 0.5
         store.add_load_listener(self.load_event)
+        self.agents = AgentHub(self, agents or {}, heartbeat_timeout=agent_timeout)
 
     # ------------------------------------------------------------ fencing
 
@@ -216,6 +221,7 @@ class BladeRuntime:
         fails is logged and retried: the loop itself never ends on an error."""
         loop_state = _LoopState(next_audit=self.clock() + self.audit_interval)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        agents = asyncio.get_running_loop().create_task(self.agents.run())
         try:
             while True:
                 changed = self.store.changed()
@@ -227,6 +233,7 @@ class BladeRuntime:
                 await _wait_any(changed, self._wake, timeout=0.1)
         finally:
             heartbeat.cancel()
+            agents.cancel()
 
     async def _heartbeat(self) -> None:
         """Tick every HEARTBEAT_SECONDS; a late tick means the process did not run for
@@ -267,7 +274,9 @@ class BladeRuntime:
             await self.engine.resync(None, "audit")
         self._record_blade_time()
         self._observe_lag()
+        self.agents.check()
         self.observe(Tick())
+        self.agents.wake()
         self.last_iteration = self.clock()
 
     def app_problem(self) -> str | None:
