@@ -62,6 +62,7 @@ class ChaosCluster(LocalCluster):
         *,
         net: NetLab | None,
         quorum_grace: float = 3.0,
+        app: str | None = None,
         node_args: Sequence[str] = (),  # added to every node's flags (--compaction-entries)
     ) -> None:
         self.net = net
@@ -76,7 +77,13 @@ class ChaosCluster(LocalCluster):
             size,
             addresses=addresses,
             cluster_address=None if net is not None else "127.0.0.1:0",
-            node_args=[*NODE_ARGS, "--quorum-grace", str(quorum_grace), *node_args],
+            node_args=[
+                *NODE_ARGS,
+                "--quorum-grace",
+                str(quorum_grace),
+                *(["--app", app] if app else []),
+                *node_args,
+            ],
             log_dir=base_dir,
             command_prefix=net.prefix_argv if net is not None else None,
             cwd=REPO,

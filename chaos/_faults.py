@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chaos._apps import ONTAP, AppModel
 from chaos._cluster import REPO, ChaosCluster, ChaosNode, http
 from chaos._disk import SmallDisk
 
@@ -57,7 +58,6 @@ REFUSAL_MESSAGE = "refuses to start"
 SNAPSHOT_FILE = "raft.snapshot"
 JOURNAL_FILE = "raft.journal"
 HANG_DETECTION_SECONDS = 1.2  # the node's resync action timeout (1 s) plus margin
-BLADE_TABLES = ("vservers", "lifs", "export_rules", "cifs_shares", "vldb", "aggregates", "volumes")
 
 
 @dataclass(frozen=True)
@@ -162,11 +162,13 @@ class FaultRunner:
         plan: list[PlannedFault],
         now: Any,
         stop: threading.Event,
+        model: AppModel = ONTAP,
         *,
         disk: SmallDisk | None = None,
         disk_node: str | None = None,
     ) -> None:
         self.cluster = cluster
+        self.model = model
         self.plan = plan
         self.now = now
         self.stop = stop
@@ -225,7 +227,8 @@ class FaultRunner:
             return FaultRecord(kind, start, None, target)
         if kind in ("resync_error", "resync_hang"):
             nid = self._node(fault.pick)
-            table = BLADE_TABLES[fault.extra % len(BLADE_TABLES)]
+            tables = self.model.blade_tables
+            table = tables[fault.extra % len(tables)]
             mode = "error" if kind == "resync_error" else "hang"
             status, _ = http("POST", c.nodes[nid].url + "/v1/debug/faults", {"table": table, "mode": mode})
             acked = self.now()
@@ -238,8 +241,8 @@ class FaultRunner:
             return record
         if kind == "tamper":
             nid = self._node(fault.pick)
-            table = ("vservers", "export_rules", "vldb")[fault.extra % 3]
-            key = {"vservers": "vs0", "export_rules": "vs0:default:1", "vldb": "vol0"}[table]
+            targets = self.model.tamper_targets
+            table, key = targets[fault.extra % len(targets)]
             status, _ = http(
                 "POST", c.nodes[nid].url + "/v1/debug/tamper", {"table": table, "key": key, "row": {"tampered": True}}
             )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from chaos._apps import MODELS, ONTAP, AppModel
 from chaos._checkers import (
     CheckResult,
     check_convergence,
@@ -48,21 +49,10 @@ from chaos._workload import (
     RegisterWorkload,
     SetWorkload,
     Workload,
-    base_config,
 )
 
-BLADES = {
-    "vservers": "nblade",
-    "lifs": "nblade",
-    "export_rules": "nblade",
-    "cifs_shares": "nblade",
-    "vldb": "nblade",
-    "aggregates": "dblade",
-    "volumes": "dblade",
-}
 #: A tampered blade row may be served until the audit (5 s in chaos runs) repairs it.
 TAMPER_REPAIR_BOUND_S = 7.0
-MGMT_TABLES = ("vservers", "lifs", "aggregates", "volumes", "export_rules", "cifs_shares")
 
 
 class ChaosAbort(Exception):
@@ -153,9 +143,9 @@ def _consume_sse(buf: bytes, log: ConfigLog, history: History) -> bytes:
     return buf
 
 
-def replay_config(events: list[dict[str, Any]], revision: int) -> dict[str, dict[str, Any]]:
+def replay_config(events: list[dict[str, Any]], revision: int, model: AppModel = ONTAP) -> dict[str, dict[str, Any]]:
     """The management tables as the config log says they were at ``revision``."""
-    tables: dict[str, dict[str, Any]] = {t: {} for t in MGMT_TABLES}
+    tables: dict[str, dict[str, Any]] = {t: {} for t in model.management_tables}
     for event in events:
         if event["revision"] > revision:
             break
@@ -176,9 +166,9 @@ def targets_for(cluster: ChaosCluster) -> list[str]:
     return out
 
 
-def load_config(cluster: ChaosCluster) -> None:
+def load_config(cluster: ChaosCluster, model: AppModel = ONTAP) -> None:
     url = cluster.nodes["n1"].url
-    for table, key, row in base_config():
+    for table, key, row in model.base_config(sorted(cluster.nodes)):
         for _ in range(50):
             status, body = http("PUT", f"{url}/v1/tables/{table}/{key}", row, timeout=5)
             if status == 200:
@@ -210,12 +200,12 @@ def wait_converged(cluster: ChaosCluster, timeout: float) -> int:
     return revision
 
 
-def final_state(cluster: ChaosCluster) -> dict[str, Any]:
+def final_state(cluster: ChaosCluster, model: AppModel = ONTAP) -> dict[str, Any]:
     """Committed tables, every node's blades and set contents, read after healing."""
     n1 = cluster.nodes["n1"].url
     committed: dict[str, dict[str, Any]] = {}
     revision = 0
-    for table in MGMT_TABLES:
+    for table in model.management_tables:
         status, body = http("GET", f"{n1}/v1/tables/{table}?limit=10000", timeout=10)
         if status != 200:
             raise ChaosAbort(f"cannot read committed {table}: {status} {body}")
@@ -225,7 +215,7 @@ def final_state(cluster: ChaosCluster) -> dict[str, Any]:
     sets: dict[str, dict[str, Any]] = {}
     for nid, node in cluster.nodes.items():
         blades[nid] = {}
-        for table, blade in BLADES.items():
+        for table, blade in model.blades.items():
             status, body = http("GET", f"{node.url}/v1/blades/{blade}/{table}", timeout=10)
             if status == 200:
                 blades[nid][table] = {"revision": body["revision"], "rows": body["rows"]}
@@ -295,7 +285,9 @@ def run(args: argparse.Namespace) -> int:
     progress(network_note)
     compaction = args.compaction_entries or compaction_entries(args.seed)
     node_args = ("--compaction-entries", str(compaction)) if compaction else ()
-    cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net, node_args=node_args)
+    model = MODELS[args.app]
+    app_flag = None if args.app == ONTAP.spec else args.app
+    cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net, app=app_flag, node_args=node_args)
     disk: SmallDisk | None = None
     disk_node = node_ids[args.seed % len(node_ids)]
     if in_mount_ns:
@@ -330,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     history = History(time.monotonic())
     config_log = ConfigLog()
-    faults = FaultRunner(cluster, plan, history.now, stop, disk=disk, disk_node=disk_node if disk else None)
+    faults = FaultRunner(cluster, plan, history.now, stop, model, disk=disk, disk_node=disk_node if disk else None)
     snapshots = SnapshotWatch(cluster, history, stop)
     workloads: list[Workload] = []
     results: list[CheckResult] = []
@@ -349,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.start_all()
         if not cluster.wait_ready(60):
             raise ChaosAbort("the cluster did not become ready within 60 s")
-        load_config(cluster)
+        load_config(cluster, model)
         history.t0 = time.monotonic()
         t0_wall = time.time()
         watcher = threading.Thread(target=watch_config, args=(cluster, config_log, history, watch_stop), daemon=True)
@@ -364,8 +356,12 @@ def run(args: argparse.Namespace) -> int:
         for p in range(2):
             workloads.append(SetWorkload("set", 100 + p, seed * 1000 + 100 + p, history, targets, stop))
         for p in range(2):
-            workloads.append(DataPlaneProbe("probe", 200 + p, seed * 1000 + 200 + p, history, targets, stop))
-        workloads.append(ConfigChurn("churn", 300, seed * 1000 + 300, history, targets, stop, nodes=node_ids))
+            workloads.append(
+                DataPlaneProbe("probe", 200 + p, seed * 1000 + 200 + p, history, targets, stop, model=model)
+            )
+        workloads.append(
+            ConfigChurn("churn", 300, seed * 1000 + 300, history, targets, stop, nodes=node_ids, model=model)
+        )
         for w in workloads:
             w.thread.start()
         faults.thread.start()
@@ -407,14 +403,17 @@ def run(args: argparse.Namespace) -> int:
             progress("WARNING: not every node is ready 90 s after healing")
         revision = wait_converged(cluster, 60)
         progress(f"converged at revision {revision}; reading final state")
-        state = final_state(cluster)
+        state = final_state(cluster, model)
         # The watch only sees tables/ keys, so its last revision says little: wait (bounded)
         # until replaying it gives exactly the committed tables read after healing.
         deadline = time.monotonic() + 15
-        while replay_config(config_log.events, state["revision"]) != state["committed"] and time.monotonic() < deadline:
+        while (
+            replay_config(config_log.events, state["revision"], model) != state["committed"]
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         watch_stop.set()
-        if config_log.complete and replay_config(config_log.events, state["revision"]) != state["committed"]:
+        if config_log.complete and replay_config(config_log.events, state["revision"], model) != state["committed"]:
             config_log.complete = False
             config_log.error = f"the watched config log does not replay to the state at revision {state['revision']}"
         progress("checking")
@@ -424,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
         )
         results.append(check_set([o for o in ops if o["kind"] == "set"], state["sets"]))
         results.append(check_fault_outcomes([r.to_dict() for r in faults.records]))
-        results.append(check_convergence(state["blades"], state["committed"], state["revision"]))
+        results.append(check_convergence(state["blades"], state["committed"], state["revision"], model=model))
         log_events = list(config_log.events) if config_log.complete else []
         drift_windows = [
             {"node": r.target[0], "start": r.start, "end": r.start + TAMPER_REPAIR_BOUND_S}
@@ -438,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
                 faults.fault_windows,
                 log_complete_through=state["revision"],
                 drift_windows=drift_windows,
+                model=model,
             )
         )
         events = fence_events(cluster, t0_wall)
@@ -457,7 +457,9 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
         "network": network_note,
         "result": "pass" if ok else "fail",
+        "app": model.spec,
         "repeat": f"scripts/chaos --seed {args.seed} --duration {args.duration:g} --nodes {args.nodes}"
+        + ("" if app_flag is None else f" --app {app_flag}")
         + (f" --faults {args.faults}" if args.faults else "")
         + (f" --compaction-entries {args.compaction_entries}" if args.compaction_entries else ""),
         "operations": _op_counts(history.ops),
@@ -580,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-disk", action="store_true", help="no small filesystem, no disk_full faults")
     parser.add_argument("--disk-mb", type=int, default=256, help="size of the small filesystem (MiB, default 256)")
+    parser.add_argument(
+        "--app",
+        choices=sorted(MODELS),
+        default=ONTAP.spec,
+        help="the app the nodes run (the harness has an independent model of each)",
+    )
     return parser
 
 

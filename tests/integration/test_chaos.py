@@ -19,13 +19,15 @@ from tests.integration.cluster import REPO
 pytestmark = pytest.mark.integration
 
 
-def run_chaos(tmp_path: Any, *args: str, timeout: float) -> dict[str, Any]:
+def run_chaos(tmp_path: Any, *args: str, timeout: float, app: str = "apps.ontap:app") -> dict[str, Any]:
     report = tmp_path / "report"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "chaos",
+            "--app",
+            app,
             *args,
             "--report",
             str(report),
@@ -46,8 +48,16 @@ def run_chaos(tmp_path: Any, *args: str, timeout: float) -> dict[str, Any]:
     statuses = {c["name"]: c["status"] for c in summary["checkers"]}
     assert statuses and set(statuses.values()) == {"pass"}, summary["checkers"]
     assert "fault_outcomes" in statuses
+    assert summary["app"] == app
+    dataplane = next(c for c in summary["checkers"] if c["name"] == "dataplane")
+    assert dataplane["stats"]["checked"] > 100  # the app's answers were judged, not skipped
     assert proc.returncode == 0
     return summary
+
+
+@pytest.mark.parametrize(("app", "duration"), [("apps.ontap:app", "45"), ("apps.proxy:app", "30")])
+def test_short_seeded_chaos_run_passes(tmp_path: Any, app: str, duration: str) -> None:
+    run_chaos(tmp_path, "--seed", "7", "--duration", duration, timeout=170, app=app)
 
 
 def injected(summary: dict[str, Any], kind: str) -> int:
