@@ -23,12 +23,14 @@ or read plain attributes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import struct
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +38,9 @@ import msgpack
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import syncobj as _pysyncobj_module
 from pysyncobj import tcp_connection as _pysyncobj_tcp
-from pysyncobj.config import FAIL_REASON
+from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.node import TCPNode
+from pysyncobj.serializer import Serializer
 from pysyncobj.transport import TCPTransport
 
 from rdb._append import coalesce_outgoing, plan_append
@@ -96,6 +99,124 @@ def _create_journal(journal_file: Any = None) -> Any:
 
 
 _pysyncobj_module.createJournal = _create_journal
+
+
+class _SnapshotWriter:
+    """``conf.serializer`` of a ``RaftNode``: marks it for ``_BackgroundSerializer``.
+
+    ``prepare(raft_data)`` runs on the tick thread, at the applied index PySyncObj
+    snapshots, and returns the function that writes the file from a frozen copy (any
+    thread)."""
+
+    def __init__(self, prepare: Callable[[Any], Callable[[str], None]]) -> None:
+        self.prepare = prepare
+
+    def __call__(self, tmp_path: str, raft_data: Any) -> None:  # PySyncObj's synchronous form
+        self.prepare(raft_data)(tmp_path)
+
+
+class _BackgroundSerializer(Serializer):  # type: ignore[misc]
+    """PySyncObj's serializer, with the snapshot written off the tick thread.
+
+    ``serialize`` (tick thread) only freezes the state (``_SnapshotWriter.prepare``) and
+    starts a thread that encodes and fsyncs the temporary file; ``checkSerializing``
+    (tick thread) answers SERIALIZING until it is done, then renames it into place and
+    fsyncs the directory *on the tick thread*, so the rename is ordered with snapshot
+    installs: a snapshot installed meanwhile wins and the older one is discarded
+    (FAILED: PySyncObj keeps the journal whole). Until then no transmission reads the
+    file (PySyncObj's rule while it serializes)."""
+
+    def __init__(self, file_name: str, batch: int, use_fork: bool, writer: _SnapshotWriter, *rest: Any) -> None:
+        super().__init__(file_name, batch, False, writer, *rest)
+        self._file_name = file_name
+        self._writer = writer
+        self._thread: threading.Thread | None = None
+        self._written: bool = False
+        self._installs = 0
+        self._installs_at_start = 0
+        self._started = 0.0
+        self.snapshots_written = 0
+        self.last_seconds = 0.0
+        self.max_seconds = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    def serialize(self, data: Any, id: Any) -> None:
+        if self._thread is not None:
+            return
+        self._Serializer__currentID = id
+        write = self._writer.prepare(data[1:])
+        self._installs_at_start = self._installs
+        self._started = time.monotonic()
+        self._written = False
+        self._Serializer__pid = -3  # "busy" for PySyncObj's own checks (no transmission)
+        self._thread = threading.Thread(target=self._write, args=(write,), name="rdb-snapshot", daemon=True)
+        self._thread.start()
+
+    def _write(self, write: Callable[[str], None]) -> None:
+        try:
+            write(self._file_name + ".tmp")
+            self._written = True
+        except Exception:  # a failed snapshot only means no compaction yet
+            log.exception("writing the snapshot failed; the journal is kept whole")
+
+    def checkSerializing(self) -> tuple[int, Any]:  # noqa: N802 - PySyncObj's name
+        thread = self._thread
+        if thread is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        current = self._Serializer__currentID
+        if thread.is_alive():
+            return SERIALIZER_STATE.SERIALIZING, current
+        thread.join()
+        self._thread = None
+        self._Serializer__pid = 0
+        tmp = self._file_name + ".tmp"
+        if not self._written or self._installs != self._installs_at_start:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return SERIALIZER_STATE.FAILED, current
+        try:
+            os.replace(tmp, self._file_name)
+            fsync_directory(os.path.dirname(os.path.abspath(self._file_name)))
+        except OSError:
+            # Whether the new snapshot is durable is unknown: stop rather than go on.
+            log.critical("installing the new snapshot failed; stopping this node", exc_info=True)
+            os._exit(70)
+        self._Serializer__transmissions: dict[Any, Any] = {}
+        self.snapshots_written += 1
+        self.last_seconds = time.monotonic() - self._started
+        self.max_seconds = max(self.max_seconds, self.last_seconds)
+        return SERIALIZER_STATE.SUCCESS, current
+
+    def setTransmissionData(self, data: Any) -> bool:  # noqa: N802 - PySyncObj's name
+        installed = bool(super().setTransmissionData(data))
+        if installed:
+            self._installs += 1  # a snapshot being written now is older: discard it
+        return installed
+
+
+_original_serializer = _pysyncobj_module.Serializer
+
+
+def _make_serializer(file_name: Any, batch: Any, use_fork: Any, serializer: Any, *rest: Any) -> Any:
+    # The same seam as createJournal: SyncObj.__init__ builds its serializer by name.
+    if isinstance(serializer, _SnapshotWriter):
+        return _BackgroundSerializer(file_name, batch, use_fork, serializer, *rest)
+    return _original_serializer(file_name, batch, use_fork, serializer, *rest)
+
+
+_pysyncobj_module.Serializer = _make_serializer
+
+
+def compaction_point(first: int, every: int, rank: int, members: int) -> int:
+    """The applied index at which this node compacts next: the first point after the
+    journal's ``first`` index on the grid ``offset + m * every``, where the offset is
+    ``rank / members`` of ``every``. Nodes of one cluster (ranks 0..members-1) therefore
+    compact ``every / members`` entries apart, never all at once."""
+    offset = every * (rank % max(1, members)) // max(1, members)
+    return offset + ((first - offset) // every + 1) * every
 
 
 def _no_flush() -> None:
@@ -161,22 +282,58 @@ class RaftStatus:
     messages_sent_after_merge: int  # ...and how many left after coalescing
     truncations_below_commit: int
     suppressed_truncations: int
+    snapshots_written: int = 0  # compactions finished by this process...
+    snapshot_seconds_last: float = 0.0  # ...how long the last one took (freeze to rename)
+    snapshot_seconds_max: float = 0.0
 
 
 def dump_snapshot(path: str, state: bytes, last: Any, prev: Any, cluster: list[str]) -> None:
     """Write a snapshot file with fsync (the caller renames it and fsyncs the dir)."""
-    body = msgpack.packb(
-        {"state": state, "last": list(last), "prev": list(prev), "cluster": cluster}, use_bin_type=True
+    write_snapshot(path, [state], last, prev, cluster)
+
+
+def write_snapshot(path: str, state: Iterable[bytes], last: Any, prev: Any, cluster: list[str]) -> None:
+    """Write a snapshot file from the state's encoding in pieces, with fsync, holding
+    about 1 MiB of it at a time (the caller renames it and fsyncs the dir). The file is
+    what ``load_snapshot`` reads: the lengths are filled in once the state is written."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = b"".join(
+        [
+            packer.pack_map_header(4),
+            *(
+                packer.pack(k) + packer.pack(v)
+                for k, v in (("last", list(last)), ("prev", list(prev)), ("cluster", cluster))
+            ),
+            packer.pack("state"),
+        ]
     )
+    prefix = _SNAPSHOT_MAGIC + bytes(8) + head + b"\xc6" + bytes(4)  # msgpack bin 32, length later
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        data = _SNAPSHOT_MAGIC + struct.pack("<Q", len(body)) + body
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, prefix)
+        written = 0
+        buffer = bytearray()
+        for piece in state:
+            buffer += piece
+            if len(buffer) >= 1 << 20:
+                _write_all(fd, buffer)
+                written += len(buffer)
+                buffer.clear()
+        _write_all(fd, buffer)
+        written += len(buffer)
+        if written >= 1 << 32:
+            raise ValueError("a snapshot's state is at most 4 GiB")
+        os.pwrite(fd, struct.pack(">I", written), len(prefix) - 4)
+        os.pwrite(fd, struct.pack("<Q", len(head) + 5 + written), len(_SNAPSHOT_MAGIC))
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def load_snapshot(path: str) -> tuple[bytes, Any, Any, list[str]]:
@@ -196,9 +353,15 @@ class RaftNode(SyncObj):  # type: ignore[misc]
     """PySyncObj node with our durability, truncation and snapshot fixes.
 
     ``apply_fn(payload, index)`` runs on the tick thread for every committed command, in
-    log order, and must never raise. ``snapshot_fn()`` returns the state as bytes;
-    ``restore_fn(state, index)`` replaces it (a *load event*: snapshot install or
-    restart from a dump).
+    log order, and must never raise. ``snapshot_fn()`` runs on the tick thread and
+    returns the state's encoding as an iterable of byte pieces over a *frozen* copy: it is
+    consumed on the snapshot thread while later commands apply. ``restore_fn(state,
+    index)`` replaces it (a *load event*: snapshot install or restart from a dump).
+
+    Compaction: every ``compaction_entries`` applied entries, at a per-node offset (see
+    ``compaction_point``), after ``compaction_seconds`` (also offset per node), or once
+    the journal passes ``COMPACT_AT_BYTES``; the snapshot is encoded and written off the
+    tick thread (``_BackgroundSerializer``).
     """
 
     def __init__(
@@ -209,7 +372,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         *,
         password: str,
         apply_fn: Callable[[bytes, int], Any],
-        snapshot_fn: Callable[[], bytes],
+        snapshot_fn: Callable[[], Iterable[bytes]],
         restore_fn: Callable[[bytes, int], None],
         compaction_entries: int = 20_000,
         compaction_seconds: float = 300.0,
@@ -228,13 +391,18 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
         self._wake_pending = False
+        self._compaction_entries = compaction_entries
+        # This node's place among the members: its compactions are offset by that share.
+        members = sorted({self_address, *partner_addresses})
+        self._compaction_rank = (members.index(self_address), len(members))
+        stagger = 1.0 + self._compaction_rank[0] / self._compaction_rank[1] / 2
         os.makedirs(data_dir, exist_ok=True)
         dump = os.path.join(data_dir, "raft.snapshot")
         conf = SyncObjConf(
             password=password,
             journalFile=_JournalPath(os.path.join(data_dir, "raft.journal")),
             fullDumpFile=dump,
-            serializer=self._serialize_to,
+            serializer=_SnapshotWriter(self._prepare_snapshot),
             deserializer=self._deserialize_from,
             useFork=False,
             appendEntriesUseBatch=False,
@@ -252,8 +420,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             # Larger than any single entry (1 MiB values), so PySyncObj never takes its
             # buggy chunked-transmission path for one big entry.
             appendEntriesBatchSizeBytes=4 * 1024 * 1024,
-            logCompactionMinEntries=compaction_entries,
-            logCompactionMinTime=compaction_seconds,
+            # Entry counts are ours (staggered, in _persist_and_release); PySyncObj would
+            # have every node compact at the same index.
+            logCompactionMinEntries=2**62,
+            logCompactionMinTime=compaction_seconds * stagger,
             logCompactionSplit=False,
         )
         super().__init__(self_address, partner_addresses, conf=conf, transportClass=_HoldingTransport)
@@ -310,10 +480,27 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             log.critical("journal fsync failed; stopping this node", exc_info=True)
             os._exit(70)
         self._SyncObj__transport.release_held()
-        # PySyncObj compacts by entry count only: big values must not grow the journal
-        # (held in memory too) without bound, so compact by size as well.
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Start a compaction when this node's next point is reached (tick thread). Runs
+        after PySyncObj's compaction step in the same tick, so a compaction that just
+        finished has already moved the journal's first index."""
+        serializer = self._SyncObj__serializer
+        if getattr(serializer, "busy", False):
+            return  # forcing now would start another one as soon as this one ends
         journal = self._rdb_journal
-        if journal.size_bytes > COMPACT_AT_BYTES and time.monotonic() - self._last_forced_compaction > 5.0:
+        if not len(journal):
+            return
+        rank, members = self._compaction_rank
+        due = compaction_point(journal[0][1], self._compaction_entries, rank, members)
+        if self.raftLastApplied >= due:
+            self.forceLogCompaction()
+            return
+        # Big values must not grow the journal (held in memory too) without bound.
+        if journal.size_bytes > COMPACT_AT_BYTES * (1 + rank / members) and (
+            time.monotonic() - self._last_forced_compaction > 5.0
+        ):
             self._last_forced_compaction = time.monotonic()
             self.forceLogCompaction()
 
@@ -399,9 +586,17 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------ snapshots
 
-    def _serialize_to(self, tmp_path: str, raft_data: Any) -> None:
+    def _prepare_snapshot(self, raft_data: Any) -> Callable[[str], None]:
+        # Tick thread: only the freeze happens here; the returned writer runs on the
+        # snapshot thread.
         last, prev, cluster = raft_data
-        dump_snapshot(tmp_path, self._snapshot_fn(), last, prev, sorted(n.id for n in cluster))
+        state = self._snapshot_fn()
+        members = sorted(n.id for n in cluster)
+
+        def write(tmp_path: str) -> None:
+            write_snapshot(tmp_path, state, last, prev, members)
+
+        return write
 
     def _deserialize_from(self, path: str) -> tuple[Any, Any, Any]:
         state, last, prev, cluster = load_snapshot(path)
@@ -448,6 +643,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         else:
             quorum = leader is not None and now - self.last_leader_contact < quorum_window
         journal = self._rdb_journal
+        serializer = self._SyncObj__serializer
         return RaftStatus(
             role=role,
             term=int(self.raftCurrentTerm),
@@ -465,6 +661,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             messages_sent_after_merge=self._SyncObj__transport.sent_merged,
             truncations_below_commit=self.truncations_below_commit,
             suppressed_truncations=self.suppressed_truncations,
+            snapshots_written=getattr(serializer, "snapshots_written", 0),
+            snapshot_seconds_last=getattr(serializer, "last_seconds", 0.0),
+            snapshot_seconds_max=getattr(serializer, "max_seconds", 0.0),
         )
 
     def _other_nodes(self) -> list[Any]:

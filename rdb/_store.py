@@ -20,10 +20,11 @@ Threading: public coroutines run on the asyncio loop given to ``start``. ``_appl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pysyncobj.config import FAIL_REASON
@@ -75,6 +76,7 @@ class ReplicatedStore:
         self.load_count = 0
         self._load_listeners: list[Callable[[], None]] = []
         self.barriers_proposed = 0
+        self.last_restore: RestoreProgress | None = None  # the latest restore through this node
         #: (revision, wall time applied here): for commit-to-blade latency figures.
         self.commit_times: deque[tuple[int, float]] = deque(maxlen=20_000)
 
@@ -130,9 +132,12 @@ class ReplicatedStore:
             self._schedule_notify(load=restored)
         return result
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self) -> Iterator[bytes]:
+        # Tick thread: a frozen copy under the lock (pointer copies); the encoding runs
+        # on the snapshot thread, without the lock (see RaftNode).
         with self._lock:
-            return self._sm.snapshot()
+            source = self._sm.snapshot_source()
+        return source.chunks()
 
     def _restore(self, state: bytes, index: int) -> None:
         with self._lock:
@@ -284,21 +289,55 @@ class ReplicatedStore:
         await self.linearizable_barrier()
         return self.read(lambda sm: (sm.snapshot(), sm.revision))
 
-    async def restore(self, snapshot: bytes, *, keep_prefix: str = "", timeout: float | None = None) -> Result:
+    async def restore(
+        self,
+        snapshot: bytes,
+        *,
+        keep_prefix: str = "",
+        timeout: float | None = None,
+        progress: Callable[[RestoreProgress], None] | None = None,
+    ) -> Result:
         """Replace the whole key space with ``snapshot`` on every node (a load event).
+
+        The snapshot is parsed, checked and cut into log entries of at most
+        ``RESTORE_ROWS_PER_ENTRY`` key-sorted rows in a worker thread; each entry is
+        checked again as it applies, and the commit swaps the staged state in, so no
+        apply holds the tick thread for long. ``progress`` (loop thread) gets a
+        ``RestoreProgress`` after each committed entry; ``last_restore`` keeps the latest.
 
         Raises ``InvalidCommand`` for a malformed snapshot (nothing proposed), or the
         ``propose`` errors; a failed upload leaves the current state untouched. Keys under
         ``keep_prefix`` keep their current values.
         """
-        # Parsing and checking a large snapshot takes seconds: not on the event loop.
-        await asyncio.to_thread(snapshot_entries, snapshot, self._sm.references)
-        result: Result = {}
-        for payload in _commands.restore_commands(snapshot, _commands.new_request_id(), keep_prefix):
-            result = await self.propose(payload, timeout=timeout)
-            if result.get("status") != "ok":
-                raise InvalidCommand(str(result.get("message", "restore rejected")))
-        return result
+        started = time.monotonic()
+        report = RestoreProgress("checking", 0, 0, 0, 0, 0.0)
+        self.last_restore = report
+        try:
+            rows, commands = await asyncio.to_thread(
+                restore_plan, snapshot, self._sm.references, _commands.new_request_id(), keep_prefix
+            )
+            result: Result = {}
+            report = RestoreProgress("applying", len(rows), 0, len(commands), 0, time.monotonic() - started)
+            for done, payload in enumerate(commands, 1):
+                result = await self.propose(payload, timeout=timeout)
+                if result.get("status") != "ok":
+                    raise InvalidCommand(str(result.get("message", "restore rejected")))
+                staged = result.get("staged", report.rows_applied)
+                report = RestoreProgress(
+                    "done" if done == len(commands) else "applying",
+                    len(rows),
+                    len(rows) if done == len(commands) else int(staged),
+                    len(commands),
+                    done,
+                    time.monotonic() - started,
+                )
+                self.last_restore = report
+                if progress is not None:
+                    progress(report)
+            return result
+        except BaseException:
+            self.last_restore = dataclasses.replace(report, state="failed", seconds=time.monotonic() - started)
+            raise
 
     # ------------------------------------------------------------ linearizable reads
 
@@ -405,6 +444,38 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, i
 def _resolve(fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestoreProgress:
+    """Where a restore through this node stands. ``state``: checking (parsing and
+    checking the upload), applying, done or failed."""
+
+    state: str
+    rows_total: int
+    rows_applied: int
+    entries_total: int
+    entries_applied: int
+    seconds: float
+
+
+def restore_plan(
+    snapshot: bytes, references: Iterable[Reference], upload: str, keep_prefix: str = ""
+) -> tuple[list[list[Any]], list[bytes]]:
+    """The rows of ``snapshot`` (key order) and the log entries that restore them.
+    Raises ``InvalidCommand`` as ``snapshot_entries`` does. CPU-heavy: any thread but
+    the event loop's."""
+    probe = StateMachine(references=references)
+    try:
+        probe.restore(snapshot)
+    except ValueError as exc:
+        raise InvalidCommand(str(exc)) from None
+    dangling = probe.dangling_reference()
+    if dangling is not None:
+        raise InvalidCommand(f"the snapshot breaks a reference: {dangling}")
+    rows = [[kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version] for kv in probe.items()]
+    rows.sort(key=lambda row: str(row[0]))
+    return rows, _commands.restore_row_commands(rows, probe.revision, upload, keep_prefix)
 
 
 def snapshot_entries(snapshot: bytes, references: Iterable[Reference] = ()) -> list[KeyValue]:
