@@ -8,6 +8,7 @@ middleware is the single place that turns exceptions into HTTP answers
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -287,6 +288,12 @@ def node_status(app: web.Application) -> dict[str, Any]:
             for m in st.members
         ],
         "snapshot_loads": store.load_count,
+        "restore": None if store.last_restore is None else dataclasses.asdict(store.last_restore),
+        "snapshots": {
+            "written": st.snapshots_written,
+            "last_seconds": st.snapshot_seconds_last,
+            "max_seconds": st.snapshot_seconds_max,
+        },
         "leader_commit_index": st.leader_commit_index,
         "journal": {
             "syncs": st.journal_syncs,
@@ -493,9 +500,12 @@ async def post_restore(request: web.Request) -> web.Response:
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
+    # Progress: GET /v1/status "restore" on this node, while it runs and after.
     result = await store.restore(snapshot, keep_prefix=RESERVED_PREFIX)
     revision = int(result["revision"])
-    return _answer({"revision": revision, "restored_keys": result.get("restored_keys")}, revision)
+    done = store.last_restore
+    extra = {} if done is None else {"entries": done.entries_total, "seconds": round(done.seconds, 3)}
+    return _answer({"revision": revision, "restored_keys": result.get("restored_keys"), **extra}, revision)
 
 
 async def events(request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ import queue
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,7 @@ class _BackgroundSerializer(Serializer):  # type: ignore[misc]
         self._installs_at_start = 0
         self._started = 0.0
         self.snapshots_written = 0
+        self.compacted_at: deque[int] = deque(maxlen=64)  # the index of each snapshot written
         self.last_seconds = 0.0
         self.max_seconds = 0.0
 
@@ -186,6 +188,7 @@ class _BackgroundSerializer(Serializer):  # type: ignore[misc]
             os._exit(70)
         self._Serializer__transmissions: dict[Any, Any] = {}
         self.snapshots_written += 1
+        self.compacted_at.append(int(current))
         self.last_seconds = time.monotonic() - self._started
         self.max_seconds = max(self.max_seconds, self.last_seconds)
         return SERIALIZER_STATE.SUCCESS, current
@@ -211,8 +214,8 @@ _pysyncobj_module.Serializer = _make_serializer
 
 
 def compaction_point(first: int, every: int, rank: int, members: int) -> int:
-    """The applied index at which this node compacts next: the first point after the
-    journal's ``first`` index on the grid ``offset + m * every``, where the offset is
+    """The applied index at which this node compacts next: the first point after
+    ``first`` (the last index its snapshot covers) on the grid ``offset + m * every``, where the offset is
     ``rank / members`` of ``every``. Nodes of one cluster (ranks 0..members-1) therefore
     compact ``every / members`` entries apart, never all at once."""
     offset = every * (rank % max(1, members)) // max(1, members)
@@ -493,7 +496,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         if not len(journal):
             return
         rank, members = self._compaction_rank
-        due = compaction_point(journal[0][1], self._compaction_entries, rank, members)
+        # After a compaction the journal starts at the snapshot's prev entry; the
+        # snapshot covers the next one too.
+        due = compaction_point(journal[0][1] + 1, self._compaction_entries, rank, members)
         if self.raftLastApplied >= due:
             self.forceLogCompaction()
             return
