@@ -7,6 +7,7 @@ on-tick callback records ``time.monotonic()``), never with wall-clock sleeps.
 from __future__ import annotations
 
 import asyncio
+import threading
 import itertools
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from rdb import ReplicatedStore
 from rdb._raft import load_snapshot
 from rdb._state import SNAPSHOT_FORMAT
-from tests.integration.cluster import free_ports
+from tests.integration.cluster import free_ports, http, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +137,40 @@ async def test_nodes_compact_at_staggered_indexes(tmp_path: Any) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_large_restore_goes_in_entries_and_reports_progress(tmp_path: Any) -> None:
+    rows = 60_000
+    with running_cluster(str(tmp_path), 3) as c:
+        leader = c.leader()
+        term = c.status(leader)["term"]
+        url = c.url(leader)
+        seen: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def watch_progress() -> None:
+            while not stop.is_set():
+                report = http("GET", f"{url}/v1/status").body.get("restore")
+                if report is not None and (not seen or seen[-1] != report):
+                    seen.append(report)
+                stop.wait(0.01)
+
+        watcher = threading.Thread(target=watch_progress, daemon=True)
+        watcher.start()
+        try:
+            answer = http("POST", f"{url}/v1/restore", raw=_bulk_snapshot(rows), timeout=120)
+        finally:
+            stop.set()
+            watcher.join(10)
+        assert answer.status == 200, answer.body
+        assert answer.body["restored_keys"] >= rows
+        assert answer.body["entries"] > rows // 2_000  # begin, entries of rows, commit
+        final = http("GET", f"{url}/v1/status").body["restore"]
+        assert final["state"] == "done" and final["rows_applied"] == final["rows_total"] == rows
+        partial = [r for r in seen if r["state"] == "applying" and 0 < r["rows_applied"] < rows]
+        assert partial, seen  # progress was visible while the restore ran
+        assert [r["rows_applied"] for r in partial] == sorted(r["rows_applied"] for r in partial)
+        for nid in c.nodes:
+            got = http("GET", f"{c.url(nid)}/v1/kv/key/{rows - 1:08d}?consistency=linearizable")
+            assert got.status == 200, got.body
+        assert c.status(leader)["term"] == term  # no election on the way
