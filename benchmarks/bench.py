@@ -251,10 +251,15 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def fresh_cluster(prefix: str, *, fault_injection: bool = False) -> Iterator[LocalCluster]:
-    """A ready three-node cluster in a temporary directory; always stopped and removed."""
+def fresh_cluster(
+    prefix: str, *, fault_injection: bool = False, extra_args: tuple[str, ...] = ()
+) -> Iterator[LocalCluster]:
+    """A ready three-node cluster in a temporary directory; always stopped and removed.
+    ``extra_args`` are appended to every node's command line."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=fault_injection)
+        for node in cluster.nodes:
+            node.argv += list(extra_args)
         os.makedirs(cluster.base_dir, exist_ok=True)
         try:
             cluster.start()
