@@ -46,7 +46,7 @@ from node._mgmt import add_routes, check_row
 from node._models import MemberBody, PutBody, TxnBody, openapi
 from node._runtime import BladeRuntime
 from node._tables import key_problem, restore_problem, split_storage_key
-from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
+from rdb import Compacted, KeyValue, ReplicatedStore, check_key
 
 log = logging.getLogger("node.http")
 
@@ -495,13 +495,13 @@ async def post_restore(request: web.Request) -> web.Response:
     store = request.app[STORE]
     # Everything this API could not serve afterwards is refused up front, nothing proposed
     # (in a thread: a large snapshot takes seconds to check).
-    entries = await asyncio.to_thread(snapshot_entries, snapshot, store.references)
-    problem = await asyncio.to_thread(restore_problem, entries)
+    plan = await asyncio.to_thread(store.plan_restore, snapshot)
+    problem = await asyncio.to_thread(restore_problem, plan.entries)
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
     # Progress: GET /v1/status "restore" on this node, while it runs and after.
-    result = await store.restore(snapshot, keep_prefix=RESERVED_PREFIX)
+    result = await store.restore(plan, keep_prefix=RESERVED_PREFIX)
     revision = int(result["revision"])
     done = store.last_restore
     extra = {} if done is None else {"entries": done.entries_total, "seconds": round(done.seconds, 3)}

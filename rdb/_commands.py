@@ -202,39 +202,26 @@ def restore_row_commands(rows: list[list[Any]], revision: int, upload: str, keep
     each (a single row over that travels alone), commit. Raises ``InvalidCommand`` if a
     row cannot be encoded. CPU-heavy for big restores: call it off the event loop."""
     packer = msgpack.Packer(use_bin_type=True)
-    cmds = [
-        _encode(
-            {
-                "kind": "restore_begin",
-                "upload": upload,
-                "rid": f"{upload}:begin",
-                "rows": len(rows),
-                "revision": revision,
-            }
-        )
-    ]
-    batch: list[list[Any]] = []
+    parts: list[list[list[Any]]] = [[]]
     size = 0
-
-    def flush() -> None:
-        nonlocal batch, size
-        seq = len(cmds) - 1
-        cmds.append(
-            _encode({"kind": "restore_rows", "upload": upload, "seq": seq, "rows": batch, "rid": f"{upload}:{seq}"})
-        )
-        batch, size = [], 0
-
     for row in rows:
         try:
             row_size = len(packer.pack(row))
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidCommand(f"row cannot be encoded: {exc}") from exc
-        if batch and (size + row_size > RESTORE_CHUNK_BYTES or len(batch) >= RESTORE_ROWS_PER_ENTRY):
-            flush()
-        batch.append(row)
+        if parts[-1] and (size + row_size > RESTORE_CHUNK_BYTES or len(parts[-1]) >= RESTORE_ROWS_PER_ENTRY):
+            parts.append([])
+            size = 0
+        parts[-1].append(row)
         size += row_size
-    if batch:
-        flush()
+    if not parts[-1]:
+        parts.pop()
+    begin = {"kind": "restore_begin", "upload": upload, "rows": len(rows), "parts": len(parts), "revision": revision}
+    cmds = [_encode({**begin, "rid": f"{upload}:begin"})]
+    for seq, part in enumerate(parts):
+        cmds.append(
+            _encode({"kind": "restore_rows", "upload": upload, "seq": seq, "rows": part, "rid": f"{upload}:{seq}"})
+        )
     cmds.append(
         _encode(
             {

@@ -24,10 +24,12 @@ or read plain attributes).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import queue
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -77,6 +79,7 @@ REASON_NAMES = {
 _SNAPSHOT_MAGIC = b"RDBSNAP1"
 COMPACT_AT_BYTES = 64 * 1024 * 1024
 CONNECTION_RETRY_SECONDS = 0.2
+SWITCH_INTERVAL = 0.001
 
 
 # Every Raft message went through a fresh zlib deflate stream (~50 us each, on the
@@ -187,6 +190,7 @@ class _BackgroundSerializer(Serializer):  # type: ignore[misc]
             log.critical("installing the new snapshot failed; stopping this node", exc_info=True)
             os._exit(70)
         self._Serializer__transmissions: dict[Any, Any] = {}
+        gc.freeze()  # what survived this long is long-lived: keep it out of full collections
         self.snapshots_written += 1
         self.compacted_at.append(int(current))
         self.last_seconds = time.monotonic() - self._started
@@ -429,6 +433,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             logCompactionMinTime=compaction_seconds * stagger,
             logCompactionSplit=False,
         )
+        # The snapshot thread (and a restore being checked) run Python for seconds; the
+        # tick thread, back from each system call, waits for the GIL up to the switch
+        # interval (5 ms by default), tick after tick. A shorter one keeps it on time.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         super().__init__(self_address, partner_addresses, conf=conf, transportClass=_HoldingTransport)
         self.addOnTickCallback(self._persist_and_release)
 

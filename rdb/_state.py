@@ -341,33 +341,35 @@ class StateMachine:
         return {"status": "ok", "revision": revision, "restored_keys": len(self._data)}
 
     def _restore_rows_cmd(self, kind: str, cmd: Mapping[str, Any]) -> Result:
-        """A restore in rows: ``restore_begin`` (with ``rows``, the count, and the
-        snapshot's ``revision``), ``restore_rows`` entries of key-sorted rows, each
-        checked as it applies (so no entry costs the tick thread more than its own rows),
-        then ``restore_commit``, which swaps the staged state in without touching every
-        key again. Rejected whole, like the chunked form, if any part is bad."""
+        """A restore in rows: ``restore_begin`` (with ``rows`` and ``parts``, the counts,
+        and the snapshot's ``revision``), ``parts`` entries ``restore_rows`` of key-sorted
+        rows, numbered by ``seq``, each checked as it applies (so no entry costs the tick
+        thread more than its own rows) in whatever order they arrive (a proposer keeps
+        several in flight), then ``restore_commit``, which checks that every part arrived
+        and the parts follow each other in key order, and swaps the staged state in
+        without touching every key again. Rejected whole, like the chunked form, if any
+        part is bad."""
         upload = cmd.get("upload")
         if not isinstance(upload, str) or not upload:
             raise _Invalid("restore commands need an upload id")
         if kind == "restore_begin":
-            total, revision = cmd.get("rows"), cmd.get("revision")
-            if not isinstance(total, int) or not isinstance(revision, int) or isinstance(total, bool):
-                raise _Invalid("restore_begin: rows and revision must be integers")
-            if isinstance(revision, bool):
-                raise _Invalid("restore_begin: rows and revision must be integers")
-            if not (0 <= revision <= MAX_REVISION and 0 <= total):
-                raise _Invalid("restore_begin: rows or revision out of range")
-            self._staging = _RowStaging(upload, revision, total)
+            total, parts, revision = cmd.get("rows"), cmd.get("parts"), cmd.get("revision")
+            numbers = (total, parts, revision)
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+                raise _Invalid("restore_begin: rows, parts and revision must be integers")
+            if not (0 <= revision <= MAX_REVISION and 0 <= parts <= total):  # type: ignore[operator]
+                raise _Invalid("restore_begin: rows, parts or revision out of range")
+            self._staging = _RowStaging(upload, revision, total, parts)  # type: ignore[arg-type]
             return {"status": "ok", "revision": self._revision}
         staging = self._staging
         if not isinstance(staging, _RowStaging) or staging.upload != upload:
             raise _Invalid(f"no restore upload {upload!r} in progress")
         if kind == "restore_rows":
-            rows = cmd.get("rows")
-            if not isinstance(rows, list) or cmd.get("seq") != staging.seq:
-                raise _Invalid(f"restore rows out of order: expected seq {staging.seq}")
+            rows, seq = cmd.get("rows"), cmd.get("seq")
+            if not isinstance(rows, list) or not rows or not isinstance(seq, int) or isinstance(seq, bool):
+                raise _Invalid("restore rows need a seq and at least one row")
             try:
-                staging.add(rows, self._references)
+                staging.add(seq, rows, self._references)
             except ValueError as exc:
                 self._staging = None  # a bad row rejects the whole upload
                 raise _Invalid(str(exc)) from None
@@ -375,10 +377,12 @@ class StateMachine:
         if kind != "restore_commit":
             raise _Invalid(f"{kind} does not belong to a restore in rows")
         self._staging = None
-        if len(staging.data) != staging.total:
-            raise _Invalid(f"restore incomplete: {len(staging.data)} of {staging.total} rows arrived")
+        try:
+            keys = staging.sorted_keys()
+        except ValueError as exc:
+            raise _Invalid(str(exc)) from None
         revision = max(self._revision, staging.revision) + 1
-        data, keys, children = staging.data, staging.keys, staging.children
+        data, children = staging.data, staging.children
         # Keys under keep_prefix (this cluster's member registry) survive a restore. Keys
         # with one prefix are one run of the sorted list: only that run is touched.
         keep = cmd.get("keep_prefix")
@@ -716,58 +720,81 @@ class StateMachine:
 
 
 class _RowStaging:
-    """A restore in rows being uploaded: checked, key-sorted entries and their reference
-    index, built entry by entry (see ``StateMachine._restore_rows_cmd``)."""
+    """A restore in rows being uploaded: checked entries of its parts, in the order they
+    arrived, and their reference index (see ``StateMachine._restore_rows_cmd``)."""
 
-    __slots__ = ("children", "data", "keys", "revision", "seq", "total", "upload")
+    __slots__ = ("children", "data", "part_keys", "parts", "revision", "total", "upload")
 
-    def __init__(self, upload: str, revision: int, total: int) -> None:
-        self.upload, self.revision, self.total = upload, revision, total
-        self.seq = 0
+    def __init__(self, upload: str, revision: int, total: int, parts: int) -> None:
+        self.upload, self.revision, self.total, self.parts = upload, revision, total, parts
         self.data: dict[str, KeyValue] = {}
-        self.keys: list[str] = []
+        self.part_keys: dict[int, list[str]] = {}  # seq -> its keys, sorted
         self.children: dict[str, set[str]] = {}
 
-    def add(self, rows: list[Any], references: tuple[Reference, ...]) -> None:
-        """Check and stage one entry's rows. Raises ``ValueError`` (nothing staged from
-        them) for a bad row, a key out of order or a duplicate, or too many rows."""
+    def add(self, seq: int, rows: list[Any], references: tuple[Reference, ...]) -> None:
+        """Check and stage part ``seq``. Raises ``ValueError`` (nothing staged from it)
+        for a bad row, keys out of order or repeated, a part out of range or twice, or
+        more rows than announced."""
+        if not 0 <= seq < self.parts or seq in self.part_keys:
+            raise ValueError(f"restore part {seq} is out of range or arrived twice")
         if len(self.data) + len(rows) > self.total:
             raise ValueError(f"restore carries more than the {self.total} rows announced")
-        last = self.keys[-1] if self.keys else None
+        last: str | None = None
         checked = []
         for row in rows:
             kv = _checked_row(row, self.revision)
-            if last is not None and kv.key <= last:
+            if (last is not None and kv.key <= last) or kv.key in self.data:
                 raise ValueError(f"restore rows out of key order (or repeated) at {kv.key[:80]!r}")
             last = kv.key
             checked.append(kv)
         for kv in checked:
             self.data[kv.key] = kv
-            self.keys.append(kv.key)
             if references:
                 _index(references, self.children, kv.key, kv.value)
-        self.seq += 1
+        self.part_keys[seq] = [kv.key for kv in checked]
+
+    def sorted_keys(self) -> list[str]:
+        """Every staged key in order; ``ValueError`` unless every part and row arrived
+        and each part's keys follow the previous part's."""
+        if len(self.part_keys) != self.parts or len(self.data) != self.total:
+            raise ValueError(
+                f"restore incomplete: {len(self.part_keys)} of {self.parts} parts, "
+                f"{len(self.data)} of {self.total} rows arrived"
+            )
+        keys: list[str] = []
+        for seq in range(self.parts):
+            part = self.part_keys[seq]
+            if keys and part[0] <= keys[-1]:
+                raise ValueError(f"restore part {seq} is out of key order at {part[0][:80]!r}")
+            keys += part
+        return keys
 
     def frozen_doc(self) -> dict[str, Any]:
-        """For a snapshot: a copy that later rows do not change (rows encoded later)."""
+        """For a snapshot: a copy that later parts do not change (rows encoded later)."""
+        done = sorted(self.part_keys)
         return {
             "upload": self.upload,
             "revision": self.revision,
             "total": self.total,
-            "seq": self.seq,
-            "rows": list(self.data.values()),
+            "parts": self.parts,
+            "done": [[seq, len(self.part_keys[seq])] for seq in done],
+            "rows": [self.data[key] for seq in done for key in self.part_keys[seq]],
         }
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], references: tuple[Reference, ...]) -> _RowStaging:
-        staging = cls(str(doc["upload"]), int(doc["revision"]), int(doc["total"]))
-        for row in doc["rows"]:
-            kv = KeyValue(row[0], row[1], row[2], row[3], row[4])
-            staging.data[kv.key] = kv
-            staging.keys.append(kv.key)
-            if references:
-                _index(references, staging.children, kv.key, kv.value)
-        staging.seq = int(doc["seq"])
+        staging = cls(str(doc["upload"]), int(doc["revision"]), int(doc["total"]), int(doc["parts"]))
+        rows = iter(doc["rows"])
+        for seq, count in doc["done"]:
+            keys = []
+            for _ in range(int(count)):
+                row = next(rows)
+                kv = KeyValue(row[0], row[1], row[2], row[3], row[4])
+                staging.data[kv.key] = kv
+                keys.append(kv.key)
+                if references:
+                    _index(references, staging.children, kv.key, kv.value)
+            staging.part_keys[int(seq)] = keys
         return staging
 
 

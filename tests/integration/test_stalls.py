@@ -7,8 +7,8 @@ on-tick callback records ``time.monotonic()``), never with wall-clock sleeps.
 from __future__ import annotations
 
 import asyncio
-import threading
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any

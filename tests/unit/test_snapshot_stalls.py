@@ -131,7 +131,8 @@ def test_restore_in_rows_matches_the_chunked_form() -> None:
             n.put(f"members/{i}", i)
             n.put(f"other{i}", i)
     last_chunks = _apply_all(by_chunks, cmds.restore_commands(snapshot, "u", keep_prefix="members/"))[-1]
-    _, commands = restore_plan(snapshot, (), "u", keep_prefix="members/")
+    plan = restore_plan(snapshot)
+    commands = cmds.restore_row_commands(plan.rows, plan.revision, "u", keep_prefix="members/")
     last_rows = _apply_all(by_rows, commands)[-1]
     assert last_rows == last_chunks
     assert contents(by_rows.sm) == contents(by_chunks.sm)
@@ -166,8 +167,42 @@ def test_a_restore_missing_an_entry_is_refused() -> None:
     commands = cmds.restore_row_commands(_rows(5000), 5, "u")
     assert len(commands) > 3
     results = _apply_all(node, [commands[0], *commands[2:]])
-    assert all(r["status"] == "invalid" for r in results[1:]), results
-    assert node.sm.get("keep") is not None
+    assert results[-1]["status"] == "invalid" and "incomplete" in results[-1]["message"]
+    assert [kv.key for kv in contents(node.sm)] == ["keep"]
+
+
+def test_restore_parts_may_arrive_in_any_order() -> None:
+    # A proposer keeps several entries in flight; a retry may land after a later one.
+    rows = _rows(9000)
+    commands = cmds.restore_row_commands(rows, 5, "u")
+    parts = commands[1:-1]
+    assert len(parts) >= 4
+    node = Node()
+    results = _apply_all(node, [commands[0], *parts[::-1], parts[1], commands[-1]])  # one twice, too
+    assert results[-1]["status"] == "ok", results
+    assert [kv.key for kv in contents(node.sm)] == [r[0] for r in rows]
+
+
+def test_restore_parts_out_of_key_order_are_refused() -> None:
+    low, high = _rows(10, prefix="a/"), _rows(10, prefix="b/")
+    swapped = [
+        *cmds.restore_row_commands(high + low, 5, "u")[:1],
+        *cmds.restore_row_commands(high, 5, "u")[1:-1],  # part 0: b/...
+        *cmds.restore_row_commands(high + low, 5, "u")[-1:],
+    ]
+    # Hand-made: part 0 holds the b/ keys, part 1 the a/ keys.
+    part1 = msgpack.unpackb(cmds.restore_row_commands(low, 5, "u")[1], raw=False)
+    part1.update(seq=1, rid="u:1")
+    node = Node()
+    node.put("keep", 1)
+    begin = msgpack.unpackb(swapped[0], raw=False)
+    begin.update(parts=2)
+    results = _apply_all(
+        node,
+        [msgpack.packb(begin), swapped[1], msgpack.packb(part1, use_bin_type=True), swapped[-1]],
+    )
+    assert results[-1]["status"] == "invalid" and "out of key order" in results[-1]["message"], results
+    assert [kv.key for kv in contents(node.sm)] == ["keep"]
 
 
 def test_restore_in_rows_checks_references_at_commit() -> None:
