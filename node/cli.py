@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +31,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
 from node._http import build_app
+from node._members import REMOVAL
 from node._tables import REFERENCES
 from rdb import ReplicatedStore
 
@@ -90,6 +91,14 @@ def _reuseport_socket(address: str) -> socket.socket:
     return sock
 
 
+def _leave_address(site: web.SockSite, address: str) -> Callable[[], Awaitable[None]]:
+    async def leave() -> None:
+        await site.stop()  # closes the listening socket: new connections go to the members
+        log.warning("stopped listening on the cluster address %s", address)
+
+    return leave
+
+
 async def serve_node(config: NodeConfig) -> None:
     """Run one node until SIGTERM/SIGINT. Runs on the asyncio loop."""
     loop = asyncio.get_running_loop()
@@ -106,6 +115,7 @@ async def serve_node(config: NodeConfig) -> None:
         history_limit=config.history_limit,
         references=REFERENCES,
         compaction_entries=config.compaction_entries,
+        learner=config.join,
     )
     store.start(loop)
     app = build_app(config, store)
@@ -114,8 +124,10 @@ async def serve_node(config: NodeConfig) -> None:
     try:
         host, _, port = config.http_address.rpartition(":")
         await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-        if config.cluster_address:
-            await web.SockSite(runner, _reuseport_socket(config.cluster_address)).start()
+        if config.cluster_address and not app[REMOVAL].removed:
+            shared = web.SockSite(runner, _reuseport_socket(config.cluster_address))
+            await shared.start()
+            app[REMOVAL].on_removed.append(_leave_address(shared, config.cluster_address))
         log.info(
             "node %s up: http %s, raft %s, cluster address %s, data %s",
             config.id,

@@ -48,6 +48,7 @@ from pysyncobj.transport import TCPTransport
 
 from rdb._append import coalesce_outgoing, plan_append
 from rdb._journal import DurableJournal, fsync_directory
+from rdb._raft_membership import MembershipRules, disable_utility_membership
 from rdb._wire import StoredZlib
 
 log = logging.getLogger("rdb.raft")
@@ -356,8 +357,11 @@ def load_snapshot(path: str) -> tuple[bytes, Any, Any, list[str]]:
     return doc["state"], doc["last"], doc["prev"], list(doc["cluster"])
 
 
-class RaftNode(SyncObj):  # type: ignore[misc]
-    """PySyncObj node with our durability, truncation and snapshot fixes.
+class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
+    """PySyncObj node with our durability, truncation, snapshot and membership fixes.
+
+    ``self_address`` None makes a *learner*: it replicates the log without voting
+    (PySyncObj's read-only node; see ``rdb._raft_membership``).
 
     ``apply_fn(payload, index)`` runs on the tick thread for every committed command, in
     log order, and must never raise. ``snapshot_fn()`` runs on the tick thread and
@@ -373,7 +377,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def __init__(
         self,
-        self_address: str,
+        self_address: str | None,
         partner_addresses: list[str],
         data_dir: str,
         *,
@@ -400,8 +404,10 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self._wake_pending = False
         self._compaction_entries = compaction_entries
         # This node's place among the members: its compactions are offset by that share.
-        members = sorted({self_address, *partner_addresses})
-        self._compaction_rank = (members.index(self_address), len(members))
+        # A learner (no address of its own) takes the slot after the voters.
+        members = sorted(set(partner_addresses) | ({self_address} if self_address else set()))
+        rank = members.index(self_address) if self_address else len(members)
+        self._compaction_rank = (rank, len(members) + (0 if self_address else 1))
         stagger = 1.0 + self._compaction_rank[0] / self._compaction_rank[1] / 2
         os.makedirs(data_dir, exist_ok=True)
         dump = os.path.join(data_dir, "raft.snapshot")
@@ -438,6 +444,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         # interval (5 ms by default), tick after tick. A shorter one keeps it on time.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         super().__init__(self_address, partner_addresses, conf=conf, transportClass=_HoldingTransport)
+        disable_utility_membership(self._SyncObj__transport)
         self.addOnTickCallback(self._persist_and_release)
 
     # ------------------------------------------------------------ the log entry point
@@ -604,7 +611,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         # snapshot thread.
         last, prev, cluster = raft_data
         state = self._snapshot_fn()
-        members = sorted(n.id for n in cluster)
+        # A learner has no node of its own (None) in PySyncObj's cluster set.
+        members = sorted(n.id for n in cluster if n is not None)
 
         def write(tmp_path: str) -> None:
             write_snapshot(tmp_path, state, last, prev, members)
@@ -645,7 +653,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def status(self, quorum_window: float) -> RaftStatus:
         """A consistent-enough view for /v1/status. Safe from any thread."""
-        role = ROLE_NAMES.get(self._SyncObj__raftState, "follower")
+        role = "learner" if self.is_learner else ROLE_NAMES.get(self._SyncObj__raftState, "follower")
         leader = self._SyncObj__raftLeader
         now = time.monotonic()
         others = self._other_nodes()
@@ -666,7 +674,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             applied_index=int(self.raftLastApplied),
             last_index=journal.last_index,
             quorum=quorum,
-            members=sorted([self.selfNode.id] + [n.id for n in others]),
+            members=sorted(([self.selfNode.id] if self.selfNode is not None else []) + [n.id for n in others]),
             connected=sorted(n.id for n in others if self.isNodeConnected(n)),
             journal_syncs=journal.sync_count,
             journal_bytes=journal.size_bytes,
