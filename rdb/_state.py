@@ -19,6 +19,10 @@ commands) answer with the original result.
 from __future__ import annotations
 
 import bisect
+import gc
+import heapq
+import io
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -659,9 +663,7 @@ class StateMachine:
         integer revisions in range, no duplicates. A node loading its *own* Raft snapshot
         passes False: what it once accepted must never stop it from starting."""
         try:
-            doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
-            if not isinstance(doc, dict):
-                raise ValueError("snapshot is not a map")
+            doc = _unpack_document(data)
             if doc.get("format") != SNAPSHOT_FORMAT:
                 raise ValueError(f"unsupported snapshot format {doc.get('format')!r}")
             numbers = (doc["revision"], doc["applied_index"], doc["compacted"])
@@ -671,12 +673,14 @@ class StateMachine:
             if not 0 <= compacted <= revision <= MAX_REVISION or applied < 0:
                 raise ValueError("revision, compacted or applied_index out of range")
             kvs = {}
-            for row in doc["kvs"]:
+            for i, row in enumerate(doc["kvs"]):
                 kv = _checked_row(row, revision) if strict else KeyValue(row[0], row[1], row[2], row[3], row[4])
                 if strict and kv.key in kvs:
                     raise ValueError(f"key {kv.key!r} appears twice")
                 kvs[kv.key] = kv
-            keys = sorted(kvs)
+                if i % _FREEZE_EVERY == _FREEZE_EVERY - 1:
+                    gc.freeze()
+            keys = _sorted_gently(list(kvs))
             history = [
                 Event(
                     r[0],
@@ -871,6 +875,60 @@ class SnapshotSource:
 
 #: Revisions stay far from msgpack's 64-bit limit, whatever a restored snapshot says.
 MAX_REVISION = 2**53
+
+
+#: Arrays of a snapshot document parsed one element per ``msgpack`` call.
+_ROW_ARRAYS = ("kvs", "history", "dedup")
+_SORT_BLOCK = 20_000
+#: While a big snapshot is read, the objects made so far are frozen (``gc.freeze``)
+#: every this many rows: a full collection scanning millions of young objects holds the
+#: GIL for 0.3-0.6 s at a time. Frozen objects are still freed by reference counting.
+_FREEZE_EVERY = 50_000
+
+
+def _unpack_document(data: bytes) -> dict[Any, Any]:
+    """``msgpack.unpackb(data)`` for a snapshot document (a map), with its row arrays
+    read one row per call: one call for a million rows would hold the GIL for seconds,
+    and the tick thread with it, even from a worker thread. Raises ``ValueError`` or
+    ``msgpack.UnpackException`` (trailing bytes too, as ``unpackb`` does)."""
+    unpacker = msgpack.Unpacker(
+        io.BytesIO(data), raw=False, strict_map_key=False, max_buffer_size=max(len(data), 1 << 20)
+    )
+    try:
+        fields = unpacker.read_map_header()
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise ValueError("snapshot is not a map") from exc
+    doc: dict[Any, Any] = {}
+    for _ in range(fields):
+        key = unpacker.unpack()
+        if key in _ROW_ARRAYS:
+            try:
+                count = unpacker.read_array_header()
+            except (msgpack.UnpackException, ValueError, TypeError) as exc:
+                raise ValueError(f"{key} must be an array") from exc
+            items = []
+            for i in range(count):
+                items.append(unpacker.unpack())
+                if i % _FREEZE_EVERY == _FREEZE_EVERY - 1:
+                    gc.freeze()
+            doc[key] = items
+        else:
+            doc[key] = unpacker.unpack()
+    try:
+        unpacker.unpack()
+    except msgpack.OutOfData:
+        return doc
+    raise ValueError("trailing bytes after the snapshot")
+
+
+def _sorted_gently(keys: list[str]) -> list[str]:
+    """``sorted(keys)`` (distinct keys) without one long C call: ``list.sort`` holds the
+    GIL throughout (about 1 s for a million keys). Already sorted input (a snapshot
+    restored in key order) is only checked; otherwise blocks are sorted and merged."""
+    if all(a < b for a, b in itertools.pairwise(keys)):
+        return keys
+    blocks = [sorted(keys[i : i + _SORT_BLOCK]) for i in range(0, len(keys), _SORT_BLOCK)]
+    return list(heapq.merge(*blocks))
 
 
 def _checked_row(row: Any, revision: int) -> KeyValue:

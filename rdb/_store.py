@@ -314,7 +314,10 @@ class ReplicatedStore:
     async def snapshot(self) -> tuple[bytes, int]:
         """A linearizable backup: (snapshot bytes, the revision it holds)."""
         await self.linearizable_barrier()
-        return self.read(lambda sm: (sm.snapshot(), sm.revision))
+        # Frozen under the lock (pointer copies), encoded in a thread without it.
+        source = self.read(lambda sm: sm.snapshot_source())
+        data = await asyncio.to_thread(lambda: b"".join(source.chunks()))
+        return data, source.revision
 
     async def restore(
         self,
@@ -603,8 +606,12 @@ def restore_plan(snapshot: bytes, references: Iterable[Reference] = ()) -> Resto
     dangling = probe.dangling_reference()
     if dangling is not None:
         raise InvalidCommand(f"the snapshot breaks a reference: {dangling}")
-    entries = sorted(probe.items(), key=lambda kv: kv.key)
-    rows = [[kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version] for kv in entries]
+    entries, _ = probe.range("")  # key order (sorted without one long GIL hold)
+    rows = []
+    for i, kv in enumerate(entries):
+        rows.append([kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version])
+        if i % 50_000 == 49_999:
+            _freeze_gc()
     return RestorePlan(entries, rows, probe.revision)
 
 
