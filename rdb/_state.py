@@ -868,9 +868,18 @@ class SnapshotSource:
         for start in range(0, len(dedup), batch):
             yield b"".join([packer.pack(list(item)) for item in dedup[start : start + batch]])
         staging = self.staging
-        if isinstance(staging, dict):  # a restore in rows: its KeyValues as rows
-            staging = {**staging, "rows": [_kv_row(kv) for kv in staging["rows"]]}
-        yield packer.pack("staging") + packer.pack(staging)
+        if not isinstance(staging, dict):
+            yield packer.pack("staging") + packer.pack(staging)
+            return
+        # A restore in rows under way: its rows in pieces too (one call for 250k staged
+        # rows held the GIL, and stalled the tick thread, for most of a second).
+        rows = staging["rows"]
+        head = {k: v for k, v in staging.items() if k != "rows"}
+        yield packer.pack("staging") + packer.pack_map_header(len(head) + 1)
+        yield b"".join([packer.pack(k) + packer.pack(v) for k, v in head.items()])
+        yield packer.pack("rows") + packer.pack_array_header(len(rows))
+        for start in range(0, len(rows), batch):
+            yield b"".join([packer.pack(_kv_row(kv)) for kv in rows[start : start + batch]])
 
 
 #: Revisions stay far from msgpack's 64-bit limit, whatever a restored snapshot says.
