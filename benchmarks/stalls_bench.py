@@ -1,10 +1,10 @@
 """Stalls as data grows (issue 8.6, 9.6), on a fresh three-node cluster.
 
-    scripts/bench-compaction [--keys 1000000] [--value-bytes 256] [--duration 60]
-                             [--writers 8] [--compaction-entries 20000]
+    scripts/bench-compaction [--keys 1000000] [--value-bytes 256] [--duration 90]
+                             [--writers 8] [--compaction-entries 5000]
     scripts/bench-restore [--rows 100000] [--value-bytes 60] [--duration-after 5]
 
-compaction: loads ``--keys`` keys (one POST /v1/restore of a generated snapshot), then
+compaction: loads ``--keys`` keys (transactions of 128 puts, retried on failure), then
 runs ``--writers`` client threads overwriting random keys (``--value-bytes`` each)
 round-robin on the three nodes for ``--duration`` seconds, with ``--compaction-entries``
 small enough that every node compacts (snapshots the whole key space) during the run.
@@ -146,6 +146,51 @@ def load_by_restore(cluster: LocalCluster, url: str, rows: int, value_bytes: int
     return dict(body)
 
 
+def load_by_txn(cluster: LocalCluster, keys: int, value_bytes: int, prefix: str, writers: int = 8) -> dict[str, Any]:
+    """Write ``keys`` keys in transactions of 128 puts from ``writers`` threads spread over
+    the nodes, retrying a failed transaction (a put of the same value is harmless)."""
+    value = "v" * value_bytes
+    starts = iter(range(0, keys, 128))
+    lock = threading.Lock()
+    errors: list[str] = []
+    retries = [0]
+    t0 = time.monotonic()
+
+    def writer(w: int) -> None:
+        url = cluster.nodes[w % len(cluster.nodes)].url
+        while not errors:
+            with lock:
+                start = next(starts, None)
+            if start is None:
+                return
+            ops = [
+                {"op": "put", "key": f"{prefix}{i:08d}", "value": value} for i in range(start, min(keys, start + 128))
+            ]
+            for attempt in range(10):
+                try:
+                    status, body = http("POST", url + "/v1/txn", {"success": ops}, timeout=30)
+                except OSError as exc:
+                    status, body = 0, repr(exc)
+                if status == 200:
+                    break
+                with lock:
+                    retries[0] += 1
+                time.sleep(0.2 * (attempt + 1))
+            else:
+                errors.append(f"txn at {start}: HTTP {status}: {body}")
+            if start % 100_000 == 0:
+                progress(f"loaded {start} keys")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise BenchError(errors[0])
+    return {"wall_seconds": time.monotonic() - t0, "retries": retries[0], "mb": keys * (value_bytes + 20) / 1e6}
+
+
 def run_clients(
     stop: threading.Event, count: int, fn: Callable[[int, random.Random], tuple[bool, float]]
 ) -> tuple[list[threading.Thread], list[float], list[str]]:
@@ -190,8 +235,11 @@ def compaction(args: argparse.Namespace) -> int:
     extra = ("--compaction-entries", str(args.compaction_entries))
     with fresh_cluster("rdbsync-compaction-", extra_args=extra) as cluster:
         leader, _ = cluster.roles(30)
-        loaded = load_by_restore(cluster, leader.url, args.keys, args.value_bytes, "c/")
-        progress(f"loaded in {loaded['wall_seconds']:.1f} s ({loaded.get('entries')} entries); settling")
+        progress(f"loading {args.keys} keys of {args.value_bytes} B in transactions of 128 puts")
+        with Monitor(cluster, 0.5) as load_monitor:
+            loaded = load_by_txn(cluster, args.keys, args.value_bytes, "c/")
+        load_terms = load_monitor.terms()
+        progress(f"loaded in {loaded['wall_seconds']:.1f} s ({loaded['retries']} retried txns); settling")
         last = f"c/{args.keys - 1:08d}"
         wait_for(
             lambda: all(http("GET", f"{n.url}/v1/kv/{last}", timeout=30)[0] == 200 for n in cluster.nodes),
@@ -229,8 +277,11 @@ def compaction(args: argparse.Namespace) -> int:
     all_snaps = [s for v in snaps.values() for s in v]
     p99 = pct(latencies, 0.99) if latencies else float("inf")
     print()
-    line("keys loaded", f"{args.keys} x {args.value_bytes} B ({loaded['mb']:.0f} MB snapshot)")
-    line("load (restore) seconds", f"{loaded['wall_seconds']:.1f} ({loaded.get('entries')} entries)")
+    line("keys loaded", f"{args.keys} x {args.value_bytes} B (about {loaded['mb']:.0f} MB)")
+    line(
+        "load (txns of 128) seconds",
+        f"{loaded['wall_seconds']:.1f} ({loaded['retries']} txns retried; terms {load_terms[0]}..{load_terms[1]})",
+    )
     line("writes", f"{len(latencies)} in {elapsed:.1f} s ({len(latencies) / elapsed:.0f}/s), failed {len(failures)}")
     line("write latency ms", f"p50 {ms(latencies, 0.5)}  p99 {ms(latencies, 0.99)}  max {ms(latencies, 1.0)}")
     line("leader changes", f"{changes} (terms {low}..{high}; leaders seen {monitor.leaders()})")
@@ -319,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compaction")
     c.add_argument("--keys", type=int, default=1_000_000)
     c.add_argument("--value-bytes", type=int, default=256)
-    c.add_argument("--duration", type=float, default=60.0)
+    c.add_argument("--duration", type=float, default=90.0)
     c.add_argument("--writers", type=int, default=8)
-    c.add_argument("--compaction-entries", type=int, default=20_000)
+    c.add_argument("--compaction-entries", type=int, default=5_000)
     r = sub.add_parser("restore")
     r.add_argument("--rows", type=int, default=100_000)
     r.add_argument("--value-bytes", type=int, default=60)
