@@ -234,7 +234,7 @@ def ms(samples: list[float], q: float) -> str:
 def compaction(args: argparse.Namespace) -> int:
     extra = ("--compaction-entries", str(args.compaction_entries))
     with fresh_cluster("rdbsync-compaction-", extra_args=extra) as cluster:
-        leader, _ = cluster.roles(30)
+        cluster.roles(30)
         progress(f"loading {args.keys} keys of {args.value_bytes} B in transactions of 128 puts")
         with Monitor(cluster, 0.5) as load_monitor:
             loaded = load_by_txn(cluster, args.keys, args.value_bytes, "c/")
