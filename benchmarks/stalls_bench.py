@@ -105,6 +105,13 @@ class Monitor:
                 seen.append(pair)
         return seen
 
+    def tick_stall_max(self) -> dict[str, float]:
+        """Per node, the longest tick-thread stall reported while monitored."""
+        out: dict[str, float] = {}
+        for _, nid, body in self.samples:
+            out[nid] = max(out.get(nid, 0.0), float(body.get("tick_stall_max_10s", 0.0)))
+        return out
+
     def snapshots(self) -> dict[str, list[float]]:
         """Per node, the duration of each snapshot written while monitored."""
         out: dict[str, list[float]] = {}
@@ -273,6 +280,7 @@ def compaction(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         low, high = monitor.terms()
         snaps = monitor.snapshots()
+        stalls = monitor.tick_stall_max()
     changes = high - low
     all_snaps = [s for v in snaps.values() for s in v]
     p99 = pct(latencies, 0.99) if latencies else float("inf")
@@ -288,6 +296,7 @@ def compaction(args: argparse.Namespace) -> int:
     for nid in sorted(snaps):
         durations = ", ".join(f"{s:.2f}" for s in snaps[nid]) or "none"
         print(f"compactions {nid:<16}{len(snaps[nid])}: seconds {durations}")
+    line("longest tick stall s", ", ".join(f"{nid} {v:.2f}" for nid, v in sorted(stalls.items())))
     line("status polls failed", f"{monitor.errors}")
     ok = changes == 0 and p99 < P99_BAR_S and not failures and bool(all_snaps)
     line("result", f"{'PASS' if ok else 'FAIL'} (bar: no leader change, write p99 < 1 s, a compaction ran)")
@@ -333,6 +342,7 @@ def restore(args: argparse.Namespace) -> int:
                 if nid == leader.id and report and (not seen or seen[-1] != report):
                     seen.append(report)
             low, high = monitor.terms()
+            stalls = monitor.tick_stall_max()
     if status != 200:
         raise BenchError(f"restore failed: HTTP {status}: {body}")
     w_before, r_before = wlat[: before[0]], rlat[: before[1]]
@@ -356,6 +366,7 @@ def restore(args: argparse.Namespace) -> int:
     )
     line("reads before ms", f"n {len(r_before)}  p50 {ms(r_before, 0.5)}  p99 {ms(r_before, 0.99)}")
     line("writes before ms", f"n {len(w_before)}  p50 {ms(w_before, 0.5)}  p99 {ms(w_before, 0.99)}")
+    line("longest tick stall s", ", ".join(f"{nid} {v:.2f}" for nid, v in sorted(stalls.items())))
     line("failed requests", f"{len(wfail) + len(rfail)} {(wfail + rfail)[:3]}")
     if applying:
         line("checking took", f"{applying[0]['seconds']:.2f} s (then entries applied)")

@@ -302,6 +302,7 @@ def node_status(app: web.Application) -> dict[str, Any]:
             "last_seconds": st.snapshot_seconds_last,
             "max_seconds": st.snapshot_seconds_max,
         },
+        "tick_stall_max_10s": round(st.tick_stall_max_10s, 3),
         "leader_commit_index": st.leader_commit_index,
         "journal": {
             "syncs": st.journal_syncs,

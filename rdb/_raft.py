@@ -293,6 +293,7 @@ class RaftStatus:
     snapshots_written: int = 0  # compactions finished by this process...
     snapshot_seconds_last: float = 0.0  # ...how long the last one took (freeze to rename)
     snapshot_seconds_max: float = 0.0
+    tick_stall_max_10s: float = 0.0  # the longest tick-thread stall in the last 10 s
 
 
 def dump_snapshot(path: str, state: bytes, last: Any, prev: Any, cluster: list[str]) -> None:
@@ -402,6 +403,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
         self._wake_pending = False
+        self.tick_stalls: deque[tuple[float, float]] = deque(maxlen=256)
         self._compaction_entries = compaction_entries
         # This node's place among the members: its compactions are offset by that share.
         # A learner (no address of its own) takes the slot after the voters.
@@ -529,7 +531,20 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         # durable before the leader's commit count below, which counts itself.
         if getattr(self, "_SyncObj__transport", None) is not None and self._SyncObj__transport.ready:
             self._persist_and_release()
+        # The longest wait between two ticks (a tick polls for up to timeToWait): what a
+        # stall of the tick thread looks like from outside, for /v1/status.
+        now = time.monotonic()
+        last = getattr(self, "_last_tick", now)
+        self._last_tick = now
+        if now - last > timeToWait + 0.05:
+            self.tick_stalls.append((now, now - last))
         super()._onTick(timeToWait)
+
+    def tick_stall_max(self, window: float = 10.0) -> float:
+        """The longest gap between ticks (beyond the poll wait) in the last ``window``
+        seconds. Safe from any thread."""
+        since = time.monotonic() - window
+        return max((gap for at, gap in list(self.tick_stalls) if at >= since), default=0.0)
 
     # ------------------------------------------------------------ truncation fix
 
@@ -685,6 +700,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             snapshots_written=getattr(serializer, "snapshots_written", 0),
             snapshot_seconds_last=getattr(serializer, "last_seconds", 0.0),
             snapshot_seconds_max=getattr(serializer, "max_seconds", 0.0),
+            tick_stall_max_10s=self.tick_stall_max(),
         )
 
     def _other_nodes(self) -> list[Any]:
