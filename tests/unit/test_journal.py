@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from rdb._journal import _MAGIC, _RECORD, DurableJournal, fsync_directory, write_file_atomically
+from rdb._journal import _MAGIC, _RECORD, HEADER_BYTES, DurableJournal, fsync_directory, write_file_atomically
 
 Entry = tuple[bytes, int, int]
 
@@ -430,33 +430,36 @@ def test_delete_entries_to_includes_unsynced_entries(open_journal: Callable[[], 
     assert contents(open_journal()) == entries(3, 8)
 
 
-def test_delete_entries_to_fsyncs_dir_before_rewriting(
+def test_compaction_writes_the_header_only_after_the_dir_and_the_entries_are_durable(
     path: str, monkeypatch: pytest.MonkeyPatch, open_journal: Callable[[], DurableJournal]
 ) -> None:
     j = open_journal()
     add_all(j, entries(1, 5))
     j.sync()
+    add_all(j, entries(6, 7))  # pending: the new first record must be on disk first
     log: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_fdatasync, real_pwrite = os.fsync, os.fdatasync, os.pwrite
 
     def fsync(fd: int) -> None:
         log.append("fsync:" + os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    def replace(src: str, dst: str) -> None:
-        log.append(f"replace:{os.path.basename(src)}->{os.path.basename(dst)}")
-        real_replace(src, dst)
+    def fdatasync(fd: int) -> None:
+        log.append("fdatasync")
+        real_fdatasync(fd)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        log.append(f"pwrite:{offset}:{len(data)}")
+        return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     j.deleteEntriesTo(3)
     directory = os.path.dirname(os.path.abspath(path))
-    assert log == [
-        f"fsync:{directory}",  # the snapshot rename that justified the compaction
-        f"fsync:{path}.tmp",
-        "replace:raft.journal.tmp->raft.journal",
-        f"fsync:{directory}",
-    ]
+    assert log[0] == f"fsync:{directory}"  # the snapshot rename that justified the compaction
+    assert log[-3] == "fdatasync"  # the pending entries...
+    assert log[-2:] == [f"pwrite:0:{HEADER_BYTES}", "fdatasync"]  # ...then the header: the commit point
     assert not os.path.exists(path + ".tmp")
 
 
