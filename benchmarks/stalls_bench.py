@@ -173,7 +173,7 @@ def load_by_txn(cluster: LocalCluster, keys: int, value_bytes: int, prefix: str,
             ops = [
                 {"op": "put", "key": f"{prefix}{i:08d}", "value": value} for i in range(start, min(keys, start + 128))
             ]
-            for attempt in range(10):
+            for attempt in range(40):
                 try:
                     status, body = http("POST", url + "/v1/txn", {"success": ops}, timeout=30)
                 except OSError as exc:
@@ -182,7 +182,7 @@ def load_by_txn(cluster: LocalCluster, keys: int, value_bytes: int, prefix: str,
                     break
                 with lock:
                     retries[0] += 1
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(min(2.0, 0.2 * (attempt + 1)))
             else:
                 errors.append(f"txn at {start}: HTTP {status}: {body}")
             if start % 100_000 == 0:
