@@ -86,7 +86,7 @@ class LocalCluster:
     ``rdbsync run``), each in its own session and killed if the benchmark dies, logs in
     ``base_dir``. ``nodes`` is a list, n1 first."""
 
-    def __init__(self, base_dir: str, *, fault_injection: bool = False) -> None:
+    def __init__(self, base_dir: str, *, fault_injection: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         self.base_dir = base_dir
         try:
             base = launcher.port_block(2 * NODES, HOST)
@@ -100,7 +100,7 @@ class LocalCluster:
             host=HOST,
             raft_ports=[base + i for i in range(NODES)],
             http_ports=[base + NODES + i for i in range(NODES)],
-            node_args=["--fault-injection"] if fault_injection else [],
+            node_args=(["--fault-injection"] if fault_injection else []) + list(extra_args),
             env=env,
             log_dir=base_dir,
             secret="keep",
@@ -172,9 +172,7 @@ def fresh_cluster(
     """A ready three-node cluster in a temporary directory; always stopped and removed.
     ``extra_args`` are appended to every node's command line."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=fault_injection)
-        for node in cluster.nodes:
-            node.argv += list(extra_args)
+        cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=fault_injection, extra_args=extra_args)
         os.makedirs(cluster.base_dir, exist_ok=True)
         try:
             cluster.start()
