@@ -26,13 +26,17 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
-from node._http import build_app
+from node._http import build_app, make_runner
 from node._members import REMOVAL
 from node._tables import REFERENCES
 from node.launcher import add_run_arguments, run_local_cluster
-from rdb import ReplicatedStore
+from rdb import ReplicatedStore, StorageCorrupt
 
 log = logging.getLogger("node")
+
+#: Exit status of a node whose data files cannot be used safely (EX_DATAERR): wipe its
+#: data directory and start it again to rejoin.
+EXIT_STORAGE_CORRUPT = 65
 
 
 class _JsonFormatter(logging.Formatter):
@@ -116,7 +120,7 @@ async def serve_node(config: NodeConfig) -> None:
     )
     store.start(loop)
     app = build_app(config, store)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = make_runner(app)
     await runner.setup()
     try:
         host, _, port = config.http_address.rpartition(":")
@@ -167,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.id)
     try:
         asyncio.run(serve_node(config))
+    except StorageCorrupt as exc:
+        log.critical("node %s refuses to start: %s", config.id, exc)
+        return EXIT_STORAGE_CORRUPT
     except OSError as exc:
         log.error("node %s cannot start: %s", config.id, exc)
         return 1

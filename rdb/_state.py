@@ -34,9 +34,21 @@ from rdb._errors import Compacted
 
 #: Where a deduplication entry keeps the digest of the command that made it.
 _DIGEST = "_request_digest"
+#: The retry window of request ids (README, "Exactly-once writes"): the newest
+#: 320,000 ids, 64 s at 5,000 writes/s, as long as their results fit in 48 MiB
+#: (id plus packed result: about 115 bytes for a put, so the count decides unless the
+#: results are large, such as txns with many responses).
+DEDUP_LIMIT = 320_000
+DEDUP_BYTES = 48 * 1024 * 1024
 
 COMMAND_VERSION = 1
 SNAPSHOT_FORMAT = 1
+
+#: A value's size is its stored form: its msgpack encoding, on every path (put, txn, restore).
+MAX_VALUE_BYTES = 1024 * 1024
+#: Containers (arrays, maps) nested in one value, at most: deep enough for any config, and
+#: far from the depth at which encoding JSON or msgpack recursively gives up.
+MAX_VALUE_DEPTH = 100
 
 Result = dict[str, Any]
 
@@ -119,7 +131,8 @@ class StateMachine:
         *,
         history_limit: int = 10_000,
         history_bytes: int = 64 * 1024 * 1024,
-        dedup_limit: int = 50_000,
+        dedup_limit: int = DEDUP_LIMIT,
+        dedup_bytes: int = DEDUP_BYTES,
         references: Iterable[Reference] = (),
     ) -> None:
         self._references = tuple(references)
@@ -127,6 +140,7 @@ class StateMachine:
         self._history_limit = history_limit
         self._history_bytes_limit = history_bytes
         self._dedup_limit = dedup_limit
+        self._dedup_bytes_limit = dedup_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -138,7 +152,10 @@ class StateMachine:
         self._history_start = 0  # index of the oldest live event in _history
         self._history_bytes = 0
         self._compacted = 0  # events with revision <= this are gone
-        self._dedup: OrderedDict[str, Result] = OrderedDict()
+        # request id -> msgpack of the result a retry gets (with the digest): packed,
+        # it takes about half the memory of the dict, at 300,000 ids and more.
+        self._dedup: OrderedDict[str, bytes] = OrderedDict()
+        self._dedup_bytes = 0  # sum of len(id) + len(packed result)
         self._children: dict[str, set[str]] = {}  # parent key -> child keys referring to it
         # A restore being uploaded: raw snapshot chunks (older logs) or checked rows.
         self._staging: tuple[str, list[bytes]] | _RowStaging | None = None
@@ -174,6 +191,7 @@ class StateMachine:
         copy._references = self._references
         copy.restores_applied = self.restores_applied
         copy._history_limit, copy._history_bytes_limit, copy._dedup_limit = 0, 0, 0
+        copy._dedup_bytes_limit, copy._dedup_bytes = 0, 0
         copy._data = dict(self._data)
         copy._keys = list(self._keys)
         copy._revision = self._revision
@@ -243,7 +261,7 @@ class StateMachine:
             return {"status": "invalid", "message": f"unsupported command version {cmd.get('v')!r}"}
         rid = cmd.get("rid")
         if isinstance(rid, str) and rid in self._dedup:
-            cached = dict(self._dedup[rid])
+            cached = dict(msgpack.unpackb(self._dedup[rid], raw=False, strict_map_key=False))
             digest, incoming = cached.pop(_DIGEST, None), cmd.get("dg")
             if isinstance(digest, str) and isinstance(incoming, str) and digest != incoming:
                 # The same request id with a different request: answering with the first
@@ -264,10 +282,27 @@ class StateMachine:
         if isinstance(rid, str):
             kept = _for_dedup(result)
             digest = cmd.get("dg")
-            self._dedup[rid] = {**kept, _DIGEST: digest} if isinstance(digest, str) else kept
-            while len(self._dedup) > self._dedup_limit:
-                self._dedup.popitem(last=False)
+            self._remember(rid, {**kept, _DIGEST: digest} if isinstance(digest, str) else kept)
         return result
+
+    def _remember(self, rid: str, result: Result) -> None:
+        packed: bytes = msgpack.packb(result, use_bin_type=True)
+        old = self._dedup.pop(rid, None)
+        if old is not None:
+            self._dedup_bytes -= len(rid) + len(old)
+        self._dedup[rid] = packed
+        self._dedup_bytes += len(rid) + len(packed)
+        # Oldest first, by count and by bytes (large txn results must not hold memory).
+        while len(self._dedup) > self._dedup_limit or (
+            self._dedup_bytes > self._dedup_bytes_limit and len(self._dedup) > 1
+        ):
+            gone, value = self._dedup.popitem(last=False)
+            self._dedup_bytes -= len(gone) + len(value)
+
+    @property
+    def dedup_size(self) -> tuple[int, int]:
+        """(request ids remembered, their bytes: id plus packed result)."""
+        return len(self._dedup), self._dedup_bytes
 
     def _dispatch(self, cmd: Mapping[str, Any], index: int) -> Result:
         kind = cmd.get("kind")
@@ -331,12 +366,12 @@ class StateMachine:
             raise _Invalid(f"the snapshot breaks a reference: {dangling}")
         # Everything is built and checked: only now is the current state replaced, so a
         # rejected restore changes nothing.
-        dedup, applied = self._dedup, self._applied_index
+        dedup, dedup_bytes, applied = self._dedup, self._dedup_bytes, self._applied_index
         self._reset()
         self._applied_index = applied  # this entry's index, set by apply() before dispatch
         self._data = data
         self._keys = sorted(self._data)
-        self._dedup = dedup
+        self._dedup, self._dedup_bytes = dedup, dedup_bytes
         self._revision = revision
         self._compacted = revision
         for kv in self._data.values():
@@ -410,11 +445,11 @@ class StateMachine:
         )
         if dangling is not None:
             raise _Invalid(f"the snapshot breaks a reference: {dangling}")
-        dedup, applied = self._dedup, self._applied_index
+        dedup, dedup_bytes, applied = self._dedup, self._dedup_bytes, self._applied_index
         self._reset()
         self._applied_index = applied
         self._data, self._keys, self._children = data, keys, children
-        self._dedup = dedup
+        self._dedup, self._dedup_bytes = dedup, dedup_bytes
         self._revision = revision
         self._compacted = revision
         self.restores_applied += 1
@@ -463,7 +498,10 @@ class StateMachine:
         for op in (*success, *failure):
             _validate_op(op)
         # Evaluate every compare (no short-circuit), so an invalid one anywhere rejects the txn.
-        succeeded = all([self._compare(c) for c in compares])
+        # Commands from proposers that compare JSON types say so; entries already in a log
+        # from before keep the meaning they had when they were committed (True == 1).
+        typed = cmd.get("typed_compare") is True
+        succeeded = all([self._compare(c, typed) for c in compares])
         ops = success if succeeded else failure
         violation = self._check_references([(op["op"], op["key"], op.get("value")) for op in ops if op["op"] != "get"])
         if violation is not None:
@@ -487,7 +525,7 @@ class StateMachine:
         self._revision = revision
         return {"status": "ok", "succeeded": succeeded, "revision": revision, "responses": responses}
 
-    def _compare(self, cmp: Any) -> bool:
+    def _compare(self, cmp: Any, typed: bool = False) -> bool:
         if not isinstance(cmp, dict):
             raise _Invalid("a compare must be a map")
         key = _key(cmp.get("key"))
@@ -504,6 +542,8 @@ class StateMachine:
         else:
             actual = 0 if kv is None else getattr(kv, target)
         expected = cmp.get("value")
+        if typed and target == "value":
+            return _json_compare(actual, expected, result)
         if result == "==":
             return bool(actual == expected)
         if result == "!=":
@@ -691,7 +731,13 @@ class StateMachine:
                 )
                 for r in doc["history"]
             ]
-            dedup = OrderedDict((rid, res) for rid, res in doc["dedup"])
+            # Older snapshots hold the results as maps.
+            dedup = OrderedDict(
+                (rid, res if isinstance(res, bytes) else msgpack.packb(dict(res), use_bin_type=True))
+                for rid, res in doc["dedup"]
+            )
+            if not all(isinstance(rid, str) for rid in dedup):
+                raise ValueError("request ids must be strings")
             staging_doc = doc.get("staging")
             staging: tuple[str, list[bytes]] | _RowStaging | None
             if isinstance(staging_doc, dict):
@@ -706,6 +752,7 @@ class StateMachine:
         self._history = history
         self._history_bytes = sum(e.size for e in history)
         self._dedup = dedup
+        self._dedup_bytes = sum(len(rid) + len(res) for rid, res in dedup.items())
         self._revision, self._applied_index, self._compacted = revision, applied, compacted
         self._staging = staging
         for kv in kvs.values():
@@ -837,7 +884,7 @@ class SnapshotSource:
     compacted: int
     kvs: list[KeyValue]
     history: list[Event]
-    dedup: list[tuple[str, Result]]
+    dedup: list[tuple[str, bytes]]  # request id, its packed result
     staging: Any
 
     def chunks(self, batch: int = SNAPSHOT_BATCH_ROWS) -> Iterator[bytes]:
@@ -938,6 +985,64 @@ def _sorted_gently(keys: list[str]) -> list[str]:
         return keys
     blocks = [sorted(keys[i : i + _SORT_BLOCK]) for i in range(0, len(keys), _SORT_BLOCK)]
     return list(heapq.merge(*blocks))
+
+
+def too_deep(value: Any, limit: int = MAX_VALUE_DEPTH) -> bool:
+    """True if ``value`` nests more than ``limit`` arrays/maps. Iterative: safe on any depth."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: same JSON type and value (``true`` is not ``1``, ``1`` is ``1.0``)."""
+    kind = _json_kind(a)
+    if kind != _json_kind(b):
+        return False
+    if kind == "array":
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if kind == "object":
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _json_compare(actual: Any, expected: Any, result: str) -> bool:
+    """A value compare on JSON values: ``==``/``!=`` by type and value; ``<``/``>`` only
+    between two numbers or two strings (anything else is false)."""
+    if result == "==":
+        return _json_equal(actual, expected)
+    if result == "!=":
+        return not _json_equal(actual, expected)
+    kinds = (_json_kind(actual), _json_kind(expected))
+    if kinds not in (("number", "number"), ("string", "string")):
+        return False
+    return bool(actual < expected) if result == "<" else bool(actual > expected)
 
 
 def _checked_row(row: Any, revision: int) -> KeyValue:
