@@ -239,8 +239,8 @@ def ms(samples: list[float], q: float) -> str:
 
 
 def compaction(args: argparse.Namespace) -> int:
-    extra = ("--compaction-entries", str(args.compaction_entries))
-    with fresh_cluster("rdbsync-compaction-", extra_args=extra) as cluster:
+    extra = ["--compaction-entries", str(args.compaction_entries)]
+    with fresh_cluster("rdbsync-compaction-", node_args=extra) as cluster:
         cluster.roles(30)
         progress(f"loading {args.keys} keys of {args.value_bytes} B in transactions of 128 puts")
         with Monitor(cluster, 0.5) as load_monitor:

@@ -96,6 +96,7 @@ class ReplicatedStore:
         self.last_restore: RestoreProgress | None = None  # the latest restore through this node
         #: (revision, wall time applied here): for commit-to-blade latency figures.
         self.commit_times: deque[tuple[int, float]] = deque(maxlen=20_000)
+        self._handoff = _Handoff()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -259,7 +260,7 @@ class ReplicatedStore:
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
             def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                _call_soon(loop, fut, (result, reason))
+                self._handoff.post(loop, fut, (result, reason))
 
             self.raft.propose(payload, done)
             try:
@@ -557,6 +558,42 @@ def _freeze_gc() -> None:
     objects are still freed by reference counting; only cyclic garbage already alive
     now is never collected, which the store does not make. Any thread."""
     gc.freeze()
+
+
+class _Handoff:
+    """Raft results handed from the tick thread to the loop in batches: one
+    ``call_soon_threadsafe`` (a self-pipe write and a loop wake-up) for every result
+    that arrived while the loop had not yet taken the previous ones, instead of one per
+    result. ``post`` runs on the tick thread and never raises; the loop resolves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Future[tuple[Any, int]], tuple[Any, int]]] = []
+        self._scheduled = False
+        self.wakeups = 0  # loop wake-ups scheduled, for tests
+
+    def post(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]
+    ) -> None:
+        with self._lock:
+            self._items.append((fut, value))
+            if self._scheduled:
+                return
+            self._scheduled = True
+            self.wakeups += 1
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed (shutdown): the callers are gone
+            with self._lock:
+                self._items.clear()
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for fut, value in items:
+            _resolve(fut, value)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
