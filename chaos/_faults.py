@@ -41,15 +41,14 @@ _WINDOW = {
     "compaction_crash": (4.0, 8.0),
     "member_cycle": (4.0, 8.0),
 }
-#: The compaction steps a ``compaction_crash`` can stop at (rdb/_failpoints.py).
+#: The compaction steps a ``compaction_crash`` can stop at (rdb/_failpoints.py): those
+#: every compaction passes. journal.reclaim.* are left out: a reclaim needs 64 MiB of
+#: compacted journal (rdb/_journal.py RECLAIM_BYTES), which no chaos run reaches.
 COMPACTION_FAILPOINTS = (
     "snapshot.before_rename",
     "snapshot.after_rename",
-    "journal.compact.before_rewrite",
-    "journal.compact.during_rewrite",
-    "journal.compact.before_rename",
-    "journal.compact.after_rename",
-    "journal.compact.after_rewrite",
+    "journal.compact.before_header",
+    "journal.compact.after_header",
 )
 #: What the node logs when it stops on a failed write (rdb/_journal.py ``fail_stop``)
 #: and when it refuses its data files (node/cli.py).
