@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -30,7 +29,6 @@ WATCH_KEEPALIVE_SECONDS = 10.0
 
 STORE = web.AppKey("store", ReplicatedStore)
 CONFIG = web.AppKey("config", NodeConfig)
-METRICS = web.AppKey("metrics", Counter)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 RUNTIME: web.AppKey[BladeRuntime] = web.AppKey("runtime")
 

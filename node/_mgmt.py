@@ -33,6 +33,7 @@ from node._common import (
 from node._dataplane import DATA_PLANE_READS, cifs_connect, nfs_mount
 from node._errors import check_write_result
 from node._exceptions import ApiError, Fenced
+from node._logging import log_event
 from node._runtime import BladeRuntime
 from node._tables import TABLES, RowKeyMismatch, TableDef, json_schemas, validate_row
 from resync import UnknownTable
@@ -303,7 +304,9 @@ def _decide(runtime: BladeRuntime, protocol: str, decide: Callable[[], dict[str,
         return decide()
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         if runtime.request_full_resync("corrupt_table"):
-            log.error("%s decision failed on a blade row: %r; resyncing every table in full", protocol, exc)
+            log_event(
+                log, logging.ERROR, "blade_row_unreadable", protocol=protocol, error=repr(exc), action="full_resync"
+            )
         message = f"a blade row cannot be read ({type(exc).__name__}: {exc}); a full resync was started"
         raise Fenced(Fence(protocol, "*", "corrupt_table", message, time.time(), 0, kind="protocol")) from None
 

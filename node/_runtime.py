@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from fencing import (
 )
 from node._blades import BladeTable, build_blades
 from node._exceptions import Fenced
+from node._logging import RuntimeLog, log_event
 from rdb import ReplicatedStore
 from resync import ResyncEngine, TableOutcome
 
@@ -83,6 +84,10 @@ class BladeRuntime:
         self.event_counts: Counter[str] = Counter()
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_SIZE)
         self._event_seq = 0
+        #: Logs the policy's events, and the start-up as one ``node_ready`` line.
+        self.log = RuntimeLog(node_id)
+        #: Called with every resync outcome, on the loop (the metrics' run durations).
+        self.outcome_listeners: list[Callable[[TableOutcome], None]] = []
         self.engine = ResyncEngine(
             store,
             list(self.tables.values()),
@@ -115,11 +120,12 @@ class BladeRuntime:
             self._event_seq += 1
             self.events.append({"seq": self._event_seq, "at": now, "node": self.node_id, **event})
             self.event_counts[event["type"]] += 1
-            level = logging.WARNING if event["type"] in ("fenced", "resync_failed", "quorum_lost") else logging.INFO
-            log.log(level, "%s %s", event["type"], {k: v for k, v in event.items() if k != "type"})
+        self.log.record(decision.events, caught_up=self.fence_state.caught_up, fences=self.fence_state.fences)
 
     def _on_resync_outcome(self, outcome: TableOutcome) -> None:
         self.decisions[f"{outcome.kind}:{outcome.decision}"] += 1
+        for listener in self.outcome_listeners:
+            listener(outcome)
         if outcome.dry_run:
             return
         if outcome.ok:
@@ -225,8 +231,8 @@ class BladeRuntime:
                 self._wake.clear()  # before the work: a wake-up during it is not lost
                 try:
                     await self._iteration(loop_state)
-                except Exception:
-                    log.exception("resync worker iteration failed")
+                except Exception as exc:  # noqa: BLE001 - logged; the worker loop must go on
+                    log_event(log, logging.ERROR, "resync_worker_failed", exc_info=exc, error=repr(exc))
                 await _wait_any(changed, self._wake, timeout=0.1)
         finally:
             heartbeat.cancel()

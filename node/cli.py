@@ -28,7 +28,7 @@ from aiohttp import web
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
 from node._http import build_app
-from node._logging import setup_logging
+from node._logging import log_event, setup_logging
 from node._tables import REFERENCES
 from rdb import ReplicatedStore
 
@@ -72,22 +72,16 @@ async def serve_node(config: NodeConfig) -> None:
         await web.TCPSite(runner, host, int(port), reuse_address=True).start()
         if config.cluster_address:
             await web.SockSite(runner, _reuseport_socket(config.cluster_address)).start()
-        log.info(
-            "node %s up: http %s, raft %s, cluster address %s, data %s",
-            config.id,
-            config.http_url,
-            config.raft_address,
-            config.cluster_address or "-",
-            config.data_dir,
-        )
+        # Debug only: the line at start-up is node_ready, once the node serves.
+        log_event(log, logging.DEBUG, "node_listening", http=config.http_url, raft=config.raft_address)
         for note in policy_relaxations(config.fence_policy):
-            log.warning("fencing policy relaxes 'never serve from config that failed to sync': %s", note)
+            log_event(log, logging.WARNING, "fencing_policy_relaxed", note=note)
         await stop.wait()
-        log.info("node %s stopping", config.id)
+        log_event(log, logging.INFO, "node_stopping")
     finally:
         await runner.cleanup()
         await loop.run_in_executor(None, store.close)
-        log.info("node %s stopped", config.id)
+        log_event(log, logging.INFO, "node_stopped")
 
 
 # ---------------------------------------------------------------- local cluster
@@ -241,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve_node(config))
     except OSError as exc:
-        log.error("node %s cannot start: %s", config.id, exc)
+        log_event(log, logging.ERROR, "node_start_failed", error=str(exc))
         return 1
     return 0
 

@@ -228,6 +228,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
         self._wake_pending = False
+        #: Called with the seconds each group-commit fdatasync took (tick thread).
+        self.on_fsync: Callable[[float], None] | None = None
         os.makedirs(data_dir, exist_ok=True)
         dump = os.path.join(data_dir, "raft.snapshot")
         conf = SyncObjConf(
@@ -303,11 +305,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def _persist_and_release(self) -> None:
         try:
-            self._rdb_journal.sync()
+            started = time.perf_counter()
+            if self._rdb_journal.sync() and self.on_fsync is not None:
+                self.on_fsync(time.perf_counter() - started)
         except OSError:
             # fsync failed: what was acknowledged may not be on disk. PySyncObj would
             # retry the tick forever; a broken durability invariant must crash loudly.
-            log.critical("journal fsync failed; stopping this node", exc_info=True)
+            log.critical("journal fsync failed; stopping this node", exc_info=True, extra={"event": "fsync_failed"})
             os._exit(70)
         self._SyncObj__transport.release_held()
         # PySyncObj compacts by entry count only: big values must not grow the journal
@@ -394,7 +398,13 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             return
         if fromIDx <= self.raftCommitIndex:
             self.truncations_below_commit += 1
-            log.critical("truncating committed entries from %d (commit %d)", fromIDx, self.raftCommitIndex)
+            log.critical(
+                "truncating committed entries",
+                extra={
+                    "event": "committed_entries_truncated",
+                    "fields": {"from_index": fromIDx, "commit_index": self.raftCommitIndex},
+                },
+            )
         super()._SyncObj__deleteEntriesFrom(fromIDx)
 
     # ------------------------------------------------------------ snapshots

@@ -77,6 +77,11 @@ class ReplicatedStore:
         self.barriers_proposed = 0
         #: (revision, wall time applied here): for commit-to-blade latency figures.
         self.commit_times: deque[tuple[int, float]] = deque(maxlen=20_000)
+        #: ``timing(name, seconds)``, for metrics: "commit" (a write from ``propose`` to
+        #: its committed result; loop thread), "read_barrier" (a linearizable read's wait;
+        #: loop thread), "fsync" (one group-commit fdatasync; Raft tick thread). It must be
+        #: quick, thread-safe and must not raise. None: nothing is measured.
+        self.timing: Callable[[str, float], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -95,6 +100,12 @@ class ReplicatedStore:
             election_timeout=self._election_timeout,
             compaction_entries=self._compaction_entries,
         )
+        self._raft.on_fsync = self._observe_fsync
+
+    def _observe_fsync(self, seconds: float) -> None:
+        timing = self.timing
+        if timing is not None:
+            timing("fsync", seconds)
 
     def close(self) -> None:
         """Stop the tick thread and flush the journal. Blocks until the thread exits."""
@@ -204,16 +215,18 @@ class ReplicatedStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def propose(self, payload: bytes, *, timeout: float | None = None) -> Result:
+    async def propose(self, payload: bytes, *, timeout: float | None = None, timing: str | None = "commit") -> Result:
         """Commit ``payload`` and return the state machine's result.
 
         Retries MISSING_LEADER / NOT_LEADER / DISCARDED / QUEUE_FULL (not applied), and
         LEADER_CHANGED / UNKNOWN_OUTCOME (maybe applied: safe only because writes carry a
         request id), until the deadline. Raises ``NoQuorum`` (its ``applied`` is False
         when nothing can still apply, "unknown" otherwise) or ``NotApplied`` (denied).
+        A committed proposal is reported to ``self.timing`` under the name ``timing``.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
+        started = loop.time()
+        deadline = started + (self.request_timeout if timeout is None else timeout)
         maybe_applied = False
         last_reason = "none"
         while True:
@@ -237,6 +250,8 @@ class ReplicatedStore:
                     "the proposal was not committed within the deadline (no quorum?)", "timeout", applied="unknown"
                 ) from None
             if reason == FAIL_REASON.SUCCESS:
+                if timing is not None and self.timing is not None:
+                    self.timing(timing, loop.time() - started)
                 return dict(result) if isinstance(result, dict) else {"status": "ok"}
             last_reason = REASON_NAMES.get(reason, str(reason))
             if reason not in NOT_APPLIED_REASONS:
@@ -308,6 +323,7 @@ class ReplicatedStore:
         Raises ``NoQuorum`` (``applied`` False: a barrier changes nothing) on timeout.
         """
         loop = asyncio.get_running_loop()
+        started = loop.time()
         fut: asyncio.Future[None] = loop.create_future()
         self._barrier_waiting.append(fut)
         if self._barriers_in_flight < MAX_BARRIERS_IN_FLIGHT:
@@ -316,6 +332,8 @@ class ReplicatedStore:
             await asyncio.wait_for(asyncio.shield(fut), self.request_timeout if timeout is None else timeout)
         except TimeoutError:
             raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
+        if self.timing is not None:
+            self.timing("read_barrier", loop.time() - started)
 
     def _launch_barrier(self, timeout: float | None) -> None:
         # The batch is exactly the reads that arrived before this barrier was submitted.
@@ -328,7 +346,7 @@ class ReplicatedStore:
 
     async def _one_barrier(self, batch: list[asyncio.Future[None]], timeout: float | None) -> None:
         try:
-            await self.propose(_commands.barrier(), timeout=timeout)
+            await self.propose(_commands.barrier(), timeout=timeout, timing=None)
         except (NoQuorum, NotApplied, OutcomeUnknown) as exc:
             err = NoQuorum(str(exc), exc.reason, applied=False)
             for fut in batch:
