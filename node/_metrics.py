@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
@@ -58,6 +57,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _RESYNC_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: The classic text format, which every Prometheus reads (prometheus_client's "latest"
+#: announces 1.0.0, for UTF-8 names we do not use, which Prometheus 2 does not know).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: How often commit-to-blade latencies are gathered (they carry their own timestamps).
 BLADE_SAMPLE_SECONDS = 0.25
 
@@ -244,7 +246,7 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_REGISTRY]
     metrics.sample_blade_latency(request.app[STORE], request.app[RUNTIME])
-    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE})
 
 
 def install_metrics(app: web.Application) -> NodeMetrics:
