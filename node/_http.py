@@ -44,6 +44,7 @@ from node._models import MemberBody, PutBody, TxnBody, openapi
 from node._observability import install_observability
 from node._runtime import BladeRuntime
 from node._tables import key_problem, restore_problem, split_storage_key
+from node._ui import ui_auth_exempt
 from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
 
 log = logging.getLogger("node.http")
@@ -77,7 +78,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[CONFIG].api_token
-    if token and request.path != "/healthz":
+    if token and request.path != "/healthz" and not ui_auth_exempt(request, token):
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):

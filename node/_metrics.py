@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -62,6 +63,8 @@ _RESYNC_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: How often commit-to-blade latencies are gathered (they carry their own timestamps).
 BLADE_SAMPLE_SECONDS = 0.25
+#: Seconds of history the dashboard's charts get.
+WINDOW_SECONDS = 600
 
 METRICS_REGISTRY: web.AppKey[NodeMetrics] = web.AppKey("metrics_registry")
 
@@ -118,6 +121,10 @@ class NodeMetrics:
         )
         self._timings = {"commit": self.commit, "fsync": self.fsync, "read_barrier": self.read_barrier}
         self._blade_seen = 0  # the highest revision whose commit-to-blade latency was observed
+        #: Per wall-clock second, for the dashboard's charts: [second, count, sum, max] of
+        #: commit-to-blade latencies, and (second, revision) of the store.
+        self.latency_window: deque[list[float]] = deque(maxlen=WINDOW_SECONDS)
+        self.revision_window: deque[tuple[int, int]] = deque(maxlen=WINDOW_SECONDS)
 
     def observe_timing(self, name: str, seconds: float) -> None:
         """``ReplicatedStore.timing``: any thread; an unknown name is ignored."""
@@ -144,10 +151,39 @@ class NodeMetrics:
         for revision, committed_at in commits:
             while blades[i][0] < revision:
                 i += 1
-            self.commit_to_blade.observe(max(0.0, blades[i][1] - committed_at))
+            latency = max(0.0, blades[i][1] - committed_at)
+            self.commit_to_blade.observe(latency)
+            self._window_add(int(blades[i][1]), latency)
             observed += 1
         self._blade_seen = blades[-1][0]
         return observed
+
+    def _window_add(self, second: int, latency: float) -> None:
+        window = self.latency_window
+        if window and window[-1][0] == second:
+            slot = window[-1]
+            slot[1] += 1
+            slot[2] += latency
+            slot[3] = max(slot[3], latency)
+        elif not window or window[-1][0] < second:
+            window.append([second, 1, latency, latency])
+        # an older second (clock stepped back): dropped from the chart, still in the histogram
+
+    def sample_revision(self, revision: int, now: float) -> None:
+        """Remember the store's revision once per second (the write-rate chart)."""
+        second = int(now)
+        if not self.revision_window or self.revision_window[-1][0] < second:
+            self.revision_window.append((second, revision))
+
+    def series(self) -> dict[str, Any]:
+        """The charts' data: per second, the revision and the commit-to-blade latency."""
+        return {
+            "revision": [list(p) for p in self.revision_window],
+            "blade_latency": [
+                {"t": int(t), "count": int(n), "avg": total / n, "max": peak}
+                for t, n, total, peak in self.latency_window
+            ],
+        }
 
 
 class _StateCollector(Collector):
@@ -266,6 +302,7 @@ def install_metrics(app: web.Application) -> NodeMetrics:
             while True:
                 await asyncio.sleep(BLADE_SAMPLE_SECONDS)
                 metrics.sample_blade_latency(store, runtime)
+                metrics.sample_revision(store.revision, time.time())
 
         task = asyncio.get_running_loop().create_task(loop())
         yield
