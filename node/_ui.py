@@ -197,7 +197,7 @@ async def api_overview(request: web.Request) -> web.Response:
             error = str(exc) or type(exc).__name__
             return {"status": {**base, "reachable": False, "error": error}, "events": [], "series": {}}
 
-    views = await asyncio.gather(*(fetch(m) for m in members))
+    views = sorted(await asyncio.gather(*(fetch(m) for m in members)), key=lambda v: str(v["status"].get("id")))
     leaders = {v["status"].get("id") for v in views if v["status"].get("role") == "leader"}
     return _json(
         request,

@@ -65,6 +65,7 @@ def browser(tmp_path: Any) -> Iterator[WebDriver]:
 def shot(driver: WebDriver, tmp_path: Any, name: str) -> None:
     """Save the whole page (not only the viewport) as ``tmp_path/name.png``."""
     path = os.path.join(str(tmp_path), f"{name}.png")
+    driver.execute_script("window.scrollTo(0, 0)")
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1}
     data = driver.execute_cdp_cmd(

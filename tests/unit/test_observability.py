@@ -167,3 +167,20 @@ def test_a_resync_failure_during_start_up_is_logged_and_a_slow_start_up_is_repor
     # From then on every change is logged, and the node's readiness still gets its line.
     rl.record([{"type": "unfenced", "protocol": "nfs"}], caught_up=True, fences={})
     assert _shown(records)[2:] == [("INFO", "unfenced"), ("INFO", "node_ready")]
+
+
+def test_the_dashboard_files_are_package_data_and_load_nothing_from_outside() -> None:
+    import fnmatch
+    import pathlib
+    import re
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["node"]
+    files = sorted(p.name for p in (root / "node" / "ui").iterdir() if p.is_file())
+    assert {"index.html", "app.js", "style.css"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(f"ui/{name}", g) for g in globs), f"node/ui/{name} is not in the package data"
+        text = (root / "node" / "ui" / name).read_text()
+        # No CDN, no web font, no remote script: the page works with no internet.
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?https?:""", text), name
