@@ -386,6 +386,7 @@ function setConnection(ok, text) {
 }
 
 async function tick() {
+  const started = Date.now();
   try {
     const ov = await fetchFromAny("/ui/api/overview");
     state.overview = ov;
@@ -411,7 +412,8 @@ async function tick() {
     state.failures += 1;
     setConnection(false, `no node answers (${err.message}); retrying`);
   } finally {
-    setTimeout(tick, POLL_MS);
+    // A fixed rate: one update a second even when a fetch takes a while.
+    setTimeout(tick, Math.max(50, POLL_MS - (Date.now() - started)));
   }
 }
 
