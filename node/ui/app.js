@@ -394,6 +394,10 @@ async function tick() {
     const urls = ov.nodes.map((v) => v.status.http_url).filter(Boolean);
     state.urls = [...new Set([window.location.origin, ...urls])];
     const via = state.base === window.location.origin ? "" : " (this page's node does not answer)";
+    // Back to the page's own node once the others see it answer again.
+    if (ov.nodes.some((v) => v.status.http_url === window.location.origin && v.status.reachable)) {
+      state.base = window.location.origin;
+    }
     setConnection(true, `data from ${ov.served_by}${via}`);
     $("updated").textContent = `updated ${clock(ov.at)}`;
     $("logout").hidden = !ov.auth;

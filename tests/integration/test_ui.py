@@ -193,6 +193,7 @@ def test_dashboard_shows_the_ring_fences_failures_and_tables(tmp_path: Any, brow
             30,
             "n1 back and serving",
         )
+        until(browser, lambda: "data from n1" in browser.find_element(By.ID, "source").text, 5, "n1 serving the page")
         shot(browser, tmp_path, "06-back")
 
         # A narrow window: nothing wider than the window.
