@@ -41,6 +41,7 @@ class NodeConfig:
     request_timeout: float = 5.0
     log_format: str = "auto"
     fault_injection: bool = False
+    join: bool = False  # start as a non-voting learner of an existing cluster
     advertise_url: str = field(default="")
     history_limit: int = 10_000
     audit_interval: float = 60.0
@@ -98,6 +99,13 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help=f"enable /v1/debug endpoints [env {ENV_PREFIX}FAULT_INJECTION=1]",
+    )
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        default=None,
+        help="join the running cluster of --peer: catch up as a non-voting learner until "
+        f"POST /v1/cluster/members adds this node [env {ENV_PREFIX}JOIN=1]",
     )
 
 
@@ -195,6 +203,9 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         "true",
         "yes",
     )
+    join = bool(getattr(args, "join", None)) or env.get(ENV_PREFIX + "JOIN", "") in ("1", "true", "yes")
+    if join and not peers:
+        raise ConfigError("--join needs the cluster's members as --peer")
     policy_file = pick("fence_policy", "FENCE_POLICY")
     policy = (
         load_fence_policy(policy_file, grace)
@@ -213,6 +224,7 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         request_timeout=timeout,
         log_format=log_format,
         fault_injection=fault,
+        join=join,
         advertise_url=(pick("advertise_url", "ADVERTISE_URL") or "").rstrip("/"),
         history_limit=int(history_text),
         audit_interval=audit,

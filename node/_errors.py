@@ -17,7 +17,16 @@ from pydantic import ValidationError
 
 from node._exceptions import ApiError, Fenced
 from node._logging import log_event
-from rdb import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
+from rdb import (
+    Compacted,
+    InvalidCommand,
+    InvalidMember,
+    MembershipChangePending,
+    NoQuorum,
+    NotApplied,
+    OutcomeUnknown,
+    ProposalFailed,
+)
 
 log = logging.getLogger("node.http")
 
@@ -39,6 +48,8 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(
             503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
         )
+    if isinstance(exc, InvalidMember):
+        return ApiError(422, "invalid_member", str(exc), exc.details, applied=False)
     if isinstance(exc, InvalidCommand):
         return ApiError(422, "invalid", str(exc), applied=applied_if_write)
     if isinstance(exc, ValidationError):
@@ -52,6 +63,10 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(503, "no_quorum", str(exc), {"reason": exc.reason}, applied=exc.applied if is_write else None)
     if isinstance(exc, OutcomeUnknown):
         return ApiError(503, "outcome_unknown", str(exc), {"reason": exc.reason}, applied="unknown")
+    if isinstance(exc, MembershipChangePending):
+        return ApiError(
+            409, "membership_change_pending", str(exc), {"reason": exc.reason, **exc.details}, applied=False
+        )
     if isinstance(exc, NotApplied):
         return ApiError(503, "not_applied", str(exc), {"reason": exc.reason}, applied=False)
     if isinstance(exc, ProposalFailed):

@@ -39,8 +39,16 @@ from node._config import NodeConfig
 from node._debug import add_debug_routes
 from node._errors import check_write_result, error_response, translate
 from node._exceptions import ApiError
+from node._members import (
+    add_member,
+    init_removal,
+    removal_status,
+    remove_member,
+    removed_middleware,
+    removed_notice,
+)
 from node._mgmt import add_routes, check_row
-from node._models import MemberBody, PutBody, TxnBody, openapi
+from node._models import PutBody, TxnBody, openapi
 from node._observability import install_observability
 from node._runtime import BladeRuntime
 from node._tables import key_problem, restore_problem, split_storage_key
@@ -295,6 +303,7 @@ def node_status(app: web.Application) -> dict[str, Any]:
         },
         "tables": app[RUNTIME].table_status(),
         "fences": app[RUNTIME].fences(),
+        **removal_status(app),
         "reachable": True,
     }
 
@@ -344,34 +353,6 @@ async def cluster(request: web.Request) -> web.Response:
     return _answer({"leader": leader, "nodes": list(nodes)}, app[STORE].revision)
 
 
-async def add_member(request: web.Request) -> web.Response:
-    body = await json_body(request, MemberBody)
-    store = request.app[STORE]
-    registry = members_registry(request.app)
-    members = store.status().members
-    if body.raft_address in members:
-        raise ApiError(409, "already_member", f"{body.raft_address} is already a member", applied=False)
-    if any(m.get("id") == body.id and addr in members for addr, m in registry.items()):
-        raise ApiError(409, "duplicate_id", f"a member with id {body.id!r} exists", applied=False)
-    await store.put(MEMBERS_PREFIX + body.id, body.model_dump())
-    await store.change_membership("add", body.raft_address)
-    return _answer({"added": body.model_dump()}, store.revision)
-
-
-async def remove_member(request: web.Request) -> web.Response:
-    member_id = request.match_info["id"]
-    store = request.app[STORE]
-    members = set(store.status().members)
-    match = [a for a, m in members_registry(request.app).items() if m.get("id") == member_id and a in members]
-    if not match:
-        raise ApiError(404, "not_found", f"no member with id {member_id!r}", applied=False)
-    if len(members) <= 1:
-        raise ApiError(409, "last_member", "cannot remove the last member", applied=False)
-    await store.change_membership("remove", match[0])
-    await store.delete(MEMBERS_PREFIX + member_id)
-    return _answer({"removed": member_id}, store.revision)
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "id": request.app[CONFIG].id})
 
@@ -379,6 +360,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     st = request.app[STORE].status()
     reasons = []
+    if st.role == "learner":
+        reasons.append("learner: catching up without a vote until POST /v1/cluster/members adds it")
     if st.leader is None:
         reasons.append("no leader known")
     if not st.quorum:
@@ -476,9 +459,12 @@ async def _register_self(app: web.Application) -> None:
 
 def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime | None = None) -> web.Application:
     """The node's application. The store must already be started on this loop."""
-    app = web.Application(middlewares=[_error_middleware, _auth_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[_error_middleware, _auth_middleware, removed_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[STORE] = store
     app[CONFIG] = config
+    init_removal(app)
     app[RUNTIME] = runtime or BladeRuntime(
         config.id,
         store,
@@ -507,6 +493,7 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app.router.add_get("/v1/cluster", cluster)
     app.router.add_post("/v1/cluster/members", add_member)
     app.router.add_delete("/v1/cluster/members/{id}", remove_member)
+    app.router.add_post("/v1/cluster/removed", removed_notice)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)

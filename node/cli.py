@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +29,7 @@ from node._config import NodeConfig, add_node_arguments, parse_node_config, poli
 from node._exceptions import ConfigError
 from node._http import build_app
 from node._logging import log_event, setup_logging
+from node._members import REMOVAL
 from node._tables import REFERENCES
 from rdb import ReplicatedStore
 
@@ -44,6 +45,14 @@ def _reuseport_socket(address: str) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def _leave_address(site: web.SockSite, address: str) -> Callable[[], Awaitable[None]]:
+    async def leave() -> None:
+        await site.stop()  # closes the listening socket: new connections go to the members
+        log.warning("stopped listening on the cluster address %s", address)
+
+    return leave
 
 
 async def serve_node(config: NodeConfig) -> None:
@@ -62,6 +71,7 @@ async def serve_node(config: NodeConfig) -> None:
         history_limit=config.history_limit,
         references=REFERENCES,
         compaction_entries=config.compaction_entries,
+        learner=config.join,
     )
     store.start(loop)
     app = build_app(config, store)
@@ -70,8 +80,10 @@ async def serve_node(config: NodeConfig) -> None:
     try:
         host, _, port = config.http_address.rpartition(":")
         await web.TCPSite(runner, host, int(port), reuse_address=True).start()
-        if config.cluster_address:
-            await web.SockSite(runner, _reuseport_socket(config.cluster_address)).start()
+        if config.cluster_address and not app[REMOVAL].removed:
+            shared = web.SockSite(runner, _reuseport_socket(config.cluster_address))
+            await shared.start()
+            app[REMOVAL].on_removed.append(_leave_address(shared, config.cluster_address))
         # Debug only: the line at start-up is node_ready, once the node serves.
         log_event(log, logging.DEBUG, "node_listening", http=config.http_url, raft=config.raft_address)
         for note in policy_relaxations(config.fence_policy):

@@ -6,19 +6,33 @@ This package imports nothing else of rdbsync's.
 """
 
 from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key, check_value, new_request_id
-from rdb._errors import Compacted, InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed, RdbError
+from rdb._errors import (
+    Compacted,
+    InvalidCommand,
+    InvalidMember,
+    MembershipChangePending,
+    NoQuorum,
+    NotApplied,
+    OutcomeUnknown,
+    ProposalFailed,
+    RdbError,
+)
+from rdb._membership import CATCH_UP_MAX_LAG, caught_up, check_new_member, normalize_address, resolve
 from rdb._raft import RaftStatus
 from rdb._state import Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
 
 __all__ = [
+    "CATCH_UP_MAX_LAG",
     "MAX_KEY_BYTES",
     "MAX_TXN_OPS",
     "MAX_VALUE_BYTES",
     "Compacted",
     "Event",
     "InvalidCommand",
+    "InvalidMember",
     "KeyValue",
+    "MembershipChangePending",
     "NoQuorum",
     "NotApplied",
     "OutcomeUnknown",
@@ -28,8 +42,12 @@ __all__ = [
     "Reference",
     "ReplicatedStore",
     "StateMachine",
+    "caught_up",
     "check_key",
+    "check_new_member",
     "check_value",
     "new_request_id",
+    "normalize_address",
+    "resolve",
     "snapshot_entries",
 ]

@@ -2,9 +2,11 @@
 
     RdbError
     ├── InvalidCommand        a command failed validation before it was proposed
+    │   └── InvalidMember     an address that cannot be a member (syntax, DNS, alias)
     ├── Compacted             watch history no longer reaches the asked revision
     └── ProposalFailed        Raft did not give a definite "applied" answer
         ├── NotApplied        known not applied, and never will be (retry freely)
+        │   └── MembershipChangePending  the leader refused: another change is pending
         ├── NoQuorum          no leader or no majority within the deadline; ``applied``
         │                     is False if nothing was in flight, else "unknown"
         └── OutcomeUnknown    may still be applied: retry with the same request id
@@ -22,6 +24,14 @@ class RdbError(Exception):
 
 class InvalidCommand(RdbError):
     """A command is malformed or over a limit; it was not proposed."""
+
+
+class InvalidMember(InvalidCommand):
+    """An address that cannot be a member; ``details`` say which and why."""
+
+    def __init__(self, message: str, **details: str) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class Compacted(RdbError):
@@ -56,3 +66,12 @@ class NoQuorum(ProposalFailed):
 
 class OutcomeUnknown(ProposalFailed):
     """The command may or may not be applied (timeout or leader change after proposal)."""
+
+
+class MembershipChangePending(NotApplied):
+    """Another membership change is not committed yet (or is being prepared): only one
+    change at a time, cluster-wide. Nothing was applied; retry once it is done."""
+
+    def __init__(self, message: str, reason: str = "membership_change_pending", **details: str) -> None:
+        super().__init__(message, reason)
+        self.details = details

@@ -42,6 +42,7 @@ from pysyncobj.transport import TCPTransport
 
 from rdb._append import coalesce_outgoing, plan_append
 from rdb._journal import DurableJournal, fsync_directory
+from rdb._raft_membership import MembershipRules, disable_utility_membership
 from rdb._wire import StoredZlib
 
 log = logging.getLogger("rdb.raft")
@@ -192,8 +193,11 @@ def load_snapshot(path: str) -> tuple[bytes, Any, Any, list[str]]:
     return doc["state"], doc["last"], doc["prev"], list(doc["cluster"])
 
 
-class RaftNode(SyncObj):  # type: ignore[misc]
-    """PySyncObj node with our durability, truncation and snapshot fixes.
+class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
+    """PySyncObj node with our durability, truncation, snapshot and membership fixes.
+
+    ``self_address`` None makes a *learner*: it replicates the log without voting
+    (PySyncObj's read-only node; see ``rdb._raft_membership``).
 
     ``apply_fn(payload, index)`` runs on the tick thread for every committed command, in
     log order, and must never raise. ``snapshot_fn()`` returns the state as bytes;
@@ -203,7 +207,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def __init__(
         self,
-        self_address: str,
+        self_address: str | None,
         partner_addresses: list[str],
         data_dir: str,
         *,
@@ -259,6 +263,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             logCompactionSplit=False,
         )
         super().__init__(self_address, partner_addresses, conf=conf, transportClass=_HoldingTransport)
+        disable_utility_membership(self._SyncObj__transport)
         self.addOnTickCallback(self._persist_and_release)
 
     # ------------------------------------------------------------ the log entry point
@@ -411,7 +416,8 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def _serialize_to(self, tmp_path: str, raft_data: Any) -> None:
         last, prev, cluster = raft_data
-        dump_snapshot(tmp_path, self._snapshot_fn(), last, prev, sorted(n.id for n in cluster))
+        # A learner has no node of its own (None) in PySyncObj's cluster set.
+        dump_snapshot(tmp_path, self._snapshot_fn(), last, prev, sorted(n.id for n in cluster if n is not None))
 
     def _deserialize_from(self, path: str) -> tuple[Any, Any, Any]:
         state, last, prev, cluster = load_snapshot(path)
@@ -447,7 +453,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
 
     def status(self, quorum_window: float) -> RaftStatus:
         """A consistent-enough view for /v1/status. Safe from any thread."""
-        role = ROLE_NAMES.get(self._SyncObj__raftState, "follower")
+        role = "learner" if self.is_learner else ROLE_NAMES.get(self._SyncObj__raftState, "follower")
         leader = self._SyncObj__raftLeader
         now = time.monotonic()
         others = self._other_nodes()
@@ -467,7 +473,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             applied_index=int(self.raftLastApplied),
             last_index=journal.last_index,
             quorum=quorum,
-            members=sorted([self.selfNode.id] + [n.id for n in others]),
+            members=sorted(([self.selfNode.id] if self.selfNode is not None else []) + [n.id for n in others]),
             connected=sorted(n.id for n in others if self.isNodeConnected(n)),
             journal_syncs=journal.sync_count,
             journal_bytes=journal.size_bytes,

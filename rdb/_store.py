@@ -20,16 +20,20 @@ Threading: public coroutines run on the asyncio loop given to ``start``. ``_appl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 from pysyncobj.config import FAIL_REASON
 
 from rdb import _commands
-from rdb._errors import InvalidCommand, NoQuorum, NotApplied, OutcomeUnknown
+from rdb._errors import InvalidCommand, MembershipChangePending, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
+from rdb._journal import fsync_directory
 from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
 from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 
@@ -37,6 +41,11 @@ _RETRY_PAUSE = 0.05
 #: Read barriers pipelined at once: each read waits for the first one submitted after it.
 MAX_BARRIERS_IN_FLIGHT = 4
 T = TypeVar("T")
+log = logging.getLogger("rdb.store")
+#: The cluster-wide membership lease (see ``membership_lease``), in the reserved prefix.
+MEMBERSHIP_LEASE_KEY = "_rdb/membership_change"
+#: In a learner's data directory once it was promoted: it restarts as a voter.
+VOTER_MARKER = "voter"
 
 
 class ReplicatedStore:
@@ -54,8 +63,13 @@ class ReplicatedStore:
         compaction_entries: int = 20_000,
         history_limit: int = 10_000,
         references: Iterable[Reference] = (),
+        learner: bool = False,
     ) -> None:
         self._raft_address = raft_address
+        # A learner replicates without voting until an entry adding it commits, then
+        # restarts as a voter; once promoted (the marker) it starts as a voter.
+        self._learner = learner and not os.path.exists(os.path.join(data_dir, VOTER_MARKER))
+        self._history_limit = history_limit
         self._partners = partner_addresses
         self._data_dir = data_dir
         self._password = password
@@ -65,13 +79,13 @@ class ReplicatedStore:
         self._lock = threading.Lock()
         self._sm = StateMachine(history_limit=history_limit, references=references)
         self._raft: RaftNode | None = None
+        self._promotion: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._notify_pending = False
         self._barrier_waiting: list[asyncio.Future[None]] = []
         self._barriers_in_flight = 0
         self._barrier_tasks: set[asyncio.Task[None]] = set()
-        self._membership_lock = asyncio.Lock()
         self.load_count = 0
         self._load_listeners: list[Callable[[], None]] = []
         self.barriers_proposed = 0
@@ -89,8 +103,13 @@ class ReplicatedStore:
         """Start the Raft node. Must be called on ``loop``'s thread."""
         self._loop = loop
         self._changed = asyncio.Event()
-        self._raft = RaftNode(
-            self._raft_address,
+        self._raft = self._new_raft(None if self._learner else self._raft_address)
+        if self._learner:
+            self._promotion = loop.create_task(self._promote_when_added())
+
+    def _new_raft(self, self_address: str | None) -> RaftNode:
+        return RaftNode(
+            self_address,
             self._partners,
             self._data_dir,
             password=self._password,
@@ -109,6 +128,8 @@ class ReplicatedStore:
 
     def close(self) -> None:
         """Stop the tick thread and flush the journal. Blocks until the thread exits."""
+        if self._promotion is not None:
+            self._promotion.cancel()
         if self._raft is not None:
             self._raft.destroy_synchronous()
             self._raft = None
@@ -374,42 +395,103 @@ class ReplicatedStore:
 
     # ------------------------------------------------------------------ membership
 
-    async def change_membership(self, action: str, raft_address: str, *, timeout: float | None = None) -> None:
-        """Add or remove one member, one change at a time (PySyncObj does not enforce it).
+    @property
+    def is_learner(self) -> bool:
+        """True while this node replicates the log without voting (see ``start``)."""
+        return self.raft.is_learner
 
-        Retries what was definitely not applied (no leader yet, a leader change) until the
-        deadline. Raises ``NoQuorum``, ``NotApplied`` (the leader refused: another change
-        is in progress) or ``OutcomeUnknown``.
+    @contextlib.asynccontextmanager
+    async def membership_lease(self, holder: str, what: str, *, ttl: float | None = None) -> AsyncIterator[None]:
+        """Hold the cluster-wide right to change the membership (loop thread).
+
+        The lease is a key in the replicated key space, taken with a compare-and-set, so
+        two changes started through different nodes cannot both hold it; it expires
+        after ``ttl`` seconds (wall clock) in case its holder dies. Raises
+        ``MembershipChangePending`` (with the holder and its change) when another
+        change holds it, or the ``propose`` errors. The leader's own check (one
+        uncommitted membership entry at most) still holds if a lease expires early.
+        """
+        ttl = 4 * self.request_timeout + 10.0 if ttl is None else ttl
+        current = self.get(MEMBERSHIP_LEASE_KEY)
+        if current is not None and lease_held(current.value, time.time()):
+            raise _lease_pending(current.value)
+        value = {"holder": holder, "change": what, "expires_at": time.time() + ttl}
+        result = await self.put(
+            MEMBERSHIP_LEASE_KEY, value, prev_revision=0 if current is None else current.mod_revision
+        )
+        if result.get("status") != "ok":  # another change took it first
+            winner = result.get("current")
+            raise _lease_pending(winner.get("value") if isinstance(winner, dict) else None)
+        revision = int(result["revision"])
+        try:
+            yield
+        finally:
+            try:
+                await self.delete(MEMBERSHIP_LEASE_KEY, prev_revision=revision)
+            except ProposalFailed as exc:  # it expires on its own
+                log.warning("membership lease not released (%s); it expires in %.0fs", exc, ttl)
+
+    async def change_membership(self, action: str, raft_address: str, *, timeout: float | None = None) -> None:
+        """Add or remove one voting member; the leader decides (a follower's request is
+        forwarded to it by PySyncObj).
+
+        The leader refuses a change while another membership entry is uncommitted, before
+        it has committed an entry of its own term, and the removal of itself (it hands
+        the leadership over first); all of these pass, so they are retried until the
+        deadline. Raises ``MembershipChangePending`` when the leader still refuses at
+        the deadline, ``NoQuorum`` or ``OutcomeUnknown``.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
-        async with self._membership_lock:
-            while True:
-                fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+        while True:
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
-                def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                    _call_soon(loop, fut, (result, reason))
+            def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                _call_soon(loop, fut, (result, reason))
 
-                if action == "add":
-                    self.raft.add_member(raft_address, done)
-                else:
-                    self.raft.remove_member(raft_address, done)
-                try:
-                    _, reason = await asyncio.wait_for(fut, max(0.01, deadline - loop.time()))
-                except TimeoutError:
-                    raise NoQuorum(
-                        "membership change not committed within the deadline", "timeout", applied="unknown"
-                    ) from None
-                if reason == FAIL_REASON.SUCCESS:
-                    return
-                name = REASON_NAMES.get(reason, str(reason))
-                if reason not in NOT_APPLIED_REASONS:
-                    raise OutcomeUnknown(f"membership change outcome unknown: {name}", name)
+            if action == "add":
+                self.raft.add_member(raft_address, done)
+            else:
+                self.raft.remove_member(raft_address, done)
+            try:
+                _, reason = await asyncio.wait_for(fut, max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                raise NoQuorum(
+                    "membership change not committed within the deadline", "timeout", applied="unknown"
+                ) from None
+            if reason == FAIL_REASON.SUCCESS:
+                return
+            name = REASON_NAMES.get(reason, str(reason))
+            if reason not in NOT_APPLIED_REASONS:
+                raise OutcomeUnknown(f"membership change outcome unknown: {name}", name)
+            if loop.time() + _RETRY_PAUSE >= deadline:
                 if reason == FAIL_REASON.REQUEST_DENIED:
-                    raise NotApplied(f"membership change refused: {name}", name)
-                if loop.time() + _RETRY_PAUSE >= deadline:
-                    raise NoQuorum(f"membership change not accepted before the deadline: {name}", name, applied=False)
-                await asyncio.sleep(_RETRY_PAUSE)
+                    raise MembershipChangePending(
+                        "the leader refused the change until the deadline: another membership change is not "
+                        "committed yet (or the member set no longer allows this change)"
+                    )
+                raise NoQuorum(f"membership change not accepted before the deadline: {name}", name, applied=False)
+            await asyncio.sleep(_RETRY_PAUSE)
+
+    async def _promote_when_added(self) -> None:
+        """A learner's watch: once an entry adding it is committed, restart the Raft
+        node as a voter on the same data (loop thread; the restart runs in a thread)."""
+        while self._raft is not None and self._raft.is_learner:
+            if self._raft.promotion_ready(self._raft_address):
+                await asyncio.to_thread(self._promote)
+                return
+            await asyncio.sleep(0.05)
+
+    def _promote(self) -> None:
+        old = self.raft
+        log.info("added to the cluster as %s: restarting Raft as a voting member", self._raft_address)
+        old.destroy_synchronous()
+        _write_marker(os.path.join(self._data_dir, VOTER_MARKER))
+        with self._lock:
+            # The new node replays the journal from its snapshot: start from empty state.
+            self._sm = StateMachine(history_limit=self._history_limit, references=self._sm.references)
+        self._raft = self._new_raft(self._raft_address)
+        self._schedule_notify(load=True)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
@@ -438,3 +520,27 @@ def snapshot_entries(snapshot: bytes, references: Iterable[Reference] = ()) -> l
     if dangling is not None:
         raise InvalidCommand(f"the snapshot breaks a reference: {dangling}")
     return list(probe.items())
+
+
+def lease_held(value: Any, now: float) -> bool:
+    """Whether a membership lease value still holds at wall time ``now``."""
+    return isinstance(value, dict) and isinstance(value.get("expires_at"), int | float) and value["expires_at"] > now
+
+
+def _lease_pending(value: Any) -> MembershipChangePending:
+    held = value if isinstance(value, dict) else {}
+    change, holder = held.get("change", "unknown"), held.get("holder", "?")
+    return MembershipChangePending(
+        f"another membership change is in progress: {change} (through {holder})",
+        holder=str(held.get("holder", "")),
+        change=str(held.get("change", "")),
+    )
+
+
+def _write_marker(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(os.path.dirname(path))

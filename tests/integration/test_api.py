@@ -89,7 +89,7 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(small_history_cluster: Clu
                 {"id": "n9", "raft_address": "127.0.0.1:99999", "http_url": "http://x"},
             ),
             422,
-            "schema",
+            "invalid_member",
         ),
     ]
     for resp, status, code in cases:

@@ -157,15 +157,19 @@ def test_minority_answers_no_quorum_quickly(cluster: Cluster) -> None:
 
 def test_add_and_remove_a_fourth_member(cluster: Cluster, tmp_path) -> None:
     raft_port, http_port = free_ports(2)
-    n4 = NodeProc("n4", f"127.0.0.1:{raft_port}", http_port, os.path.join(str(tmp_path), "n4"))
+    n4 = NodeProc("n4", f"127.0.0.1:{raft_port}", http_port, os.path.join(str(tmp_path), "n4"), extra_args=["--join"])
     cluster.nodes["n4"] = n4
     assert http("PUT", f"{cluster.url('n1')}/v1/kv/seed", {"value": "x"}).status == 200
+    # The new node first runs as a learner (--join), then the add makes it a voter.
+    cluster.start("n4", peers=[cluster.nodes[n] for n in ("n1", "n2", "n3")])
+    wait_for(lambda: http("GET", f"{n4.url}/v1/status", timeout=2).status == 200, 20, "n4 answers")
+    assert cluster.status("n4")["role"] == "learner"
     added = http(
         "POST", f"{cluster.url('n2')}/v1/cluster/members", {"id": "n4", "raft_address": n4.raft, "http_url": n4.url}
     )
     assert added.status == 200, added.body
-    cluster.start("n4", peers=[cluster.nodes[n] for n in ("n1", "n2", "n3")])
     cluster.wait_ready(30, ["n4"])
+    assert cluster.status("n4")["role"] in ("follower", "leader")
     assert http("GET", f"{n4.url}/v1/kv/seed").body["value"] == "x"
     view = http("GET", f"{cluster.url('n1')}/v1/cluster").body
     assert {n["id"] for n in view["nodes"]} == {"n1", "n2", "n3", "n4"}
@@ -173,7 +177,8 @@ def test_add_and_remove_a_fourth_member(cluster: Cluster, tmp_path) -> None:
     dup = http(
         "POST", f"{cluster.url('n2')}/v1/cluster/members", {"id": "n4", "raft_address": n4.raft, "http_url": n4.url}
     )
-    assert dup.status == 409
+    assert dup.status == 422 and dup.body["error"]["code"] == "invalid_member", dup.body
+    assert dup.body["error"]["details"]["reason"] == "already_member"
     removed = http("DELETE", f"{cluster.url('n1')}/v1/cluster/members/n4")
     assert removed.status == 200, removed.body
     cluster.stop("n4")

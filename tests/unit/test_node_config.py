@@ -97,3 +97,12 @@ def test_the_readme_policy_example_is_a_valid_policy(tmp_path: Path) -> None:
     path.write_text(example)
     policy = load_fence_policy(str(path), 5.0)
     assert policy.kind("backup") == "application" and policy.scoped["nfs"]
+
+
+def test_join_needs_peers_and_comes_from_a_flag_or_the_env() -> None:
+    with pytest.raises(ConfigError, match="--join"):
+        parse_node_config(parse(["--join"]), ENV)
+    peer = ["--peer", "n2=127.0.0.1:7002=http://127.0.0.1:8002"]
+    assert parse_node_config(parse([*peer, "--join"]), ENV).join
+    assert parse_node_config(parse(peer), {**ENV, "RDBSYNC_JOIN": "1"}).join
+    assert not parse_node_config(parse(peer), ENV).join
