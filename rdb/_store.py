@@ -108,7 +108,7 @@ class ReplicatedStore:
             self._promotion = loop.create_task(self._promote_when_added())
 
     def _new_raft(self, self_address: str | None) -> RaftNode:
-        return RaftNode(
+        raft = RaftNode(
             self_address,
             self._partners,
             self._data_dir,
@@ -119,7 +119,8 @@ class ReplicatedStore:
             election_timeout=self._election_timeout,
             compaction_entries=self._compaction_entries,
         )
-        self._raft.on_fsync = self._observe_fsync
+        raft.on_fsync = self._observe_fsync
+        return raft
 
     def _observe_fsync(self, seconds: float) -> None:
         timing = self.timing
