@@ -50,7 +50,7 @@ def _reuseport_socket(address: str) -> socket.socket:
 def _leave_address(site: web.SockSite, address: str) -> Callable[[], Awaitable[None]]:
     async def leave() -> None:
         await site.stop()  # closes the listening socket: new connections go to the members
-        log.warning("stopped listening on the cluster address %s", address)
+        log_event(log, logging.WARNING, "cluster_address_left", cluster_address=address)
 
     return leave
 

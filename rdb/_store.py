@@ -430,7 +430,10 @@ class ReplicatedStore:
             try:
                 await self.delete(MEMBERSHIP_LEASE_KEY, prev_revision=revision)
             except ProposalFailed as exc:  # it expires on its own
-                log.warning("membership lease not released (%s); it expires in %.0fs", exc, ttl)
+                log.warning(
+                    "membership lease not released; it expires on its own",
+                    extra={"event": "membership_lease_kept", "fields": {"error": str(exc), "expires_in": ttl}},
+                )
 
     async def change_membership(self, action: str, raft_address: str, *, timeout: float | None = None) -> None:
         """Add or remove one voting member; the leader decides (a follower's request is
@@ -485,7 +488,10 @@ class ReplicatedStore:
 
     def _promote(self) -> None:
         old = self.raft
-        log.info("added to the cluster as %s: restarting Raft as a voting member", self._raft_address)
+        log.info(
+            "restarting Raft as a voting member",
+            extra={"event": "learner_promoted", "fields": {"raft_address": self._raft_address}},
+        )
         old.destroy_synchronous()
         _write_marker(os.path.join(self._data_dir, VOTER_MARKER))
         with self._lock:
