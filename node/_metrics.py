@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Reversible
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -141,12 +141,12 @@ class NodeMetrics:
         """Observe commit-to-blade latency for every revision the blade tables reached
         since the last call: both sides carry wall-clock stamps, so the figures are exact
         whenever this runs. Returns how many it observed. Loop thread."""
-        blades = [(r, t) for r, t in reversed(runtime.blade_times) if r > self._blade_seen]
+        seen = self._blade_seen
+        blades = _newer_than(runtime.blade_times, seen)
         if not blades:
             return 0
-        blades.reverse()
-        # A copy first: the Raft tick thread appends while we read.
-        commits = [(r, t) for r, t in list(store.commit_times) if self._blade_seen < r <= blades[-1][0]]
+        # A copy first (one C-level call): the Raft tick thread appends while we read.
+        commits = [(r, t) for r, t in _newer_than(list(store.commit_times), seen) if r <= blades[-1][0]]
         observed, i = 0, 0
         for revision, committed_at in commits:
             while blades[i][0] < revision:
@@ -184,6 +184,18 @@ class NodeMetrics:
                 for t, n, total, peak in self.latency_window
             ],
         }
+
+
+def _newer_than(stamps: Reversible[tuple[int, float]], revision: int) -> list[tuple[int, float]]:
+    """The (revision, time) stamps after ``revision``, oldest first, read from the newest
+    end: the cost is the number of new stamps, not the length of the history."""
+    out = []
+    for stamp in reversed(stamps):
+        if stamp[0] <= revision:
+            break
+        out.append(stamp)
+    out.reverse()
+    return out
 
 
 class _StateCollector(Collector):

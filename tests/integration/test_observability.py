@@ -120,7 +120,8 @@ def test_histograms_move_with_requests_and_commits(tmp_path: Any) -> None:
         for nid in c.nodes:
             assert grew(nid, "rdb_fsync_duration_seconds_count", 1), nid  # every node persists the entries
             wait_for(lambda nid=nid: grew(nid, "rdb_commit_to_blade_applied_seconds_count", writes), 5, f"{nid} blade")
-            assert grew(nid, "rdb_resync_run_duration_seconds_count", writes, table="volumes", kind="incremental")
+            # One incremental run may cover several commits: at least one ran.
+            assert grew(nid, "rdb_resync_run_duration_seconds_count", 1, table="volumes", kind="incremental")
         assert not grew("n1", "rdb_resync_run_duration_seconds_count", 1, table="vldb", kind="manual")
         assert http("POST", f"{c.url('n1')}/v1/resync?table=vldb").status == 200
         assert grew("n1", "rdb_resync_run_duration_seconds_count", 1, table="vldb", kind="manual")
