@@ -27,6 +27,7 @@ COPY resync ./resync
 COPY fencing ./fencing
 COPY node ./node
 COPY chaos ./chaos
+COPY rdbsync ./rdbsync
 RUN pip install --no-cache-dir . \
     && rm -rf /src
 

@@ -3,7 +3,7 @@
     scripts/bench [--duration 10] [--connections 64] [--threads 2] [--keep] [--json PATH]
 
 Starts three nodes on free loopback ports in a temporary directory (the same argv as
-``rdbsync run``, from ``node.cli.local_cluster_commands``), waits until every node is
+``rdbsync run``, from ``node.launcher.LocalCluster``), waits until every node is
 ready, picks a follower and runs, against that follower:
 
 1. durable writes: ``wrk -s benchmarks/put.lua`` (PUT of a never-written key, ~100 B value);
@@ -21,28 +21,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import platform
-import random
 import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from types import FrameType
 from typing import Any, TypeVar
 
-from node.cli import ensure_secret, local_cluster_commands
+from node import launcher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "benchmarks")
@@ -54,6 +49,8 @@ STOP_GRACE_SECONDS = 10.0
 VALUE = "x" * 100
 
 T = TypeVar("T")
+Node = launcher.Node
+_PREEXEC = launcher.DIE_WITH_PARENT
 
 
 class BenchError(Exception):
@@ -68,107 +65,49 @@ def progress(message: str) -> None:
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status, payload = resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        status, payload = err.code, err.read()
-    try:
-        return status, json.loads(payload) if payload else None
-    except ValueError:
-        return status, payload.decode(errors="replace")
+    """(status, parsed body) through the launcher's one HTTP helper; OSError if no answer."""
+    reply = launcher.http(method, url, body, timeout=timeout)
+    return reply.status, reply.body
 
 
 def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``condition`` until it returns something truthy; BenchError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (OSError, urllib.error.URLError) as exc:  # a node may not listen yet
-            last = exc
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+    """The launcher's bounded poll; BenchError after ``timeout``."""
+    try:
+        return launcher.wait_for(condition, timeout, what, interval)
+    except launcher.WaitTimeout as exc:
+        raise BenchError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- cluster
 
 
-def _port_block(count: int) -> int:
-    """First port of ``count`` consecutive free loopback ports, below the ephemeral range.
-
-    ``local_cluster_commands`` numbers ports from a base, so the block must be contiguous;
-    staying out of the ephemeral range keeps wrk's and Raft's outgoing sockets off it.
-    """
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(x) for x in f.read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    ranges = [(10000, low - count)] if low - count > 11000 else [(high + 1, 65535 - count)]
-    rng = random.Random()
-    for _ in range(200):
-        start, stop = rng.choice(ranges)
-        base = rng.randrange(start, stop)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((HOST, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise BenchError(f"found no {count} consecutive free ports on {HOST}")
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the benchmark itself dies (even by SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-_PREEXEC = _die_with_parent if platform.system() == "Linux" else None
-
-
-@dataclass
-class Node:
-    id: str
-    argv: list[str]
-    url: str
-    log_path: str
-    proc: subprocess.Popen[bytes] | None = None
-
-
 class LocalCluster:
-    """Three node processes on loopback, each in its own session, logs in ``base_dir``."""
+    """Three node processes on loopback (``node.launcher.LocalCluster``, the same argv as
+    ``rdbsync run``), each in its own session and killed if the benchmark dies, logs in
+    ``base_dir``. ``nodes`` is a list, n1 first."""
 
     def __init__(self, base_dir: str, *, fault_injection: bool = False) -> None:
         self.base_dir = base_dir
-        base = _port_block(2 * NODES)
-        ensure_secret(os.path.join(base_dir, "cluster.secret"))
-        commands = local_cluster_commands(
-            nodes=NODES,
-            base_dir=base_dir,
+        try:
+            base = launcher.port_block(2 * NODES, HOST)
+        except OSError as exc:
+            raise BenchError(str(exc)) from None
+        env = dict(os.environ)
+        env.pop("RDBSYNC_API_TOKEN", None)  # wrk sends no Authorization header
+        self.cluster = launcher.LocalCluster(
+            base_dir,
+            NODES,
             host=HOST,
-            raft_base=base,
-            http_base=base + NODES,
-            cluster_address=None,
-            fault_injection=fault_injection,
-            python=sys.executable,
+            raft_ports=[base + i for i in range(NODES)],
+            http_ports=[base + NODES + i for i in range(NODES)],
+            node_args=["--fault-injection"] if fault_injection else [],
+            env=env,
+            log_dir=base_dir,
+            secret="keep",
+            cwd=REPO,
+            die_with_parent=True,  # the main thread starts every node
         )
-        self.nodes = [Node(nid, argv, url, os.path.join(base_dir, f"{nid}.log")) for nid, argv, url in commands]
+        self.nodes: list[Node] = list(self.cluster.nodes.values())
 
     def start(self) -> None:
         for node in self.nodes:
@@ -176,19 +115,8 @@ class LocalCluster:
 
     def start_node(self, node: Node) -> None:
         """Start (or restart, on the same data directory) one node process."""
-        env = dict(os.environ)
-        env.pop("RDBSYNC_API_TOKEN", None)  # wrk sends no Authorization header
-        with open(node.log_path, "ab") as log:
-            node.proc = subprocess.Popen(
-                node.argv,
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_PREEXEC,
-            )
+        self.cluster.start(node.id)
+        assert node.proc is not None
         progress(f"started {node.id} (pid {node.proc.pid}) http {node.url}")
 
     def check_alive(self) -> None:
@@ -198,7 +126,7 @@ class LocalCluster:
 
     def log_tail(self, node: Node, lines: int = 15) -> str:
         try:
-            with open(node.log_path, errors="replace") as f:
+            with open(node.log_path or "", errors="replace") as f:
                 tail = f.readlines()[-lines:]
         except OSError:
             return ""
@@ -207,7 +135,7 @@ class LocalCluster:
     def wait_ready(self, timeout: float) -> None:
         def all_ready() -> bool:
             self.check_alive()
-            return all(http("GET", n.url + "/readyz", timeout=2)[0] == 200 for n in self.nodes)
+            return all(self.cluster.ready(n.id) for n in self.nodes)
 
         wait_for(all_ready, timeout, "/readyz on all nodes")
 
@@ -230,21 +158,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """SIGTERM every node, wait up to STOP_GRACE_SECONDS, then SIGKILL what is left."""
-        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
-        for node in running:
-            assert node.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                node.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for node in running:
-            assert node.proc is not None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(max(0.1, deadline - time.monotonic()))
-            if node.proc.poll() is None:
-                progress(f"{node.id} ignored SIGTERM for {STOP_GRACE_SECONDS:.0f}s; SIGKILL")
-                with contextlib.suppress(ProcessLookupError):
-                    node.proc.kill()
-                node.proc.wait()
+        running = [n for n in self.nodes if n.alive]
+        self.cluster.stop_all(STOP_GRACE_SECONDS)
         if running:
             codes = ", ".join(f"{n.id}={n.proc.returncode}" for n in running if n.proc is not None)
             progress(f"cluster stopped ({codes})")

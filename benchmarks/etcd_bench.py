@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 from bench import HOST, BenchError, WrkResult, progress, run_wrk, wait_for
 
+from node.launcher import port_block
+
 MEMBERS = 3
 
 
@@ -53,7 +55,7 @@ class EtcdCluster:
 
     def __init__(self, base_dir: str) -> None:
         self.base_dir = base_dir
-        base = bench._port_block(2 * MEMBERS)
+        base = port_block(2 * MEMBERS, HOST)
         self.client = [f"http://{HOST}:{base + i}" for i in range(MEMBERS)]
         self.peer = [f"http://{HOST}:{base + MEMBERS + i}" for i in range(MEMBERS)]
         self.procs: list[subprocess.Popen[bytes]] = []

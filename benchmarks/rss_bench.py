@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             revision = load(cluster, args.keys, value)
             progress(f"wrote {args.keys} keys in {time.monotonic() - t0:.1f}s (revision {revision})")
             for node in cluster.nodes:
-                wait_for(
-                    lambda node=node: http("GET", node.url + "/v1/status")[1]["revision"] >= revision,
-                    60,
-                    f"{node.id} applied revision {revision}",
-                )
+                url = node.url
+
+                def applied(url: str = url) -> bool:
+                    return bool(http("GET", url + "/v1/status")[1]["revision"] >= revision)
+
+                wait_for(applied, 60, f"{node.id} applied revision {revision}")
             for node in cluster.nodes:
                 assert node.proc is not None
                 rss = proc_kib(node.proc.pid, "VmRSS") / 1024
