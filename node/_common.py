@@ -5,10 +5,13 @@ Threading: asyncio loop. Helpers raise ``ApiError`` for bad input.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
+import zlib
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -16,14 +19,21 @@ from pydantic import BaseModel
 
 from node._config import NodeConfig
 from node._exceptions import ApiError
-from rdb import MAX_VALUE_BYTES, ReplicatedStore
+from rdb import MAX_VALUE_BYTES, MAX_VALUE_DEPTH, ReplicatedStore
 
 if TYPE_CHECKING:
     from node._runtime import BladeRuntime
 
 MEMBERS_PREFIX = "_rdb/members/"
 RESERVED_PREFIX = "_rdb/"
-MAX_BODY_BYTES = MAX_VALUE_BYTES + 256 * 1024  # JSON overhead around a 1 MiB value
+#: A value's limit is its stored form (``rdb.check_value``); the body only has to carry
+#: it. JSON's worst case is \u0000 escapes, 6 bytes per stored byte: 8 MiB carries any
+#: value the store takes, so a body is never refused for how its JSON is spelled.
+MAX_BODY_BYTES = 8 * MAX_VALUE_BYTES
+#: A JSON body nests its value at most this much deeper (a txn op's value: 3).
+MAX_BODY_DEPTH = MAX_VALUE_DEPTH + 4
+#: Content-Encodings a body may have (aiohttp's own decoding is off: see ``read_body``).
+BODY_ENCODINGS = ("identity", "gzip", "deflate")
 MAX_LIST_LIMIT = 10_000
 WATCH_KEEPALIVE_SECONDS = 10.0
 
@@ -49,27 +59,151 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-async def json_body(request: web.Request, model: type[BaseModel] | None = None) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"request body is larger than {MAX_BODY_BYTES} bytes", applied=False)
-    raw = await request.read()
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"request body is larger than {limit} bytes", applied=False)
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES, timeout_factor: float = 1.0) -> bytes:
+    """The request body, decoded (``Content-Encoding`` identity, gzip or deflate) and at
+    most ``limit`` bytes both as sent and decoded, read within the node's body timeout
+    (times ``timeout_factor``, for the few bodies that may be far larger than a value).
+
+    Raises ``ApiError``: 415 ``unsupported_encoding`` for any other coding (br, zstd,
+    xyz...), 413 ``too_large``, 400 ``bad_body`` for a body that does not decode, 408
+    ``body_timeout`` (the connection is closed) when the client is too slow to send it.
+    aiohttp's own decoding is off (``auto_decompress=False``): it answers codings it
+    lacks with its own plain-text 400 and has no limit on the decoded size."""
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+    if coding not in BODY_ENCODINGS:
+        raise ApiError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {coding[:40]!r} is not supported; use {', '.join(BODY_ENCODINGS)}",
+            {"supported": list(BODY_ENCODINGS)},
+            applied=False,
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    timeout = request.app[CONFIG].body_timeout * timeout_factor
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        # The connection closes after this answer (and aiohttp's short lingering read).
+        message = f"the request body did not arrive within {timeout:g} s"
+        raise ApiError(408, "body_timeout", message, applied=False) from None
+    raw = b"".join(chunks)
+    if coding == "identity" or not raw:
+        return raw
+    return _decode(raw, coding, limit)
+
+
+def _decode(raw: bytes, coding: str, limit: int) -> bytes:
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    try:
+        try:
+            decoder = zlib.decompressobj(wbits)
+            out = decoder.decompress(raw, limit + 1)
+        except zlib.error:
+            if coding != "deflate":
+                raise
+            decoder = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, as some clients send
+            out = decoder.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, "bad_body", f"the request body is not valid {coding}: {exc}", applied=False) from None
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise _too_large(limit)
+    if not decoder.eof:
+        raise ApiError(400, "bad_body", f"the request body is truncated {coding}", applied=False)
+    return out
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            # Last-wins would silently drop a part of the request ({"success": A, "success": B}).
+            raise ApiError(400, "bad_json", f"the JSON object key {key[:80]!r} appears twice", applied=False)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no out-of-range numbers, no duplicated object keys,
+    at most ``MAX_BODY_DEPTH`` deep. Raises ``ApiError`` 400 ``bad_json``."""
     if not raw:
         raise ApiError(400, "bad_json", "request body is empty; a JSON object is required", applied=False)
     try:
-        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(
+            raw, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_no_duplicate_keys
+        )
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
     except RecursionError:
         raise ApiError(400, "bad_json", "body is nested too deeply", applied=False) from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
+    if _depth_exceeds(data, MAX_BODY_DEPTH):
+        raise ApiError(400, "bad_json", f"body nests more than {MAX_BODY_DEPTH} arrays/objects", applied=False)
+    return data
+
+
+async def json_body(request: web.Request, model: type[BaseModel] | None = None) -> Any:
+    data = parse_json(await read_body(request))
     return data if model is None else model.model_validate(data)
 
 
-def int_param(request: web.Request, name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def path_problem(raw_path: str) -> str | None:
+    """Why a raw request path breaks the one rule for keys in paths, or None.
+
+    The rule: a key (any path segment) is the UTF-8 percent-decoding of the path: every
+    ``%XX`` is decoded (``%2F`` is ``/``, ``%25`` is ``%``), ``+`` is itself. A ``%`` not
+    followed by two hex digits, or escapes that do not decode to UTF-8 (``%FF``), would
+    be kept literally by aiohttp and name the same key as their ``%25`` spelling: refused."""
+    if "%" not in raw_path:
         return None
+    if _BAD_ESCAPE.search(raw_path):
+        return "the path has a '%' not followed by two hex digits (write '%25' for a literal '%')"
+    try:
+        unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        return "the path's %-escapes do not decode to UTF-8"
+    return None
+
+
+def _given_empty(name: str) -> ApiError:
+    return ApiError(400, "bad_parameter", f"{name} is given without a value (leave it out for the default)")
+
+
+def int_param(request: web.Request, name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    """The integer query parameter ``name``, None when absent. 400 when given empty
+    (``?limit=``), 422 when not a number in range."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw == "":
+        raise _given_empty(name)
     if not _DIGITS.fullmatch(raw):  # int() would also take "+1", " 1", "1_0" and "٣"
         raise ApiError(422, "bad_parameter", f"{name} must be a non-negative integer, got {raw[:40]!r}")
     value = int(raw)
@@ -82,8 +216,10 @@ def int_param(request: web.Request, name: str, *, minimum: int = 0, maximum: int
 def bool_param(request: web.Request, name: str, default: bool = False) -> bool:
     """``true``/``false`` (also ``1``/``0``, ``yes``/``no``); anything else is a 422."""
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
+    if raw == "":
+        raise _given_empty(name)
     value = _BOOLS.get(raw.lower())
     if value is None:
         raise ApiError(422, "bad_parameter", f"{name} must be true or false, got {raw[:40]!r}")
@@ -107,8 +243,10 @@ def request_id(request: web.Request) -> str | None:
     if not key or len(key) > 128 or not (key.isascii() and key.isprintable()):
         message = "Idempotency-Key must be 1 to 128 printable ASCII characters"
         raise ApiError(422, "bad_idempotency_key", message, applied=False)
-    # Namespaced by operation, so the same key on a different call is a different request.
-    return f"idem:{request.method}:{request.path}:{key}"
+    # One key names one request, whatever the call: the state machine compares the
+    # request's digest, so the key reused for another call (a DELETE after a PUT of the
+    # same path, another path) answers 422 idempotency_key_reused, a retry the first result.
+    return f"idem:{key}"
 
 
 async def consistent_read(request: web.Request) -> dict[str, Any] | None:

@@ -47,6 +47,9 @@ class NodeConfig:
     audit_interval: float = 60.0
     compaction_entries: int = 20_000
     fence_policy: FencePolicy = field(default_factory=default_policy)
+    header_timeout: float = 30.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
 
     @property
     def http_url(self) -> str:
@@ -80,6 +83,14 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ),
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
+    (
+        "--header-timeout",
+        "HEADER_TIMEOUT",
+        "seconds a connection may take to send a complete request head, from connecting or from its last answer"
+        " (default 30)",
+    ),
+    ("--body-timeout", "BODY_TIMEOUT", "seconds a client may take to send a request body (default 30)"),
+    ("--max-connections", "MAX_CONNECTIONS", "open HTTP connections per node; more are answered 503 (default 1000)"),
     (
         "--fence-policy",
         "FENCE_POLICY",
@@ -195,6 +206,9 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     # Below ~0.5 s a protocol would fence between two ordinary worker iterations.
     grace = _number(pick("quorum_grace", "QUORUM_GRACE") or "5", "--quorum-grace", MIN_QUORUM_GRACE, 3600)
     compaction = _number(pick("compaction_entries", "COMPACTION_ENTRIES") or "20000", "--compaction-entries", 10, 10**8)
+    header_timeout = _number(pick("header_timeout", "HEADER_TIMEOUT") or "30", "--header-timeout", 0.1, 3600)
+    body_timeout = _number(pick("body_timeout", "BODY_TIMEOUT") or "30", "--body-timeout", 0.1, 3600)
+    max_connections = _number(pick("max_connections", "MAX_CONNECTIONS") or "1000", "--max-connections", 1, 10**6)
     log_format = pick("log_format", "LOG_FORMAT") or "auto"
     if log_format not in ("auto", "json", "text"):
         raise ConfigError("--log-format must be auto, json or text")
@@ -230,6 +244,9 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         audit_interval=audit,
         compaction_entries=int(compaction),
         fence_policy=policy,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=int(max_connections),
     )
 
 

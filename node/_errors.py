@@ -26,6 +26,7 @@ from rdb import (
     NotApplied,
     OutcomeUnknown,
     ProposalFailed,
+    ValueTooLarge,
 )
 
 log = logging.getLogger("node.http")
@@ -48,6 +49,8 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(
             503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
         )
+    if isinstance(exc, ValueTooLarge):
+        return ApiError(413, "too_large", str(exc), applied=applied_if_write)
     if isinstance(exc, InvalidMember):
         return ApiError(422, "invalid_member", str(exc), exc.details, applied=False)
     if isinstance(exc, InvalidCommand):

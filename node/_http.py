@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from node._common import (
     CLIENT,
@@ -33,6 +34,8 @@ from node._common import (
     json_body,
     last_event_id,
     members_registry,
+    path_problem,
+    read_body,
     request_id,
 )
 from node._config import NodeConfig
@@ -48,12 +51,13 @@ from node._members import (
     removed_notice,
 )
 from node._mgmt import add_routes, check_row
-from node._models import PutBody, TxnBody, openapi
+from node._models import PutBody, TxnBody
 from node._observability import install_observability
+from node._openapi import openapi
 from node._runtime import BladeRuntime
 from node._tables import key_problem, restore_problem, split_storage_key
 from node._ui import ui_auth_exempt
-from rdb import Compacted, KeyValue, ReplicatedStore, check_key, snapshot_entries
+from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value, snapshot_entries
 
 log = logging.getLogger("node.http")
 
@@ -78,6 +82,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as exc:  # noqa: BLE001 - the one translation point
         err = translate(exc, is_write=is_write)
         response = error_response(err)
+        if err.status == 408:
+            response.force_close()  # the rest of a stalled body is not waited for
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     if not response.prepared and "X-Rdb-Revision" not in response.headers:
         response.headers["X-Rdb-Revision"] = str(request.app[STORE].revision)
     return response
@@ -92,6 +100,104 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise ApiError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer ...)")
     return await handler(request)
+
+
+@web.middleware
+async def _framing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse what the handlers would misread: a transfer coding other than chunked (the
+    body would be read as if plain), a path that breaks the rule for keys in paths."""
+    codings = [c.strip().lower() for c in request.headers.get("Transfer-Encoding", "").split(",") if c.strip()]
+    if codings and codings != ["chunked"]:
+        message = f"Transfer-Encoding {', '.join(codings)[:60]!r} is not supported; only chunked is"
+        raise ApiError(
+            501, "unsupported_transfer_encoding", message, applied=False if request.method in _WRITE_METHODS else None
+        )
+    problem = path_problem(request.raw_path.partition("?")[0])
+    if problem is not None:
+        raise ApiError(400, "bad_path", problem, applied=False if request.method in _WRITE_METHODS else None)
+    return await handler(request)
+
+
+# ---------------------------------------------------------------- connections
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the per-node cap: one 503 and close, before reading anything."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "too_many_connections",
+                    "message": "this node has too many open connections",
+                    "details": {},
+                }
+            }
+        ).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(head.encode() + body)
+        transport.close()
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse with our error
+    body (not its plain text) and never with a 500."""
+
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status >= 500:
+            self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
+            err = ApiError(503, "internal", "internal error")
+        else:
+            log.debug("malformed request from %s: %s", request.remote, exc)
+            err = ApiError(status, "bad_request", (message or str(exc) or "malformed request")[:200])
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
+        response = error_response(err)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """Caps open connections: one over ``max_connections`` is answered 503 and closed."""
+
+    def __init__(self, base: web.Server, max_connections: int) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            **base._kwargs,
+        )
+        self.max_connections = max_connections
+        self.refused = 0
+
+    def __call__(self) -> RequestHandler:
+        if len(self._connections) >= self.max_connections:
+            self.refused += 1
+            return _Refused()  # type: ignore[return-value]
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    def __init__(self, app: web.Application, max_connections: int) -> None:
+        super().__init__(app, access_log=None, shutdown_timeout=2.0)
+        self._max_connections = max_connections
+
+    async def _make_server(self) -> web.Server:
+        return _Server(await super()._make_server(), self._max_connections)
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner to serve ``app`` with: its connections are capped at the node's
+    ``max_connections``, a request head must arrive within ``header_timeout`` (set in
+    ``build_app``), a body within ``body_timeout`` (``read_body``)."""
+    return _Runner(app, app[CONFIG].max_connections)
 
 
 # ---------------------------------------------------------------- helpers
@@ -214,14 +320,20 @@ async def watch(request: web.Request) -> web.StreamResponse:
         from_revision = None if last_seen is None else last_seen + 1
     if from_revision is None:
         from_revision = store.revision + 1
+    if from_revision > store.revision + WATCH_AHEAD_LIMIT:
+        # Held open it would wait for more writes than the cluster makes in hours: a typo.
+        raise ApiError(
+            422,
+            "bad_parameter",
+            f"from_revision {from_revision} is more than {WATCH_AHEAD_LIMIT} beyond this node's"
+            f" revision {store.revision}",
+            {"revision": store.revision},
+        )
     store.events_since(from_revision, prefix)  # raises Compacted -> 410 before the stream starts
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Rdb-Revision": str(store.revision),
-        }
-    )
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Rdb-Revision": str(store.revision)}
+    if request.method == "HEAD":
+        return web.Response(headers=headers)  # the stream's head, at once
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     next_revision = from_revision
     while True:
@@ -247,6 +359,10 @@ async def watch(request: web.Request) -> web.StreamResponse:
             except ConnectionResetError:
                 break
     return response
+
+
+#: A watch may start at most this many revisions beyond the node's current one.
+WATCH_AHEAD_LIMIT = 1_000_000
 
 
 def _sse(event: str, revision: int | None, data: Any) -> bytes:
@@ -400,28 +516,38 @@ async def get_snapshot(request: web.Request) -> web.Response:
 
 async def post_restore(request: web.Request) -> web.Response:
     """Replace the key space with an uploaded snapshot; every node resyncs in full."""
-    if request.content_length is not None and request.content_length > MAX_RESTORE_BYTES:
-        raise ApiError(413, "too_large", f"a snapshot is at most {MAX_RESTORE_BYTES} bytes", applied=False)
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 20):
-        size += len(chunk)
-        if size > MAX_RESTORE_BYTES:
-            raise ApiError(413, "too_large", f"a snapshot is at most {MAX_RESTORE_BYTES} bytes", applied=False)
-        chunks.append(chunk)
-    if not size:
+    # A snapshot may be 512 MiB: ten body timeouts to send it (300 s by default).
+    snapshot = await read_body(request, MAX_RESTORE_BYTES, timeout_factor=10)
+    if not snapshot:
         raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
-    snapshot = b"".join(chunks)
     store = request.app[STORE]
     # Everything this API could not serve afterwards is refused up front, nothing proposed
-    # (in a thread: a large snapshot takes seconds to check).
-    entries = await asyncio.to_thread(snapshot_entries, snapshot, store.references)
-    problem = await asyncio.to_thread(restore_problem, entries)
+    # (in a thread: a large snapshot takes seconds to check). Values first: the checks
+    # after them encode values recursively.
+    try:
+        entries = await asyncio.to_thread(snapshot_entries, snapshot, store.references)
+    except InvalidCommand as exc:
+        raise ApiError(422, "invalid_snapshot", str(exc), applied=False) from None
+    problem = await asyncio.to_thread(restore_value_problem, entries)
+    if problem is None:
+        problem = await asyncio.to_thread(restore_problem, entries)
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
     result = await store.restore(snapshot, keep_prefix=RESERVED_PREFIX)
     revision = int(result["revision"])
     return _answer({"revision": revision, "restored_keys": result.get("restored_keys")}, revision)
+
+
+def restore_value_problem(entries: list[KeyValue]) -> str | None:
+    """The first value of a snapshot the write path would refuse (too deep, too large in
+    its stored form, not encodable), described, or None. Runs in a worker thread."""
+    for kv in entries:
+        try:
+            check_value(kv.value)
+        except InvalidCommand as exc:
+            return f"the value of {kv.key[:80]!r}: {exc}"
+    return None
 
 
 async def events(request: web.Request) -> web.Response:
@@ -433,7 +559,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi())
+    return web.json_response(openapi(request.app))
 
 
 # ---------------------------------------------------------------- assembly
@@ -460,7 +586,18 @@ async def _register_self(app: web.Application) -> None:
 def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime | None = None) -> web.Application:
     """The node's application. The store must already be started on this loop."""
     app = web.Application(
-        middlewares=[_error_middleware, _auth_middleware, removed_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[_error_middleware, _auth_middleware, removed_middleware, _framing_middleware],
+        client_max_size=MAX_BODY_BYTES,
+        # Bodies are decoded by read_body; a connection is closed when no complete request
+        # head arrives for header_timeout (aiohttp's keep-alive timer covers both the wait
+        # for a request and a head that trickles in; so it is also the idle keep-alive time,
+        # and its default, 30 s, outlasts aiohttp's client pool, 15 s: no reuse race).
+        # A body left unread (a refusal, a timeout) is drained for at most lingering_time.
+        handler_args={
+            "auto_decompress": False,
+            "keepalive_timeout": config.header_timeout,
+            "lingering_time": min(2.0, config.body_timeout),
+        },
     )
     app[STORE] = store
     app[CONFIG] = config
@@ -507,4 +644,4 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     return app
 
 
-__all__ = ["build_app", "node_status"]
+__all__ = ["build_app", "make_runner", "node_status", "restore_value_problem"]

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import ConfigError
-from node._http import build_app
+from node._http import build_app, make_runner
 from node._logging import log_event, setup_logging
 from node._members import REMOVAL
 from node._tables import REFERENCES
@@ -70,7 +70,7 @@ async def serve_node(config: NodeConfig) -> None:
     )
     store.start(loop)
     app = build_app(config, store)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = make_runner(app)
     await runner.setup()
     try:
         host, _, port = config.http_address.rpartition(":")

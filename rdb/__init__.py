@@ -5,7 +5,7 @@ the value types and the exception tree.
 This package imports nothing else of rdbsync's.
 """
 
-from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES, check_key, check_value, new_request_id
+from rdb._commands import MAX_KEY_BYTES, MAX_TXN_OPS, check_key, check_value, new_request_id
 from rdb._errors import (
     Compacted,
     InvalidCommand,
@@ -16,10 +16,11 @@ from rdb._errors import (
     OutcomeUnknown,
     ProposalFailed,
     RdbError,
+    ValueTooLarge,
 )
 from rdb._membership import CATCH_UP_MAX_LAG, caught_up, check_new_member, normalize_address, resolve
 from rdb._raft import RaftStatus
-from rdb._state import Event, KeyValue, Reference, StateMachine
+from rdb._state import MAX_VALUE_BYTES, MAX_VALUE_DEPTH, Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_TXN_OPS",
     "MAX_VALUE_BYTES",
+    "MAX_VALUE_DEPTH",
     "Compacted",
     "Event",
     "InvalidCommand",
@@ -42,6 +44,7 @@ __all__ = [
     "Reference",
     "ReplicatedStore",
     "StateMachine",
+    "ValueTooLarge",
     "caught_up",
     "check_key",
     "check_new_member",

@@ -16,11 +16,10 @@ from typing import Any
 
 import msgpack
 
-from rdb._errors import InvalidCommand
-from rdb._state import COMMAND_VERSION
+from rdb._errors import InvalidCommand, ValueTooLarge
+from rdb._state import COMMAND_VERSION, MAX_VALUE_BYTES, MAX_VALUE_DEPTH, too_deep
 
 MAX_KEY_BYTES = 1024
-MAX_VALUE_BYTES = 1024 * 1024
 MAX_TXN_OPS = 128
 
 
@@ -61,13 +60,18 @@ def check_key(key: Any) -> str:
 
 
 def check_value(value: Any) -> bytes:
-    """Encodes ``value``; raises ``InvalidCommand`` if it is over 1 MiB encoded."""
+    """Encodes ``value`` (its stored form, which is what its size is). Raises
+    ``InvalidCommand`` if it nests more than ``MAX_VALUE_DEPTH`` arrays/maps or cannot be
+    encoded, ``ValueTooLarge`` (a subclass) if it is over ``MAX_VALUE_BYTES`` encoded.
+    Every path that stores a value checks it here: put, txn, restore."""
+    if too_deep(value):
+        raise InvalidCommand(f"value nests more than {MAX_VALUE_DEPTH} arrays/maps")
     try:
         encoded: bytes = msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidCommand(f"value cannot be stored: {exc}") from exc
     if len(encoded) > MAX_VALUE_BYTES:
-        raise InvalidCommand(f"value is larger than {MAX_VALUE_BYTES} bytes encoded")
+        raise ValueTooLarge(f"value is larger than {MAX_VALUE_BYTES} bytes encoded")
     return encoded
 
 
@@ -150,8 +154,10 @@ def txn(
             if kind == "put":
                 total += len(check_value(op.get("value")))
     if total > MAX_VALUE_BYTES:
-        raise InvalidCommand(f"a txn carries more than {MAX_VALUE_BYTES} bytes of values (puts, value compares)")
-    return _encode({"kind": "txn", "rid": request_id, "compare": compare, "success": success, "failure": failure})
+        raise ValueTooLarge(f"a txn carries more than {MAX_VALUE_BYTES} bytes of values (puts, value compares)")
+    # typed_compare: value compares go by JSON type and value (see StateMachine._compare).
+    cmd = {"kind": "txn", "rid": request_id, "compare": compare, "success": success, "failure": failure}
+    return _encode({**cmd, "typed_compare": True})
 
 
 RESTORE_CHUNK_BYTES = 256 * 1024

@@ -2,6 +2,7 @@
 
     RdbError
     ├── InvalidCommand        a command failed validation before it was proposed
+    │   ├── ValueTooLarge     a value (or a txn's values) over MAX_VALUE_BYTES stored
     │   └── InvalidMember     an address that cannot be a member (syntax, DNS, alias)
     ├── Compacted             watch history no longer reaches the asked revision
     └── ProposalFailed        Raft did not give a definite "applied" answer
@@ -24,6 +25,10 @@ class RdbError(Exception):
 
 class InvalidCommand(RdbError):
     """A command is malformed or over a limit; it was not proposed."""
+
+
+class ValueTooLarge(InvalidCommand):
+    """A value's stored form (msgpack) is over ``MAX_VALUE_BYTES``; nothing was proposed."""
 
 
 class InvalidMember(InvalidCommand):

@@ -34,6 +34,12 @@ _DIGEST = "_request_digest"
 COMMAND_VERSION = 1
 SNAPSHOT_FORMAT = 1
 
+#: A value's size is its stored form: its msgpack encoding, on every path (put, txn, restore).
+MAX_VALUE_BYTES = 1024 * 1024
+#: Containers (arrays, maps) nested in one value, at most: deep enough for any config, and
+#: far from the depth at which encoding JSON or msgpack recursively gives up.
+MAX_VALUE_DEPTH = 100
+
 Result = dict[str, Any]
 
 
@@ -377,7 +383,10 @@ class StateMachine:
         for op in (*success, *failure):
             _validate_op(op)
         # Evaluate every compare (no short-circuit), so an invalid one anywhere rejects the txn.
-        succeeded = all([self._compare(c) for c in compares])
+        # Commands from proposers that compare JSON types say so; entries already in a log
+        # from before keep the meaning they had when they were committed (True == 1).
+        typed = cmd.get("typed_compare") is True
+        succeeded = all([self._compare(c, typed) for c in compares])
         ops = success if succeeded else failure
         violation = self._check_references([(op["op"], op["key"], op.get("value")) for op in ops if op["op"] != "get"])
         if violation is not None:
@@ -401,7 +410,7 @@ class StateMachine:
         self._revision = revision
         return {"status": "ok", "succeeded": succeeded, "revision": revision, "responses": responses}
 
-    def _compare(self, cmp: Any) -> bool:
+    def _compare(self, cmp: Any, typed: bool = False) -> bool:
         if not isinstance(cmp, dict):
             raise _Invalid("a compare must be a map")
         key = _key(cmp.get("key"))
@@ -418,6 +427,8 @@ class StateMachine:
         else:
             actual = 0 if kv is None else getattr(kv, target)
         expected = cmp.get("value")
+        if typed and target == "value":
+            return _json_compare(actual, expected, result)
         if result == "==":
             return bool(actual == expected)
         if result == "!=":
@@ -629,6 +640,64 @@ class StateMachine:
 
 #: Revisions stay far from msgpack's 64-bit limit, whatever a restored snapshot says.
 MAX_REVISION = 2**53
+
+
+def too_deep(value: Any, limit: int = MAX_VALUE_DEPTH) -> bool:
+    """True if ``value`` nests more than ``limit`` arrays/maps. Iterative: safe on any depth."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    """Equal as JSON values: same JSON type and value (``true`` is not ``1``, ``1`` is ``1.0``)."""
+    kind = _json_kind(a)
+    if kind != _json_kind(b):
+        return False
+    if kind == "array":
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if kind == "object":
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _json_compare(actual: Any, expected: Any, result: str) -> bool:
+    """A value compare on JSON values: ``==``/``!=`` by type and value; ``<``/``>`` only
+    between two numbers or two strings (anything else is false)."""
+    if result == "==":
+        return _json_equal(actual, expected)
+    if result == "!=":
+        return not _json_equal(actual, expected)
+    kinds = (_json_kind(actual), _json_kind(expected))
+    if kinds not in (("number", "number"), ("string", "string")):
+        return False
+    return bool(actual < expected) if result == "<" else bool(actual > expected)
 
 
 def _checked_row(row: Any, revision: int) -> KeyValue:

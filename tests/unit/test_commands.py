@@ -191,6 +191,7 @@ def test_commands_are_versioned_maps() -> None:
         "compare": [{"key": "k"}],
         "success": [{"op": "get", "key": "k"}],
         "failure": [],
+        "typed_compare": True,
         "v": COMMAND_VERSION,
     }
 

@@ -99,6 +99,18 @@ def test_the_readme_policy_example_is_a_valid_policy(tmp_path: Path) -> None:
     assert policy.kind("backup") == "application" and policy.scoped["nfs"]
 
 
+def test_connection_limits_come_from_flags_or_env() -> None:
+    default = parse_node_config(parse([]), ENV)
+    assert (default.header_timeout, default.body_timeout, default.max_connections) == (30.0, 30.0, 1000)
+    env = {**ENV, "RDBSYNC_HEADER_TIMEOUT": "2", "RDBSYNC_BODY_TIMEOUT": "3", "RDBSYNC_MAX_CONNECTIONS": "50"}
+    from_env = parse_node_config(parse([]), env)
+    assert (from_env.header_timeout, from_env.body_timeout, from_env.max_connections) == (2.0, 3.0, 50)
+    flags = parse_node_config(parse(["--header-timeout", "0.5", "--max-connections", "7"]), env)
+    assert (flags.header_timeout, flags.max_connections) == (0.5, 7)
+    with pytest.raises(ConfigError, match="--body-timeout"):
+        parse_node_config(parse(["--body-timeout", "0"]), ENV)
+
+
 def test_join_needs_peers_and_comes_from_a_flag_or_the_env() -> None:
     with pytest.raises(ConfigError, match="--join"):
         parse_node_config(parse(["--join"]), ENV)

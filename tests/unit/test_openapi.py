@@ -1,0 +1,127 @@
+"""The OpenAPI document is generated from the app (issue 9, point 8): it lists exactly
+the routes the app registers, with the models the handlers validate with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from node._config import NodeConfig
+from node._http import build_app
+from node._openapi import openapi, routes, undocumented
+from node._runtime import BladeRuntime
+from node._tables import TABLES
+
+
+class _Store:
+    """Just enough of a ReplicatedStore for building the app (nothing is served)."""
+
+    references = ()
+    revision = 0
+
+    def add_load_listener(self, listener: Any) -> None:
+        pass
+
+
+def app_for(**config: Any) -> web.Application:
+    cfg = NodeConfig(
+        id="n1", raft_address="127.0.0.1:1", http_address="127.0.0.1:2", data_dir="/nonexistent", secret="s", **config
+    )
+    store: Any = _Store()
+    return build_app(cfg, store, BladeRuntime("n1", store))
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "fault_injection"])
+def app(request: pytest.FixtureRequest) -> web.Application:
+    return app_for(fault_injection=request.param, api_token="t" if request.param else None)
+
+
+def test_every_registered_route_is_documented_and_nothing_else(app: web.Application) -> None:
+    assert undocumented(app) == []
+    doc = openapi(app)
+    registered = set(routes(app))
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert documented == registered
+    # Cross-check against aiohttp directly, not through routes(): no GET route is missing.
+    raw = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource is not None}
+    raw = {p for p in raw if p != "/ui" and not p.startswith("/ui/")}  # the dashboard is not the API
+    assert raw <= {p for m, p in documented if m == "GET"}
+    assert any(p.startswith("/v1/debug/") for p in doc["paths"]) == app[_config_key()].fault_injection
+
+
+def _config_key() -> Any:
+    from node._common import CONFIG
+
+    return CONFIG
+
+
+def test_what_the_old_document_left_out_is_there() -> None:
+    doc = openapi(app_for(fault_injection=True))
+    paths = doc["paths"]
+    for path in ("/v1/snapshot", "/v1/restore", "/v1/tables/{table}", "/v1/debug/faults", "/v1/debug/tamper"):
+        assert path in paths, path
+    put_row = paths["/v1/tables/{table}/{key}"]["put"]
+    assert put_row["requestBody"]["required"] is True
+    row_refs = {r["$ref"].rsplit("/", 1)[1] for r in doc["components"]["schemas"]["TableRow"]["oneOf"]}
+    assert row_refs == {f"Row_{name}" for name in TABLES}
+    for name, table in TABLES.items():
+        assert doc["components"]["schemas"][f"Row_{name}"]["properties"].keys() == table.model.model_fields.keys()
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            if "requestBody" in op:
+                assert op["requestBody"]["required"] is True, (method, path)
+                assert {"400", "408", "413", "415"} <= op["responses"].keys(), (method, path)
+
+    def params(path: str, method: str) -> set[str]:
+        return {p["name"] for p in paths[path][method]["parameters"]}
+
+    assert {"prev_revision", "timeout", "wait", "Idempotency-Key"} <= params("/v1/tables/{table}/{key}", "put")
+    assert {"consistency", "limit", "start_after"} <= params("/v1/tables/{table}", "get")
+    assert "consistency" in params("/v1/tables/{table}/{key}", "get")
+    assert {"Last-Event-ID", "from_revision", "prefix"} <= params("/v1/watch", "get")
+    assert "after_seq" in params("/v1/events", "get")
+    statuses = {
+        ("/v1/kv/{key}", "delete"): {"404", "409", "422"},
+        ("/v1/kv/{key}", "get"): {"404", "422"},
+        ("/v1/kv", "get"): {"400", "422"},
+        ("/v1/watch", "get"): {"410", "422"},
+        ("/v1/events", "get"): {"422"},
+        ("/v1/resync", "post"): {"404", "422", "503"},
+        ("/v1/txn", "post"): {"400", "409", "413", "422"},
+        ("/v1/tables/{table}/{key}", "put"): {"404", "409", "422", "504"},
+        ("/v1/tables/{table}/{key}", "delete"): {"404", "409", "422"},
+        ("/v1/restore", "post"): {"400", "413", "415", "422"},
+    }
+    for (path, method), want in statuses.items():
+        assert want <= paths[path][method]["responses"].keys(), (path, method)
+
+
+def test_the_error_body_is_described_once() -> None:
+    doc = openapi(app_for())
+    error = doc["components"]["responses"]["Error"]
+    assert error["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    detail = doc["components"]["schemas"]["ErrorDetail"]
+    assert {"code", "message", "details", "applied"} <= detail["properties"].keys()
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for status, answer in op["responses"].items():
+                if status != "200":
+                    assert answer["$ref"] == "#/components/responses/Error"
+
+
+def test_a_txn_key_must_not_be_empty() -> None:
+    schemas = openapi(app_for())["components"]["schemas"]
+    assert schemas["Compare"]["properties"]["key"]["minLength"] == 1
+    assert schemas["TxnOp"]["properties"]["key"]["minLength"] == 1
+
+
+def test_an_unregistered_route_would_be_reported() -> None:
+    async def new_thing(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = app_for()
+    app.router.add_get("/v1/new-thing", new_thing)
+    assert undocumented(app) == [("GET", "/v1/new-thing")]
+    assert "/v1/new-thing" in openapi(app)["paths"]  # listed anyway, with the common answers
