@@ -26,9 +26,13 @@ from node._logging import log_event, setup_logging
 from node._members import REMOVAL
 from node._tables import REFERENCES
 from node.launcher import add_run_arguments, run_local_cluster
-from rdb import ReplicatedStore
+from rdb import ReplicatedStore, StorageCorrupt
 
 log = logging.getLogger("node")
+
+#: Exit status of a node whose data files cannot be used safely (EX_DATAERR): wipe its
+#: data directory and start it again to rejoin.
+EXIT_STORAGE_CORRUPT = 65
 
 
 def _reuseport_socket(address: str) -> socket.socket:
@@ -115,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_format, config.id)
     try:
         asyncio.run(serve_node(config))
+    except StorageCorrupt as exc:
+        log.critical("node %s refuses to start: %s", config.id, exc)
+        return EXIT_STORAGE_CORRUPT
     except OSError as exc:
         log_event(log, logging.ERROR, "node_start_failed", error=str(exc))
         return 1

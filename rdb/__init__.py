@@ -16,6 +16,7 @@ from rdb._errors import (
     OutcomeUnknown,
     ProposalFailed,
     RdbError,
+    StorageCorrupt,
     ValueTooLarge,
 )
 from rdb._membership import CATCH_UP_MAX_LAG, caught_up, check_new_member, normalize_address, resolve
@@ -44,6 +45,7 @@ __all__ = [
     "Reference",
     "ReplicatedStore",
     "StateMachine",
+    "StorageCorrupt",
     "ValueTooLarge",
     "caught_up",
     "check_key",

@@ -5,6 +5,8 @@
     │   ├── ValueTooLarge     a value (or a txn's values) over MAX_VALUE_BYTES stored
     │   └── InvalidMember     an address that cannot be a member (syntax, DNS, alias)
     ├── Compacted             watch history no longer reaches the asked revision
+    ├── StorageCorrupt        a data file (journal, snapshot, meta) cannot be used
+    │                         safely: the node refuses to start
     └── ProposalFailed        Raft did not give a definite "applied" answer
         ├── NotApplied        known not applied, and never will be (retry freely)
         │   └── MembershipChangePending  the leader refused: another change is pending
@@ -46,6 +48,21 @@ class Compacted(RdbError):
         super().__init__(f"revision {requested} is compacted (history starts after {compacted})")
         self.requested = requested
         self.compacted = compacted
+
+
+class StorageCorrupt(RdbError):
+    """This node's data files are damaged or inconsistent; starting would lose or
+    invent committed state. The message names the file and what to do; ``path`` is the
+    file."""
+
+    REMEDY = (
+        "this node cannot start safely: remove its data directory and start it again, "
+        "it rejoins the cluster and copies the data from the leader"
+    )
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ProposalFailed(RdbError):

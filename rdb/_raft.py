@@ -12,7 +12,19 @@
   on a real conflict, and the leader never moves ``nextIndex`` backwards on a success
   reply (which caused the re-send storms);
 - snapshots: written by our serializer (temporary file, fsync; the rename is followed by
-  a directory fsync before the journal drops the entries), never forked;
+  a directory fsync before the journal drops the entries), never forked. A snapshot
+  received from the leader is fsynced and checked before it replaces ours. On load, the
+  journal's entries beyond the snapshot are kept when the journal holds the snapshot's
+  last entry (PySyncObj cleared them: a crash between the snapshot rename and the
+  journal rewrite lost every acknowledged entry after the snapshot);
+- fail-stop: a snapshot that does not load, a journal that does not reach the recorded
+  commit index, or one compacted past a missing snapshot refuses to start
+  (``StorageCorrupt``); any ``OSError`` while persisting ends the process
+  (``fail_stop``), because PySyncObj's tick swallows exceptions and carries on;
+- acknowledgements carry the follower's term; the leader ignores those of another term;
+- frames announced over ``MAX_FRAME_BYTES`` drop the connection before anything is
+  buffered, and a frame is read into a ``bytearray`` (PySyncObj's ``bytes +=`` copied
+  the whole buffer for every recv);
 - one replicated entry point, ``_rdb_apply(payload)``, carrying our msgpack command;
 - the wire: messages are framed as zlib *stored* blocks, not compressed (``rdb._wire``).
 
@@ -23,9 +35,11 @@ or read plain attributes).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -33,15 +47,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import pysyncobj.pickle as _pysyncobj_pickle
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import syncobj as _pysyncobj_module
 from pysyncobj import tcp_connection as _pysyncobj_tcp
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import TCPNode
+from pysyncobj.serializer import Serializer
 from pysyncobj.transport import TCPTransport
 
 from rdb._append import coalesce_outgoing, plan_append
-from rdb._journal import DurableJournal, fsync_directory
+from rdb._errors import StorageCorrupt
+from rdb._failpoints import failpoint
+from rdb._journal import DurableJournal, fail_stop, fsync_directory
 from rdb._raft_membership import MembershipRules, disable_utility_membership
 from rdb._wire import StoredZlib
 
@@ -82,7 +100,10 @@ _pysyncobj_tcp.zlib = StoredZlib
 
 
 class _JournalPath(str):
-    """Marks a journal path that must get a ``DurableJournal`` (see ``_create_journal``)."""
+    """A journal path carrying the ``DurableJournal`` already opened on it (see
+    ``_create_journal``)."""
+
+    journal: DurableJournal | None = None
 
 
 _original_create_journal = _pysyncobj_module.createJournal
@@ -92,11 +113,176 @@ def _create_journal(journal_file: Any = None) -> Any:
     # SyncObj.__init__ calls the module-level createJournal; this is the narrowest seam to
     # give it our journal without copying its constructor. Plain paths keep the old one.
     if isinstance(journal_file, _JournalPath):
-        return DurableJournal(str(journal_file))
+        return journal_file.journal if journal_file.journal is not None else DurableJournal(str(journal_file))
     return _original_create_journal(journal_file)
 
 
 _pysyncobj_module.createJournal = _create_journal
+
+
+class _SnapshotPath(str):
+    """Marks a snapshot path that must get a ``_DurableSerializer``."""
+
+
+class _DurableSerializer(Serializer):  # type: ignore[misc]
+    """PySyncObj's ``Serializer`` for our file case (custom serializer, no fork), made
+    durable and fail-stop:
+
+    - compaction: temporary file (fsynced by the serializer callback), rename, fsync of
+      the directory; an ``OSError`` ends the process (the journal is still whole);
+    - install: the received file is fsynced and checked (header and length) *before*
+      it replaces ours, and the rename is made durable before the journal is reset.
+      PySyncObj renamed it unsynced and unchecked.
+
+    Runs on the tick thread. Passes the ``snapshot.*`` failpoints."""
+
+    _incoming: Any = None
+
+    def serialize(self, data: Any, id: Any) -> None:
+        if getattr(self, "_Serializer__pid") != 0:  # noqa: B009 - the base class's private name
+            return
+        self._Serializer__currentID = id
+        path = self._Serializer__fileName
+        tmp = path + ".tmp"
+        try:
+            self._Serializer__serializer(tmp, data[1:])
+        except OSError as exc:
+            fail_stop(f"writing the snapshot {tmp}", exc)
+        except Exception:
+            log.exception("encoding the snapshot failed; the journal is kept whole")
+            self._Serializer__pid = -2
+            return
+        try:
+            failpoint("snapshot.before_rename")
+            os.replace(tmp, path)
+            failpoint("snapshot.after_rename")
+            fsync_directory(os.path.dirname(os.path.abspath(path)))
+        except OSError as exc:
+            fail_stop(f"renaming the snapshot {tmp} into place", exc)
+        self._Serializer__pid = -1  # PySyncObj's "done, in memory" state: SUCCESS next tick
+
+    def setTransmissionData(self, data: Any) -> bool:  # noqa: N802 - PySyncObj's name
+        if data is None:
+            return False
+        chunk, is_first, is_last = data
+        path = self._Serializer__fileName
+        tmp = path + ".1.tmp"
+        try:
+            if is_first:
+                if self._incoming is not None:
+                    self._incoming.close()
+                self._incoming = open(tmp, "wb")
+            elif self._incoming is None:
+                return False
+            self._incoming.write(chunk)
+            if not is_last:
+                return False
+            incoming, self._incoming = self._incoming, None
+            failpoint("snapshot.install.before_fsync")
+            incoming.flush()
+            os.fsync(incoming.fileno())
+            incoming.close()
+            os.chmod(tmp, 0o600)
+            problem = check_snapshot_file(tmp)
+            if problem is not None:
+                log.error(
+                    "discarding the snapshot received from the leader",
+                    extra={"event": "snapshot_discarded", "fields": {"problem": problem}},
+                )
+                os.unlink(tmp)
+                return False
+            failpoint("snapshot.install.before_rename")
+            os.replace(tmp, path)
+            failpoint("snapshot.install.after_rename")
+            fsync_directory(os.path.dirname(os.path.abspath(path)))
+            failpoint("snapshot.install.after_fsync")
+        except OSError as exc:
+            fail_stop(f"installing the snapshot received from the leader into {path}", exc)
+        return True
+
+
+def _create_serializer(fileName: Any, *args: Any) -> Any:  # noqa: N803 - PySyncObj's name
+    cls = _DurableSerializer if isinstance(fileName, _SnapshotPath) else Serializer
+    return cls(fileName, *args)
+
+
+_pysyncobj_module.Serializer = _create_serializer
+
+
+#: Largest Raft frame a peer may announce (a batch is capped at 4 MiB, plus one entry
+#: of at most 1 MiB, plus Fernet's base64); larger drops the connection unread.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_FRAME_HEADER = struct.Struct("i")  # PySyncObj's native signed int length prefix
+
+
+def _frame_length_ok(conn: Any, buf: bytearray) -> bool:
+    if len(buf) < _FRAME_HEADER.size:
+        return True
+    (length,) = _FRAME_HEADER.unpack_from(buf, 0)
+    if 0 <= length <= MAX_FRAME_BYTES:
+        return True
+    log.warning(
+        "dropping a Raft connection: its frame is too large",
+        extra={"event": "raft_frame_too_large", "fields": {"bytes": length, "limit": MAX_FRAME_BYTES}},
+    )
+    conn.disconnect()
+    return False
+
+
+def _read_buffer(conn: Any) -> bytearray:
+    buf = conn._TcpConnection__readBuffer
+    if not isinstance(buf, bytearray):  # PySyncObj resets it to bytes() on (dis)connect
+        buf = conn._TcpConnection__readBuffer = bytearray(buf)
+    return buf
+
+
+def _process_read(self: Any) -> bool:
+    """``TcpConnection.__processRead`` with a frame-size cap and amortised appends."""
+    sock = self._TcpConnection__socket
+    try:
+        incoming = sock.recv(self._TcpConnection__recvBufferSize)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            self.disconnect()
+        return False
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or not incoming:
+        self.disconnect()
+        return False
+    buf = _read_buffer(self)
+    buf += incoming
+    return _frame_length_ok(self, buf)
+
+
+def _process_parse_message(self: Any) -> Any:
+    """``TcpConnection.__processParseMessage`` on the ``bytearray`` buffer, same checks."""
+    buf = _read_buffer(self)
+    if len(buf) < _FRAME_HEADER.size or not _frame_length_ok(self, buf):
+        return None
+    (length,) = _FRAME_HEADER.unpack_from(buf, 0)
+    if len(buf) - _FRAME_HEADER.size < length:
+        return None
+    data = bytes(buf[_FRAME_HEADER.size : _FRAME_HEADER.size + length])
+    try:
+        if self.encryptor:
+            timestamp = self.encryptor.extract_timestamp(data)
+            if timestamp < self.recvLastTimestamp:
+                raise ValueError("replayed frame")
+            self.recvLastTimestamp = timestamp
+            data = self.encryptor.decrypt(data)
+        message = _pysyncobj_pickle.loads(StoredZlib.decompress(data))
+        if self.recvRandKey:
+            rand_key, message = message
+            if rand_key != self.recvRandKey:
+                raise ValueError("wrong session key")
+    except Exception:  # noqa: BLE001 - as PySyncObj: any bad frame drops the connection
+        self.disconnect()
+        return None
+    del buf[: _FRAME_HEADER.size + length]  # O(1) at the front of a bytearray
+    return message
+
+
+_pysyncobj_tcp.TcpConnection._TcpConnection__processRead = _process_read
+_pysyncobj_tcp.TcpConnection._TcpConnection__processParseMessage = _process_parse_message
 
 
 def _no_flush() -> None:
@@ -181,16 +367,79 @@ def dump_snapshot(path: str, state: bytes, last: Any, prev: Any, cluster: list[s
 
 
 def load_snapshot(path: str) -> tuple[bytes, Any, Any, list[str]]:
+    """Raises ``OSError``, or ``ValueError`` saying what is wrong with the file."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:8] != _SNAPSHOT_MAGIC:
         raise ValueError(f"{path} is not an rdbsync snapshot")
+    if len(data) < 16:
+        raise ValueError(f"{path} is truncated (no length)")
     (length,) = struct.unpack_from("<Q", data, 8)
     body = data[16 : 16 + length]
-    if len(body) != length:
-        raise ValueError(f"{path} is truncated")
-    doc = msgpack.unpackb(body, raw=False)
-    return doc["state"], doc["last"], doc["prev"], list(doc["cluster"])
+    if len(body) != length or len(data) != 16 + length:
+        raise ValueError(f"{path} is truncated or has trailing bytes ({len(data) - 16} body bytes, {length} expected)")
+    try:
+        doc = msgpack.unpackb(body, raw=False)
+        state, last, prev, cluster = doc["state"], doc["last"], doc["prev"], list(doc["cluster"])
+        if not isinstance(state, bytes) or len(last) != 3 or len(prev) != 3:
+            raise ValueError("bad fields")
+        int(last[1]), int(last[2]), int(prev[1]), int(prev[2])
+    except (ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
+        raise ValueError(f"{path} is not a valid rdbsync snapshot ({exc})") from None
+    return state, last, prev, cluster
+
+
+def check_snapshot_file(path: str) -> str | None:
+    """What is wrong with a snapshot file's header and length, or None. Cheap: reads 16
+    bytes and the size (the body is decoded when it is loaded)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        size = os.fstat(f.fileno()).st_size
+    if head[:8] != _SNAPSHOT_MAGIC:
+        return f"{path} is not an rdbsync snapshot"
+    if len(head) < 16 or size != 16 + struct.unpack_from("<Q", head, 8)[0]:
+        return f"{path} is truncated"
+    return None
+
+
+def journal_holds(journal: DurableJournal, index: int, term: int) -> bool:
+    """True if ``journal`` holds the entry ``index`` with ``term``: by Raft's log
+    matching property its entries up to there are the ones a snapshot ending there
+    holds, so the entries after it can be kept."""
+    first = journal.first_index
+    if not first or not first <= index <= journal.last_index:
+        return False
+    return int(journal[index - first][2]) == term
+
+
+def open_data_files(dump: str, journal_path: str) -> tuple[tuple[bytes, Any, Any, list[str]] | None, DurableJournal]:
+    """Load the snapshot (if any) and open the journal, checking that together they
+    hold every committed entry. Returns (the loaded snapshot or None, the journal).
+
+    Raises ``StorageCorrupt`` (naming the file and what to do) for a snapshot that does
+    not load, a journal that stops below the recorded commit index, or one that starts
+    past what the snapshot covers; ``OSError`` if a file cannot be read. PySyncObj
+    logged a failed load and ran on an empty state, wedged."""
+    snapshot = None
+    covered = 0
+    if os.path.exists(dump):
+        try:
+            snapshot = load_snapshot(dump)
+        except (OSError, ValueError) as exc:
+            raise StorageCorrupt(
+                f"the snapshot {dump} cannot be loaded: {exc}; {StorageCorrupt.REMEDY}", dump
+            ) from None
+        covered = int(snapshot[1][1])
+    journal = DurableJournal(journal_path, covered_index=covered)
+    first = journal.first_index
+    if snapshot is None and first > 1:
+        problem = f"the journal {journal_path} starts at index {first} (compacted) but there is no snapshot {dump}"
+    elif snapshot is not None and first > covered:
+        problem = f"the journal {journal_path} starts at index {first}, after the snapshot {dump} ends ({covered})"
+    else:
+        return snapshot, journal
+    journal.close_quietly()
+    raise StorageCorrupt(f"{problem}; {StorageCorrupt.REMEDY}", journal_path)
 
 
 class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
@@ -232,13 +481,16 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
         self._wake_pending = False
+        self.stale_acks_ignored = 0
         #: Called with the seconds each group-commit fdatasync took (tick thread).
         self.on_fsync: Callable[[float], None] | None = None
         os.makedirs(data_dir, exist_ok=True)
-        dump = os.path.join(data_dir, "raft.snapshot")
+        dump = _SnapshotPath(os.path.join(data_dir, "raft.snapshot"))
+        journal_path = _JournalPath(os.path.join(data_dir, "raft.journal"))
+        self._preloaded, journal_path.journal = open_data_files(dump, journal_path)
         conf = SyncObjConf(
             password=password,
-            journalFile=_JournalPath(os.path.join(data_dir, "raft.journal")),
+            journalFile=journal_path,
             fullDumpFile=dump,
             serializer=self._serialize_to,
             deserializer=self._deserialize_from,
@@ -309,15 +561,11 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         return journal
 
     def _persist_and_release(self) -> None:
-        try:
-            started = time.perf_counter()
-            if self._rdb_journal.sync() and self.on_fsync is not None:
-                self.on_fsync(time.perf_counter() - started)
-        except OSError:
-            # fsync failed: what was acknowledged may not be on disk. PySyncObj would
-            # retry the tick forever; a broken durability invariant must crash loudly.
-            log.critical("journal fsync failed; stopping this node", exc_info=True, extra={"event": "fsync_failed"})
-            os._exit(70)
+        # An fsync that fails ends the process (DurableJournal's fail_stop): PySyncObj
+        # would retry the tick forever, and what was acknowledged may not be on disk.
+        started = time.perf_counter()
+        if self._rdb_journal.sync() and self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - started)
         self._SyncObj__transport.release_held()
         # PySyncObj compacts by entry count only: big values must not grow the journal
         # (held in memory too) without bound, so compact by size as well.
@@ -335,8 +583,32 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------ truncation fix
 
+    def _SyncObj__sendNextNodeIdx(  # noqa: N802 - PySyncObj's name
+        self,
+        node: Any,
+        reset: bool = False,
+        nextNodeIdx: int | None = None,  # noqa: N803
+        success: bool = False,
+    ) -> None:
+        # PySyncObj's acknowledgement, stamped with our term: one held back (group
+        # commit) or delayed on a dropped connection must not count in a later term.
+        next_index = self._rdb_journal.last_index + 1 if nextNodeIdx is None else nextNodeIdx
+        self._SyncObj__transport.send(
+            node,
+            {
+                "type": "next_node_idx",
+                "next_node_idx": next_index,
+                "reset": reset,
+                "success": success,
+                "term": self.raftCurrentTerm,
+            },
+        )
+
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         mtype = message.get("type")
+        if mtype == "next_node_idx" and message.get("term", self.raftCurrentTerm) != self.raftCurrentTerm:
+            self.stale_acks_ignored += 1  # an unstamped ack is an older peer's: accepted
+            return
         if mtype == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self.last_leader_contact = time.monotonic()
             if "prevLogIdx" in message and "transmission" not in message:
@@ -378,10 +650,6 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         if plan is None:
             return message
         self.append_decisions[plan.decision] = self.append_decisions.get(plan.decision, 0) + 1
-        if plan.suppress_truncation and self._tail_has_membership_change(plan.prev_index):
-            # PySyncObj would roll back membership entries in the tail before cutting it;
-            # keep its behaviour there rather than leave the membership half-reverted.
-            return message
         rewritten = dict(message)
         rewritten["prevLogIdx"], rewritten["prevLogTerm"] = plan.prev_index, plan.prev_term
         rewritten["entries"] = plan.entries
@@ -391,11 +659,13 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self._suppress_truncation = plan.suppress_truncation
         return rewritten
 
-    def _tail_has_membership_change(self, after_index: int) -> bool:
-        log_ = self._SyncObj__raftLog
-        first = log_[0][1]
-        parse = self._SyncObj__parseChangeClusterRequest
-        return any(parse(log_[i][0]) is not None for i in range(after_index - first + 1, len(log_)))
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> Any:  # noqa: N802
+        # PySyncObj rolls back the membership entries of the tail it is about to cut;
+        # when the cut is suppressed (every entry matched) the tail and its membership
+        # changes stay, so must their effect.
+        if reverse and self._suppress_truncation:
+            return None
+        return super()._SyncObj__doChangeCluster(request, reverse)
 
     def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:  # noqa: N802,N803
         if self._suppress_truncation:
@@ -420,18 +690,38 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         dump_snapshot(tmp_path, self._snapshot_fn(), last, prev, sorted(n.id for n in cluster if n is not None))
 
     def _deserialize_from(self, path: str) -> tuple[Any, Any, Any]:
-        state, last, prev, cluster = load_snapshot(path)
-        # An installed snapshot arrives through PySyncObj's un-fsynced rename: make it
-        # durable before anything acknowledges it.
-        os.chmod(path, 0o600)  # PySyncObj writes an installed snapshot with the umask's mode
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_directory(self._data_dir)
+        # The file is durable already: ours since compaction, an installed one since
+        # _DurableSerializer. At start it was loaded (and checked) by open_data_files.
+        loaded, self._preloaded = self._preloaded, None
+        state, last, prev, cluster = loaded if loaded is not None else load_snapshot(path)
         self._restore_fn(state, int(last[1]))
         return tuple(last), tuple(prev), {TCPNode(n) for n in cluster}
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802,N803 - PySyncObj's name
+        # Replaces PySyncObj's loader, which swallowed every error (the node then ran on
+        # an empty state) and cleared the whole journal unless it started exactly at the
+        # snapshot's prev: after a crash between the snapshot rename and the journal
+        # rewrite that dropped every acknowledged entry beyond the snapshot.
+        try:
+            _, last, prev, cluster = self._SyncObj__serializer.deserialize()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, this state cannot be served
+            fail_stop(f"loading the snapshot {self._SyncObj__conf.fullDumpFile}", exc)
+        journal = self._rdb_journal
+        last_index, last_term = int(last[1]), int(last[2])
+        if clearJournal or not journal_holds(journal, last_index, last_term):
+            # An install, or a journal behind (or diverged from) the snapshot: the
+            # snapshot's two entries become the whole journal, in one durable step.
+            journal.reset([tuple(prev), tuple(last)])
+        self._SyncObj__raftLastApplied = last_index
+        # The snapshot holds committed entries only.
+        before = int(getattr(self, "_SyncObj__raftCommitIndex"))  # noqa: B009
+        commit = min(max(before, last_index), journal.last_index)
+        if commit != before:
+            self._SyncObj__raftCommitIndex = commit
+            journal.setRaftCommitIndex(commit)
+        if self._SyncObj__conf.dynamicMembershipChange:
+            self._SyncObj__updateClusterConfiguration([n for n in cluster if n != self.selfNode])
+        self._SyncObj__onSetCodeVersion(0)
 
     # ------------------------------------------------------------ status
 

@@ -30,6 +30,12 @@ from rdb._errors import Compacted
 
 #: Where a deduplication entry keeps the digest of the command that made it.
 _DIGEST = "_request_digest"
+#: The retry window of request ids (README, "Exactly-once writes"): the newest
+#: 320,000 ids, 64 s at 5,000 writes/s, as long as their results fit in 48 MiB
+#: (id plus packed result: about 115 bytes for a put, so the count decides unless the
+#: results are large, such as txns with many responses).
+DEDUP_LIMIT = 320_000
+DEDUP_BYTES = 48 * 1024 * 1024
 
 COMMAND_VERSION = 1
 SNAPSHOT_FORMAT = 1
@@ -121,7 +127,8 @@ class StateMachine:
         *,
         history_limit: int = 10_000,
         history_bytes: int = 64 * 1024 * 1024,
-        dedup_limit: int = 50_000,
+        dedup_limit: int = DEDUP_LIMIT,
+        dedup_bytes: int = DEDUP_BYTES,
         references: Iterable[Reference] = (),
     ) -> None:
         self._references = tuple(references)
@@ -129,6 +136,7 @@ class StateMachine:
         self._history_limit = history_limit
         self._history_bytes_limit = history_bytes
         self._dedup_limit = dedup_limit
+        self._dedup_bytes_limit = dedup_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -140,7 +148,10 @@ class StateMachine:
         self._history_start = 0  # index of the oldest live event in _history
         self._history_bytes = 0
         self._compacted = 0  # events with revision <= this are gone
-        self._dedup: OrderedDict[str, Result] = OrderedDict()
+        # request id -> msgpack of the result a retry gets (with the digest): packed,
+        # it takes about half the memory of the dict, at 300,000 ids and more.
+        self._dedup: OrderedDict[str, bytes] = OrderedDict()
+        self._dedup_bytes = 0  # sum of len(id) + len(packed result)
         self._children: dict[str, set[str]] = {}  # parent key -> child keys referring to it
         self._staging: tuple[str, list[bytes]] | None = None  # a restore being uploaded
 
@@ -175,6 +186,7 @@ class StateMachine:
         copy._references = self._references
         copy.restores_applied = self.restores_applied
         copy._history_limit, copy._history_bytes_limit, copy._dedup_limit = 0, 0, 0
+        copy._dedup_bytes_limit, copy._dedup_bytes = 0, 0
         copy._data = dict(self._data)
         copy._keys = list(self._keys)
         copy._revision = self._revision
@@ -244,7 +256,7 @@ class StateMachine:
             return {"status": "invalid", "message": f"unsupported command version {cmd.get('v')!r}"}
         rid = cmd.get("rid")
         if isinstance(rid, str) and rid in self._dedup:
-            cached = dict(self._dedup[rid])
+            cached = dict(msgpack.unpackb(self._dedup[rid], raw=False, strict_map_key=False))
             digest, incoming = cached.pop(_DIGEST, None), cmd.get("dg")
             if isinstance(digest, str) and isinstance(incoming, str) and digest != incoming:
                 # The same request id with a different request: answering with the first
@@ -265,10 +277,27 @@ class StateMachine:
         if isinstance(rid, str):
             kept = _for_dedup(result)
             digest = cmd.get("dg")
-            self._dedup[rid] = {**kept, _DIGEST: digest} if isinstance(digest, str) else kept
-            while len(self._dedup) > self._dedup_limit:
-                self._dedup.popitem(last=False)
+            self._remember(rid, {**kept, _DIGEST: digest} if isinstance(digest, str) else kept)
         return result
+
+    def _remember(self, rid: str, result: Result) -> None:
+        packed: bytes = msgpack.packb(result, use_bin_type=True)
+        old = self._dedup.pop(rid, None)
+        if old is not None:
+            self._dedup_bytes -= len(rid) + len(old)
+        self._dedup[rid] = packed
+        self._dedup_bytes += len(rid) + len(packed)
+        # Oldest first, by count and by bytes (large txn results must not hold memory).
+        while len(self._dedup) > self._dedup_limit or (
+            self._dedup_bytes > self._dedup_bytes_limit and len(self._dedup) > 1
+        ):
+            gone, value = self._dedup.popitem(last=False)
+            self._dedup_bytes -= len(gone) + len(value)
+
+    @property
+    def dedup_size(self) -> tuple[int, int]:
+        """(request ids remembered, their bytes: id plus packed result)."""
+        return len(self._dedup), self._dedup_bytes
 
     def _dispatch(self, cmd: Mapping[str, Any], index: int) -> Result:
         kind = cmd.get("kind")
@@ -327,12 +356,12 @@ class StateMachine:
             raise _Invalid(f"the snapshot breaks a reference: {dangling}")
         # Everything is built and checked: only now is the current state replaced, so a
         # rejected restore changes nothing.
-        dedup, applied = self._dedup, self._applied_index
+        dedup, dedup_bytes, applied = self._dedup, self._dedup_bytes, self._applied_index
         self._reset()
         self._applied_index = applied  # this entry's index, set by apply() before dispatch
         self._data = data
         self._keys = sorted(self._data)
-        self._dedup = dedup
+        self._dedup, self._dedup_bytes = dedup, dedup_bytes
         self._revision = revision
         self._compacted = revision
         for kv in self._data.values():
@@ -610,7 +639,13 @@ class StateMachine:
                 )
                 for r in doc["history"]
             ]
-            dedup = OrderedDict((rid, res) for rid, res in doc["dedup"])
+            # Older snapshots hold the results as maps.
+            dedup = OrderedDict(
+                (rid, res if isinstance(res, bytes) else msgpack.packb(dict(res), use_bin_type=True))
+                for rid, res in doc["dedup"]
+            )
+            if not all(isinstance(rid, str) for rid in dedup):
+                raise ValueError("request ids must be strings")
             staging_doc = doc.get("staging")
             staging = None if staging_doc is None else (str(staging_doc[0]), [bytes(c) for c in staging_doc[1]])
         except (ValueError, KeyError, TypeError, IndexError, OverflowError, msgpack.UnpackException) as exc:
@@ -621,6 +656,7 @@ class StateMachine:
         self._history = history
         self._history_bytes = sum(e.size for e in history)
         self._dedup = dedup
+        self._dedup_bytes = sum(len(rid) + len(res) for rid, res in dedup.items())
         self._revision, self._applied_index, self._compacted = revision, applied, compacted
         self._staging = staging
         for kv in kvs.values():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from rdb._journal import _MAGIC, _RECORD, DurableJournal, fsync_directory, write_file_atomically
+from rdb import _failpoints as failpoints
+from rdb._errors import StorageCorrupt
+from rdb._journal import _MAGIC, _RECORD, FAIL_STOP_EXIT, DurableJournal, fsync_directory, write_file_atomically
 
 Entry = tuple[bytes, int, int]
 
@@ -161,7 +165,7 @@ def test_flush_and_destroy_sync(path: str, opened: list[DurableJournal]) -> None
 def test_not_a_journal_is_refused(path: str) -> None:
     with open(path, "wb") as f:
         f.write(b"something else entirely")
-    with pytest.raises(RuntimeError, match="not an rdbsync journal"):
+    with pytest.raises(StorageCorrupt, match="not an rdbsync journal"):
         DurableJournal(path)
 
 
@@ -558,3 +562,204 @@ def test_write_file_atomically(tmp_path: Path) -> None:
         assert f.read() == b"two"
     assert os.listdir(tmp_path) == ["f"]
     fsync_directory(str(tmp_path))
+
+
+# =========================================================================== damage below the commit index
+
+
+def _flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _committed_journal(open_journal: Callable[[], DurableJournal], last: int, commit: int) -> list[int]:
+    """A journal of entries 1..last with ``commit`` recorded as the commit index, closed
+    as a clean stop leaves it; returns the record offsets."""
+    j = open_journal()
+    add_all(j, entries(1, last))
+    j.sync()
+    j.setRaftCommitIndex(commit)
+    j.onOneSecondTimer()
+    offsets = list(j._offsets)
+    crash(j)
+    return offsets
+
+
+def test_corruption_below_the_commit_index_refuses_to_open(
+    path: str, open_journal: Callable[[], DurableJournal]
+) -> None:
+    offsets = _committed_journal(open_journal, 10, 10)
+    _flip_byte(path, offsets[2] + _RECORD.size + 1)  # record 3 of 10
+    size = os.path.getsize(path)
+    with pytest.raises(StorageCorrupt) as err:
+        open_journal()
+    message = str(err.value)
+    assert path in message and f"offset {offsets[2]}" in message and "CRC" in message
+    assert "commit index 10" in message and "remove its data directory" in message
+    assert err.value.path == path
+    assert os.path.getsize(path) == size  # nothing was cut: the evidence stays
+
+
+def test_torn_tail_above_the_commit_index_is_still_cut(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    offsets = _committed_journal(open_journal, 10, 7)
+    _flip_byte(path, offsets[8] + _RECORD.size + 1)  # record 9: above the commit index
+    again = open_journal()
+    assert contents(again) == entries(1, 8)
+
+
+def test_damage_covered_by_the_snapshot_is_cut(path: str, opened: list[DurableJournal]) -> None:
+    j = DurableJournal(path)
+    add_all(j, entries(1, 10))
+    j.sync()
+    j.setRaftCommitIndex(10)
+    j.onOneSecondTimer()
+    offsets = list(j._offsets)
+    crash(j)
+    _flip_byte(path, offsets[9] + _RECORD.size + 1)
+    again = DurableJournal(path, covered_index=10)  # a snapshot holds up to 10
+    opened.append(again)
+    assert contents(again) == entries(1, 9)
+
+
+def test_missing_journal_below_the_commit_index_refuses(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    _committed_journal(open_journal, 5, 5)
+    os.unlink(path)
+    with pytest.raises(StorageCorrupt, match="commit index 5"):
+        open_journal()
+
+
+def test_indexes_must_be_consecutive(path: str, open_journal: Callable[[], DurableJournal]) -> None:
+    j = open_journal()
+    add_all(j, entries(1, 3))
+    j.add(cmd(5), 5, 1)  # a record that does not follow: index 4 is missing
+    j.add(cmd(6), 6, 1)
+    j.sync()
+    crash(j)
+    assert contents(open_journal()) == entries(1, 3)  # nothing committed: cut as a torn tail
+    j = open_journal()
+    add_all(j, entries(4, 4))
+    j.add(cmd(5), 5, 2)
+    j.add(cmd(6), 6, 1)  # a term going down
+    j.sync()
+    j.setRaftCommitIndex(6)
+    j.onOneSecondTimer()
+    crash(j)
+    with pytest.raises(StorageCorrupt, match="index 6 term 1 does not follow index 5 term 2"):
+        open_journal()
+
+
+def test_recorded_commit_index_never_passes_what_is_on_disk(
+    path: str, open_journal: Callable[[], DurableJournal]
+) -> None:
+    # A term change stores the meta at once, maybe while entries the commit index
+    # covers are still buffered: the stored commit index must not cover them, or a
+    # crash then would make the next start refuse a journal that is fine.
+    j = open_journal()
+    add_all(j, entries(1, 3))
+    j.sync()
+    add_all(j, entries(4, 6))  # buffered
+    j.setRaftCommitIndex(6)
+    j.setCurrentTerm(2, None)
+    crash(j)
+    again = open_journal()
+    assert contents(again) == entries(1, 3)
+    assert again._meta["commit_index"] == 3
+
+
+# =========================================================================== every OSError is fatal
+
+
+class Fatal(Exception):
+    pass
+
+
+@pytest.fixture
+def fatal_journal(path: str, opened: list[DurableJournal]) -> Iterator[tuple[DurableJournal, list[str]]]:
+    calls: list[str] = []
+
+    def on_fatal(what: str, exc: BaseException) -> None:
+        calls.append(what)
+        raise Fatal(what) from exc
+
+    j = DurableJournal(path, on_fatal=on_fatal)
+    opened.append(j)
+    add_all(j, entries(1, 6))
+    j.sync()
+    yield j, calls
+    failpoints.arm(None)
+
+
+def test_a_failed_truncation_stops_before_memory_changes(path: str, fatal_journal: Any) -> None:
+    j, calls = fatal_journal
+    size = os.path.getsize(path)
+    failpoints.arm("journal.truncate.before=error")
+    with pytest.raises(Fatal):
+        j.deleteEntriesFrom(2)
+    assert calls == [f"journal truncation ({path})"]
+    # Memory still matches the file: a later sync would write at the right offset.
+    assert contents(j) == entries(1, 6) and j._end == size == os.path.getsize(path)
+
+
+def test_a_failed_fsync_after_truncation_is_fatal(fatal_journal: Any) -> None:
+    j, calls = fatal_journal
+    failpoints.arm("journal.truncate.after=error")
+    with pytest.raises(Fatal):
+        j.deleteEntriesFrom(2)
+    assert len(calls) == 1 and len(j) == 6
+
+
+@pytest.mark.parametrize(
+    ("spec", "call"),
+    [
+        ("journal.sync.before_write=enospc", lambda j: (j.add(b"x", 7, 1), j.sync())),
+        ("journal.sync.before_fsync=error", lambda j: (j.add(b"x", 7, 1), j.sync())),
+        ("journal.compact.before_rewrite=enospc", lambda j: j.deleteEntriesTo(3)),
+        ("journal.compact.during_rewrite=enospc", lambda j: j.deleteEntriesTo(3)),
+        ("journal.compact.before_rename=error", lambda j: j.deleteEntriesTo(3)),
+        ("journal.reset.during_rewrite=enospc", lambda j: j.reset([(b"a", 9, 1), (b"b", 10, 1)])),
+        ("journal.meta.before_write=enospc", lambda j: j.setCurrentTerm(5, None)),
+        ("journal.meta.before_write=enospc", lambda j: (j.setRaftCommitIndex(4), j.onOneSecondTimer())),
+    ],
+)
+def test_every_oserror_in_the_journal_is_fatal(path: str, fatal_journal: Any, spec: str, call: Any) -> None:
+    j, calls = fatal_journal
+    failpoints.arm(spec)
+    with pytest.raises(Fatal):
+        call(j)
+    assert len(calls) == 1 and path in calls[0]
+    failpoints.arm(None)
+    crash(j)
+    # What was durable before is still there.
+    reopened = DurableJournal(path)
+    assert contents(reopened)[:6] == entries(1, 6)
+    os.close(reopened._fd)
+
+
+def test_a_failed_compaction_keeps_the_old_journal(path: str, fatal_journal: Any) -> None:
+    j, _ = fatal_journal
+    failpoints.arm("journal.compact.during_rewrite=enospc")
+    with pytest.raises(Fatal):
+        j.deleteEntriesTo(3)
+    assert contents(j) == entries(1, 6)
+    failpoints.arm(None)
+    j.add(cmd(7), 7, 1)
+    j.sync()  # the old descriptor is still the live file
+    crash(j)
+    again = DurableJournal(path)
+    assert contents(again) == entries(1, 7)
+    os.close(again._fd)
+
+
+def test_fail_stop_exits_the_process(path: str) -> None:
+    code = (
+        "import sys; from rdb import _failpoints as f; from rdb._journal import DurableJournal\n"
+        f"j = DurableJournal({path!r}); j.add(b'x', 1, 1); f.arm('journal.sync.before_fsync=enospc'); j.sync()\n"
+        "print('still running')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == FAIL_STOP_EXIT, proc
+    assert "still running" not in proc.stdout
+    assert "journal sync" in proc.stderr and "No space left on device" in proc.stderr

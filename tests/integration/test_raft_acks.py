@@ -1,0 +1,165 @@
+"""Raft message handling on in-process replicas: acknowledgements of another term, and
+an AppendEntries whose matching tail holds a membership change.
+
+Messages are injected on the node's own tick thread (a one-shot tick callback), as
+PySyncObj would deliver them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rdb import ReplicatedStore
+from rdb._raft import RaftNode
+from tests.integration.cluster import free_ports
+
+pytestmark = pytest.mark.integration
+
+
+async def _stores(tmp_path: Any) -> list[ReplicatedStore]:
+    loop = asyncio.get_running_loop()
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    stores = [
+        ReplicatedStore(a, [b for b in addrs if b != a], os.path.join(str(tmp_path), f"s{i}"), password="pw")
+        for i, a in enumerate(addrs)
+    ]
+    for s in stores:
+        s.start(loop)
+    return stores
+
+
+def _on_tick(raft: RaftNode, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` once on ``raft``'s tick thread and return its result."""
+    done = threading.Event()
+    out: list[Any] = []
+
+    def once() -> None:
+        if not done.is_set():
+            try:
+                out.append(fn())
+            finally:
+                done.set()
+
+    raft.addOnTickCallback(once)
+    assert done.wait(10), "the tick thread never ran the callback"
+    return out[0]
+
+
+async def _leader(stores: list[ReplicatedStore]) -> ReplicatedStore:
+    for _ in range(200):
+        if (await stores[0].put("probe", 1, timeout=10))["status"] == "ok":
+            leaders = [s for s in stores if s.raft._isLeader()]
+            if leaders:
+                return leaders[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no leader")
+
+
+async def test_the_leader_ignores_an_acknowledgement_of_another_term(tmp_path: Any) -> None:
+    stores = await _stores(tmp_path)
+    try:
+        leader = await _leader(stores)
+        raft = leader.raft
+        others = [s for s in stores if s is not leader]
+        silent = others[0]
+        silent_node = next(n for n in raft._other_nodes() if n.id == silent._raft_address)
+        silent.close()  # it acknowledges nothing from now on
+        for i in range(5):
+            assert (await leader.put(f"k{i}", i))["status"] == "ok"
+        last = raft._rdb_journal.last_index
+
+        def deliver(term: int) -> int:
+            ack = {"type": "next_node_idx", "next_node_idx": last + 1, "success": True, "reset": False, "term": term}
+            raft._SyncObj__onMessageReceived(silent_node, ack)
+            return int(raft._SyncObj__raftMatchIndex[silent_node])
+
+        before = _on_tick(raft, lambda: int(raft._SyncObj__raftMatchIndex[silent_node]))
+        assert before < last
+        # An ack held back in an older term, released late: it says nothing about the
+        # entries of this term at those indexes.
+        assert _on_tick(raft, lambda: deliver(raft.raftCurrentTerm - 1)) == before
+        assert raft.stale_acks_ignored >= 1
+        # The same ack in this term counts (the injection does reach the leader).
+        assert _on_tick(raft, lambda: deliver(raft.raftCurrentTerm)) == last
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_followers_stamp_acknowledgements_with_their_term(tmp_path: Any) -> None:
+    stores = await _stores(tmp_path)
+    try:
+        leader = await _leader(stores)
+        seen: list[Any] = []
+        raft = leader.raft
+        real = raft._SyncObj__onMessageReceived
+
+        def spy(node: Any, message: Any) -> None:
+            if message.get("type") == "next_node_idx":
+                seen.append(message.get("term"))
+            real(node, message)
+
+        raft._SyncObj__onMessageReceived = spy  # instance attribute: only this node
+        raft._SyncObj__transport.setOnMessageReceivedCallback(spy)
+        for i in range(5):
+            assert (await leader.put(f"s{i}", i))["status"] == "ok"
+        assert seen and set(seen) == {raft.raftCurrentTerm}
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_a_matching_tail_with_a_membership_change_is_not_truncated(tmp_path: Any) -> None:
+    stores = await _stores(tmp_path)
+    try:
+        leader = await _leader(stores)
+        ghost = f"127.0.0.1:{free_ports(1)[0]}"  # a fourth member that never answers
+        await leader.change_membership("add", ghost, timeout=15)
+        follower = next(s for s in stores if s is not leader)
+        raft = follower.raft
+
+        def find_change() -> int:
+            log_ = raft._SyncObj__raftLog
+            parse = raft._SyncObj__parseChangeClusterRequest
+            return next(int(log_[i][1]) for i in range(len(log_)) if parse(log_[i][0]) is not None)
+
+        for _ in range(200):  # bounded: the follower receives the entry
+            try:
+                change = _on_tick(raft, find_change)
+                break
+            except StopIteration:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the follower never got the membership entry")
+
+        def heartbeat_from_a_new_term() -> tuple[int, int, int, set[str]]:
+            log_ = raft._SyncObj__raftLog
+            first = log_[0][1]
+            before = raft._rdb_journal.last_index
+            message = {
+                "type": "append_entries",
+                "term": raft.raftCurrentTerm + 1,  # nothing of this term is verified yet
+                "prevLogIdx": change - 1,
+                "prevLogTerm": log_[change - 1 - first][2],
+                "entries": [],
+                "commit_index": 0,
+            }
+            raft._SyncObj__onMessageReceived(raft._SyncObj__raftLeader, message)
+            members = {n.id for n in raft._other_nodes()}
+            return before, raft._rdb_journal.last_index, raft.suppressed_truncations, members
+
+        before, after, suppressed, members = _on_tick(raft, heartbeat_from_a_new_term)
+        # Every entry matched: nothing may be cut, and the kept membership change stays
+        # in effect (PySyncObj truncated from the change and reverted it).
+        assert after == before
+        assert suppressed >= 1
+        assert ghost in members
+    finally:
+        for s in stores:
+            s.close()
