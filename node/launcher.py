@@ -11,13 +11,16 @@ harnesses use it without loading the node, and it talks to nodes over HTTP only.
 - ``LocalCluster`` owns N node processes (argv, data dirs, the cluster secret, the shared
   cluster address, a command prefix hook such as ``ip netns exec``); every method runs on
   the caller's thread.
-- ``Supervisor`` runs ``rdbsync run``: restarts a node that dies with ``Backoff``, prints
-  one line per cluster change, and stops every node on SIGINT/SIGTERM.
+- ``Supervisor`` runs ``rdbsync run``: restarts a node that dies with ``Backoff`` (except
+  one whose data files are unusable, exit 65, until its data directory is removed), prints
+  one line per cluster change (``exit_line`` explains a node's exit and quotes its last
+  log line), and stops every node on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import json
@@ -40,6 +43,11 @@ from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The node's deliberate exit statuses. The launcher imports only the standard library, so
+# they are restated here; tests/unit/test_launcher_unit.py keeps them equal to the sources.
+EXIT_STORAGE_CORRUPT = 65  # node.cli.EXIT_STORAGE_CORRUPT: its data files cannot be used safely
+FAIL_STOP_EXIT = 74  # rdb._journal.FAIL_STOP_EXIT: it could not persist (ENOSPC, EIO)
 
 
 # ---------------------------------------------------------------- HTTP, ports, waiting
@@ -190,6 +198,9 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     paused: bool = False
+    # the last lines the process wrote to stderr (``capture_stderr``), newest last
+    last_lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    tee: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -215,6 +226,8 @@ class LocalCluster:
     ``log_dir``: each node's output goes to ``<log_dir>/<id>.log``; None inherits ours.
     ``die_with_parent``: a node gets SIGKILL when the thread that started it dies (Linux
     PR_SET_PDEATHSIG), so only set it when one long-lived thread starts every node.
+    ``capture_stderr`` (without ``log_dir``): a node's stderr goes through a pipe, copied
+    line by line to ours, so ``last_output`` can quote why it exited.
     Not thread-safe: one thread at a time drives it.
     """
 
@@ -236,6 +249,7 @@ class LocalCluster:
         python: str = sys.executable,
         cwd: str | None = None,
         die_with_parent: bool = False,
+        capture_stderr: bool = False,
     ) -> None:
         self.base_dir = os.path.abspath(base_dir)
         os.makedirs(self.base_dir, exist_ok=True)
@@ -265,6 +279,10 @@ class LocalCluster:
         self.python = python
         self.cwd = cwd
         self.preexec = DIE_WITH_PARENT if die_with_parent else None
+        self.capture_stderr = capture_stderr and not log_dir
+        if self.capture_stderr and sys.stderr.isatty():
+            # through a pipe a node's "auto" log format would turn to JSON; keep what a terminal gets
+            self.env.setdefault("RDBSYNC_LOG_FORMAT", "text")
         self.nodes: dict[str, Node] = {
             nid: Node(
                 nid,
@@ -306,6 +324,8 @@ class LocalCluster:
             out: Any = None
             if node.log_path:
                 out = open(node.log_path, "ab")  # the child keeps its own copy
+            err: Any = subprocess.STDOUT if out else (subprocess.PIPE if self.capture_stderr else None)
+            node.last_lines.clear()
             try:
                 node.proc = subprocess.Popen(
                     argv,
@@ -313,7 +333,7 @@ class LocalCluster:
                     env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
-                    stderr=subprocess.STDOUT if out else None,
+                    stderr=err,
                     start_new_session=True,  # a terminal's Ctrl-C reaches the launcher, which stops them in order
                     preexec_fn=self.preexec,
                 )
@@ -322,6 +342,22 @@ class LocalCluster:
                     out.close()
             node.started_at = time.monotonic()
             node.paused = False
+            if err is subprocess.PIPE:
+                node.tee = threading.Thread(target=_tee, args=(node.proc, node.last_lines), daemon=True)
+                node.tee.start()
+
+    def last_output(self, nid: str, timeout: float = 2.0) -> list[str]:
+        """The last lines node ``nid`` wrote to stderr (its log file, or the captured
+        pipe once the process has closed it, waiting up to ``timeout``); [] if unknown."""
+        node = self.nodes[nid]
+        if node.log_path:
+            with contextlib.suppress(OSError), open(node.log_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+                return f.read().decode(errors="replace").splitlines()[-20:]
+            return []
+        if node.tee is not None:
+            node.tee.join(timeout)
+        return list(node.last_lines)
 
     def ready(self, nid: str, timeout: float = 2.0) -> bool:
         try:
@@ -422,6 +458,18 @@ class LocalCluster:
             node.paused = False
 
 
+def _tee(proc: subprocess.Popen[bytes], keep: collections.deque[str]) -> None:
+    """Copy ``proc``'s stderr to ours line by line, keeping the last lines (own thread)."""
+    assert proc.stderr is not None
+    with proc.stderr:
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            keep.append(line.rstrip("\n"))
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+
 def _auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -452,6 +500,59 @@ def describe_exit(code: int) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         return f"was killed by signal {-code}"
     return f"exited with status {code}"
+
+
+def exit_reason(lines: Sequence[str], limit: int = 300) -> str | None:
+    """Why a node exited, from its last stderr lines (pure): the message of the last
+    critical or error log record (JSON or text format), else the last non-empty line."""
+    picked = None
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        level, msg = "", text
+        if text.startswith("{"):
+            with contextlib.suppress(ValueError, AttributeError):
+                doc = json.loads(text)
+                level, msg = str(doc.get("level", "")).lower(), str(doc.get("msg", text))
+        elif " CRITICAL " in text or " ERROR " in text:
+            level = "error"
+            msg = text.split(": ", 1)[-1] if ": " in text else text
+        if level in ("critical", "error") or picked is None or not picked[0]:
+            picked = (level in ("critical", "error"), msg)
+    if picked is None:
+        return None
+    msg = picked[1]
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def exit_line(
+    nid: str, code: int, *, data_dir: str, reason: str | None, restart_in: float | None, supervised: bool = True
+) -> tuple[bool, str]:
+    """The decision on a node that exited with ``code`` and its one report line (pure).
+
+    Returns (restart it?, line). Exit 65 (its data files are unusable) is never
+    restarted: it would fail the same way. ``restart_in`` is the backoff delay, None
+    when restarts are off (--no-restart, ``supervised`` False). ``reason`` (from ``exit_reason``) is quoted
+    for a node that exited by itself, not for one killed by a signal."""
+    if code == EXIT_STORAGE_CORRUPT:
+        what = f"stopped: its data files are unusable (exit {code})"
+    elif code == FAIL_STOP_EXIT:
+        what = f"stopped: it could not write to its disk (exit {code})"
+    else:
+        what = describe_exit(code)
+    if reason and code > 0:
+        what += f": {reason}"
+    if code == EXIT_STORAGE_CORRUPT and not supervised:
+        return False, f"node {nid} {what}; --no-restart: leaving it down (remove {data_dir} before starting it again)"
+    if code == EXIT_STORAGE_CORRUPT:
+        return False, (
+            f"node {nid} {what}; not restarting: remove {data_dir} and the launcher restarts it to rejoin "
+            "(it copies the data from the leader)"
+        )
+    if restart_in is None:
+        return False, f"node {nid} {what}; --no-restart: leaving it down"
+    return True, f"node {nid} {what}; restarting in {restart_in:g}s"
 
 
 def cluster_view(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -518,6 +619,7 @@ class Supervisor:
         self.out = out or sys.stdout
         self._lock = threading.Lock()
         self._due: dict[str, float] = {}
+        self._held: set[str] = set()  # exited 65: down until its data directory is removed
 
     def say(self, line: str) -> None:
         with self._lock:
@@ -530,13 +632,25 @@ class Supervisor:
                 continue
             code = node.proc.poll()
             if code is not None and nid not in self._due:
-                if not self.restart:
-                    self.say(f"node {nid} {describe_exit(code)}; --no-restart: leaving it down")
+                reason = exit_reason(self.cluster.last_output(nid)) if code > 0 else None
+                delay = None
+                if self.restart and code != EXIT_STORAGE_CORRUPT:
+                    delay = self.backoff[nid].delay(now - node.started_at)
+                restart, line = exit_line(
+                    nid, code, data_dir=node.data_dir, reason=reason, restart_in=delay, supervised=self.restart
+                )
+                self.say(line)
+                if restart and delay is not None:
+                    self._due[nid] = now + delay
+                else:
                     node.proc = None
-                    continue
-                delay = self.backoff[nid].delay(now - node.started_at)
-                self._due[nid] = now + delay
-                self.say(f"node {nid} {describe_exit(code)}; restarting in {delay:g}s")
+                    if code == EXIT_STORAGE_CORRUPT and self.restart:
+                        self._held.add(nid)
+        for nid in sorted(self._held):
+            if not os.path.exists(self.cluster.nodes[nid].data_dir):
+                self._held.discard(nid)
+                self._due[nid] = now
+                self.say(f"node {nid}: its data directory is gone; restarting it to rejoin")
         for nid, due in list(self._due.items()):
             if now >= due:
                 del self._due[nid]
@@ -630,6 +744,7 @@ def run_local_cluster(args: argparse.Namespace) -> int:
             env=env,
             secret="keep",
             die_with_parent=True,  # the main thread starts and restarts every node
+            capture_stderr=True,  # to quote why a node exited
         )
     except OSError as exc:
         print(f"rdbsync run: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import time
 
@@ -93,3 +94,45 @@ def test_no_restart_keeps_a_dead_node_down_and_a_killed_launcher_leaves_no_orpha
         run.proc.kill()
         run.proc.wait(10)
         wait_for(lambda: not [p for p in pids if alive(p)], 10, "every node gone after the launcher was killed")
+
+
+def test_a_node_with_a_truncated_snapshot_is_reported_and_kept_down_until_its_data_is_removed(tmp_path) -> None:
+    with scripts_run(str(tmp_path), "--node-arg=--compaction-entries=10") as run:
+        leader, _ = _leader(run)
+        victim = next(n for n in sorted(run.urls) if n != leader)
+        for i in range(40):  # past the compaction threshold: every node writes a snapshot
+            assert http("PUT", f"{run.shared}/v1/kv/k{i}", {"value": i}, timeout=5).status == 200
+        data_dir = os.path.join(str(tmp_path), "data", victim)
+        snapshot = os.path.join(data_dir, "raft.snapshot")
+        wait_for(lambda: os.path.exists(snapshot) and os.path.getsize(snapshot) > 0, 30, f"{victim}'s snapshot")
+
+        # damage the snapshot while the node cannot touch it, then kill it: the restart finds it
+        pid = int(http("GET", run.urls[victim] + "/v1/status").body["pid"])
+        os.kill(pid, signal.SIGSTOP)
+        os.truncate(snapshot, os.path.getsize(snapshot) // 2)
+        os.kill(pid, signal.SIGKILL)
+        run.expect(rf"node {victim} was killed by SIGKILL; restarting in 1s", 10)
+        run.expect(rf"node {victim} restarted", 10)
+        _, m = run.expect(
+            rf"node {victim} stopped: its data files are unusable \(exit 65\): (.*); not restarting: remove (\S+) and",
+            60,
+        )
+        assert "raft.snapshot" in m.group(1), m.group(0)  # the node's own reason, quoted
+        assert os.path.samefile(m.group(2), data_dir)
+
+        # kept down (a restart would have come after the 2 s backoff) while the other two serve writes
+        deadline = time.monotonic() + 4 * FIRST_BACKOFF
+        while time.monotonic() < deadline:
+            with pytest.raises(OSError):
+                http("GET", run.urls[victim] + "/healthz", timeout=1)
+            time.sleep(0.2)
+        assert sum(f"node {victim} restarted" in line for _, line in run.seen) == 1, run.output()
+        _put_until_ok(run.shared, within=10)
+
+        # the remedy it names: remove the data directory; it rejoins and copies the data
+        shutil.rmtree(data_dir)
+        run.expect(rf"node {victim}: its data directory is gone; restarting it to rejoin", 10)
+        run.expect(rf"node {victim} restarted", 10)
+        url = run.urls[victim]
+        wait_for(lambda: http("GET", url + "/readyz", timeout=2).status == 200, 60, f"{victim} ready again")
+        wait_for(lambda: http("GET", url + "/v1/kv/k39", timeout=2).status == 200, 30, f"{victim} has the data")

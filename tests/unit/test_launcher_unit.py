@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from node.launcher import Backoff, cluster_view, describe_exit, view_changes
+import json
+
+from node import cli, launcher
+from node.launcher import Backoff, cluster_view, describe_exit, exit_line, exit_reason, view_changes
+from rdb import _journal
 
 
 def test_backoff_doubles_to_the_cap_and_resets_after_a_long_run() -> None:
@@ -50,3 +54,67 @@ def test_one_line_per_change() -> None:
     fenced = cluster_view(_cluster("n2", 3, fences={"n3": {"nfs": ("vldb", "not_synced")}}))
     assert view_changes(serving, fenced) == ["n3: fenced nfs (vldb not_synced)"]
     assert view_changes(fenced, serving) == ["n3: serving (unfenced nfs)"]
+
+
+def test_the_launchers_exit_codes_are_the_nodes() -> None:
+    # the launcher restates them (standard library only); they must not drift apart
+    assert launcher.EXIT_STORAGE_CORRUPT == cli.EXIT_STORAGE_CORRUPT == 65
+    assert launcher.FAIL_STOP_EXIT == _journal.FAIL_STOP_EXIT == 74
+
+
+def test_exit_65_is_not_restarted_and_says_what_to_do() -> None:
+    restart, line = exit_line(
+        "n2", 65, data_dir="data/n2", reason="the snapshot data/n2/raft.snapshot cannot be loaded", restart_in=4.0
+    )
+    assert not restart
+    assert line == (
+        "node n2 stopped: its data files are unusable (exit 65): the snapshot data/n2/raft.snapshot cannot be loaded; "
+        "not restarting: remove data/n2 and the launcher restarts it to rejoin (it copies the data from the leader)"
+    )
+
+
+def test_exit_65_under_no_restart_says_to_remove_the_data_first() -> None:
+    restart, line = exit_line("n2", 65, data_dir="data/n2", reason=None, restart_in=None, supervised=False)
+    assert not restart
+    assert line.endswith("; --no-restart: leaving it down (remove data/n2 before starting it again)")
+
+
+def test_exit_74_is_restarted_with_backoff_and_says_why() -> None:
+    restart, line = exit_line("n2", 74, data_dir="data/n2", reason=None, restart_in=4.0)
+    assert restart
+    assert line == "node n2 stopped: it could not write to its disk (exit 74); restarting in 4s"
+    restart, line = exit_line("n2", 74, data_dir="d", reason="journal sync failed (ENOSPC)", restart_in=None)
+    assert not restart
+    assert (
+        line == "node n2 stopped: it could not write to its disk (exit 74): journal sync failed (ENOSPC); "
+        "--no-restart: leaving it down"
+    )
+
+
+def test_other_exits_keep_their_lines_and_a_signal_quotes_no_reason() -> None:
+    assert exit_line("n1", -9, data_dir="d", reason="noise", restart_in=1.0) == (
+        True,
+        "node n1 was killed by SIGKILL; restarting in 1s",
+    )
+    assert exit_line("n1", 1, data_dir="d", reason="cannot bind", restart_in=2.0) == (
+        True,
+        "node n1 exited with status 1: cannot bind; restarting in 2s",
+    )
+
+
+def test_exit_reason_picks_the_last_error_record() -> None:
+    js = [
+        json.dumps({"level": "info", "msg": "starting"}),
+        json.dumps({"level": "critical", "msg": "node n2 refuses to start: the snapshot x cannot be loaded"}),
+        "",
+    ]
+    assert exit_reason(js) == "node n2 refuses to start: the snapshot x cannot be loaded"
+    text = [
+        "2026-12-01 10:00:00,000 n2 INFO node: up",
+        "2026-12-01 10:00:01,000 n2 CRITICAL rdb.journal: journal sync failed (No space left on device); stopping",
+        "2026-12-01 10:00:01,000 n2 INFO node: bye",
+    ]
+    assert exit_reason(text) == "journal sync failed (No space left on device); stopping"
+    assert exit_reason(["failpoint journal.sync.before_fsync: enospc"]) == "failpoint journal.sync.before_fsync: enospc"
+    assert exit_reason([]) is None
+    assert exit_reason(["x" * 500], limit=50) == "x" * 47 + "..."
