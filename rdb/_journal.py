@@ -57,8 +57,10 @@ def fail_stop(what: str, exc: BaseException) -> NoReturn:
 
     For broken durability invariants (an fsync or a rewrite failed): carrying on could
     acknowledge what is not on disk. Safe from any thread."""
-    log.critical(
-        "stopping this node; restart it once the disk is fixed",
+    log.critical(  # the text says it all too: this may run before any logging is set up
+        "%s failed (%s); stopping this node, restart it once the disk is fixed",
+        what,
+        exc,
         extra={"event": "durability_fail_stop", "fields": {"operation": what, "error": str(exc)}},
     )
     logging.shutdown()
