@@ -86,7 +86,7 @@ class LocalCluster:
     ``rdbsync run``), each in its own session and killed if the benchmark dies, logs in
     ``base_dir``. ``nodes`` is a list, n1 first."""
 
-    def __init__(self, base_dir: str, *, fault_injection: bool = False) -> None:
+    def __init__(self, base_dir: str, *, fault_injection: bool = False, node_args: list[str] | None = None) -> None:
         self.base_dir = base_dir
         try:
             base = launcher.port_block(2 * NODES, HOST)
@@ -100,7 +100,7 @@ class LocalCluster:
             host=HOST,
             raft_ports=[base + i for i in range(NODES)],
             http_ports=[base + NODES + i for i in range(NODES)],
-            node_args=["--fault-injection"] if fault_injection else [],
+            node_args=(["--fault-injection"] if fault_injection else []) + list(node_args or []),
             env=env,
             log_dir=base_dir,
             secret="keep",
@@ -166,10 +166,12 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def fresh_cluster(prefix: str, *, fault_injection: bool = False) -> Iterator[LocalCluster]:
+def fresh_cluster(
+    prefix: str, *, fault_injection: bool = False, node_args: list[str] | None = None
+) -> Iterator[LocalCluster]:
     """A ready three-node cluster in a temporary directory; always stopped and removed."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=fault_injection)
+        cluster = LocalCluster(os.path.join(tmp, "c"), fault_injection=fault_injection, node_args=node_args)
         os.makedirs(cluster.base_dir, exist_ok=True)
         try:
             cluster.start()

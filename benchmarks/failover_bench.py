@@ -89,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--limit", type=float, default=15.0, help="seconds a trial may take before it fails")
+    parser.add_argument("--election-timeout", default=None, help="MIN,MAX passed to every node (default: theirs)")
     args = parser.parse_args(argv)
     samples: list[float] = []
     try:
-        with fresh_cluster("rdbsync-failover-") as cluster:
+        extra = [] if args.election_timeout is None else ["--election-timeout", args.election_timeout]
+        with fresh_cluster("rdbsync-failover-", node_args=extra) as cluster:
             for trial in range(args.trials):
                 seconds, victim = one_trial(cluster, trial, args.clients, args.limit)
                 samples.append(seconds)

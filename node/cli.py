@@ -70,6 +70,7 @@ async def serve_node(config: NodeConfig) -> None:
         history_limit=config.history_limit,
         references=REFERENCES,
         compaction_entries=config.compaction_entries,
+        election_timeout=config.election_timeout,
         learner=config.join,
     )
     store.start(loop)

@@ -35,6 +35,7 @@ or read plain attributes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -42,7 +43,7 @@ import queue
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +93,12 @@ REASON_NAMES = {
 _SNAPSHOT_MAGIC = b"RDBSNAP1"
 COMPACT_AT_BYTES = 64 * 1024 * 1024
 CONNECTION_RETRY_SECONDS = 0.2
+
+#: The message carrying several forwarded commands, or their answers, at once. Every
+#: member must speak it: a node of an older version would drop it (its writes forwarded
+#: through a newer follower would time out).
+BATCH = "rdb_forward_batch"
+_FORWARDS = frozenset({"apply_command", "apply_command_response"})
 
 
 # Every Raft message went through a fresh zlib deflate stream (~50 us each, on the
@@ -294,16 +301,42 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, sync_obj: Any, self_node: Any, other_nodes: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
+        #: Forwarded commands and their answers gathered during one drain of the command
+        #: queue (``batch_forwards``), per destination; None outside a drain.
+        self._forwards: dict[Any, list[Any]] | None = None
+        self.forward_batches = 0  # BATCH messages sent, for tests and benchmarks
         self.sent_held = 0  # messages held back for a group commit...
         self.sent_merged = 0  # ...and how many actually left after coalescing
         super().__init__(sync_obj, self_node, other_nodes)
 
     def send(self, node: Any, message: Any) -> bool:
+        if self._forwards is not None and message.get("type") in _FORWARDS:
+            self._forwards.setdefault(node, []).append(message)
+            return True
         journal = getattr(self._syncObj, "_rdb_journal", None)
         if journal is not None and (journal.dirty or self._held):
             self._held.append((node, message))
             return True
         return bool(super().send(node, message))
+
+    @contextlib.contextmanager
+    def batch_forwards(self) -> Iterator[None]:
+        """Gather the ``apply_command`` messages (follower -> leader) and their answers
+        (leader -> follower) sent inside the block, and send them as one ``BATCH``
+        message per destination at its end, in order: one pickle, one encryption and one
+        frame for a whole drain of the command queue instead of one per write. Tick
+        thread only."""
+        self._forwards = {}
+        try:
+            yield
+        finally:
+            forwards, self._forwards = self._forwards, None
+            for node, messages in forwards.items():
+                if len(messages) == 1:
+                    self.send(node, messages[0])
+                else:
+                    self.forward_batches += 1
+                    self.send(node, {"type": BATCH, "messages": messages})
 
     def release_held(self) -> None:
         held, self._held = self._held, []
@@ -500,7 +533,9 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             dynamicMembershipChange=True,
             raftMinTimeout=election_timeout[0],
             raftMaxTimeout=election_timeout[1],
-            appendEntriesPeriod=0.1,
+            # Heartbeats several times per minimum election timeout: a follower must not
+            # stand for election because one heartbeat was late.
+            appendEntriesPeriod=min(0.1, election_timeout[0] / 6),
             connectionTimeout=max(3.5, election_timeout[1]),
             # PySyncObj redials a lost peer only every 5 s, and only the node with the
             # higher address dials. Two followers whose link dropped (one restarted) then
@@ -546,7 +581,8 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802
         self._wake_pending = False
-        super()._checkCommandsToApply()
+        with self._SyncObj__transport.batch_forwards():
+            super()._checkCommandsToApply()
 
     def propose(self, payload: bytes, callback: Callable[[Any, int], None]) -> None:
         """Queue ``payload`` for the log. ``callback(result, reason)`` runs on the tick
@@ -606,6 +642,13 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         mtype = message.get("type")
+        if mtype == BATCH:
+            # Forwarded commands or their answers, in the order they were sent (see
+            # _HoldingTransport.batch_forwards); anything else in one is dropped.
+            for inner in message.get("messages") or ():
+                if isinstance(inner, dict) and inner.get("type") in _FORWARDS:
+                    self._SyncObj__onMessageReceived(node, inner)
+            return
         if mtype == "next_node_idx" and message.get("term", self.raftCurrentTerm) != self.raftCurrentTerm:
             self.stale_acks_ignored += 1  # an unstamped ack is an older peer's: accepted
             return

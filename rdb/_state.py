@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from sortedcontainers import SortedList
 
 from rdb._errors import Compacted
 
@@ -141,7 +142,9 @@ class StateMachine:
 
     def _reset(self) -> None:
         self._data: dict[str, KeyValue] = {}
-        self._keys: list[str] = []  # sorted, for prefix listing with paging
+        # Sorted, for prefix listing with paging. A SortedList (a list of bounded sublists)
+        # inserts and removes in O(log n): a plain list with insort moves half the keys.
+        self._keys: SortedList = SortedList()
         self._revision = 0
         self._applied_index = 0
         self._history: list[Event] = []
@@ -188,7 +191,7 @@ class StateMachine:
         copy._history_limit, copy._history_bytes_limit, copy._dedup_limit = 0, 0, 0
         copy._dedup_bytes_limit, copy._dedup_bytes = 0, 0
         copy._data = dict(self._data)
-        copy._keys = list(self._keys)
+        copy._keys = self._keys.copy()
         copy._revision = self._revision
         copy._applied_index = self._applied_index
         copy._history = self._history[self._history_start :]
@@ -212,19 +215,16 @@ class StateMachine:
         Returns ``(entries, more)``; ``more`` is True when ``limit`` cut the list.
         """
         if start_after is not None and start_after >= prefix:
-            i = bisect.bisect_right(self._keys, start_after)
+            i = self._keys.bisect_right(start_after)
         else:
-            i = bisect.bisect_left(self._keys, prefix)
+            i = self._keys.bisect_left(prefix)
         out: list[KeyValue] = []
-        keys = self._keys
-        while i < len(keys):
-            key = keys[i]
+        for key in self._keys.islice(i):
             if not key.startswith(prefix):
                 break
             if limit is not None and len(out) >= limit:
                 return out, True
             out.append(self._data[key])
-            i += 1
         return out, False
 
     def events_since(self, from_revision: int, prefix: str = "") -> list[Event]:
@@ -360,7 +360,7 @@ class StateMachine:
         self._reset()
         self._applied_index = applied  # this entry's index, set by apply() before dispatch
         self._data = data
-        self._keys = sorted(self._data)
+        self._keys = SortedList(self._data)
         self._dedup, self._dedup_bytes = dedup, dedup_bytes
         self._revision = revision
         self._compacted = revision
@@ -551,7 +551,7 @@ class StateMachine:
             self._index_references(key, None if prev is None else prev.value, value)
         if prev is None:
             kv = KeyValue(key, value, revision, revision, 1)
-            bisect.insort(self._keys, key)
+            self._keys.add(key)
         else:
             kv = KeyValue(key, value, prev.create_revision, revision, prev.version + 1)
         self._data[key] = kv
@@ -562,8 +562,7 @@ class StateMachine:
         prev = self._data.pop(key)
         if self._references:
             self._index_references(key, prev.value, None)
-        i = bisect.bisect_left(self._keys, key)
-        del self._keys[i]
+        self._keys.remove(key)
         gone = KeyValue(key, None, prev.create_revision, revision, 0)
         self._record(Event(revision, "delete", gone, prev, _approx_size(key, None)))
 
@@ -628,7 +627,7 @@ class StateMachine:
                 if strict and kv.key in kvs:
                     raise ValueError(f"key {kv.key!r} appears twice")
                 kvs[kv.key] = kv
-            keys = sorted(kvs)
+            keys = SortedList(kvs)
             history = [
                 Event(
                     r[0],

@@ -96,6 +96,7 @@ class ReplicatedStore:
         #: loop thread), "fsync" (one group-commit fdatasync; Raft tick thread). It must be
         #: quick, thread-safe and must not raise. None: nothing is measured.
         self.timing: Callable[[str, float], None] | None = None
+        self._handoff = _Handoff()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -262,7 +263,7 @@ class ReplicatedStore:
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
 
             def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                _call_soon(loop, fut, (result, reason))
+                self._handoff.post(loop, fut, (result, reason))
 
             self.raft.propose(payload, done)
             try:
@@ -499,6 +500,42 @@ class ReplicatedStore:
             self._sm = StateMachine(history_limit=self._history_limit, references=self._sm.references)
         self._raft = self._new_raft(self._raft_address)
         self._schedule_notify(load=True)
+
+
+class _Handoff:
+    """Raft results handed from the tick thread to the loop in batches: one
+    ``call_soon_threadsafe`` (a self-pipe write and a loop wake-up) for every result
+    that arrived while the loop had not yet taken the previous ones, instead of one per
+    result. ``post`` runs on the tick thread and never raises; the loop resolves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Future[tuple[Any, int]], tuple[Any, int]]] = []
+        self._scheduled = False
+        self.wakeups = 0  # loop wake-ups scheduled, for tests
+
+    def post(
+        self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]
+    ) -> None:
+        with self._lock:
+            self._items.append((fut, value))
+            if self._scheduled:
+                return
+            self._scheduled = True
+            self.wakeups += 1
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed (shutdown): the callers are gone
+            with self._lock:
+                self._items.clear()
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._scheduled = False
+        for fut, value in items:
+            _resolve(fut, value)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:

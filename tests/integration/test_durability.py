@@ -98,3 +98,25 @@ async def _three_stores_at(tmp_path: Any, addrs: list[str]) -> list[ReplicatedSt
     for s in stores:
         s.start(loop)
     return stores
+
+
+async def test_writes_forwarded_by_a_follower_travel_in_batches(tmp_path: Any) -> None:
+    """Concurrent writes through a follower reach the leader as a few batch messages (and
+    their answers come back batched), each applied exactly once on every replica."""
+    stores = await _three_stores(tmp_path)
+    try:
+        assert (await stores[0].put("warm", 0, timeout=15))["status"] == "ok"
+        follower = next(s for s in stores if not s.raft._isLeader())
+        leader = next(s for s in stores if s.raft._isLeader())
+        results = await asyncio.gather(*(follower.put(f"f{i}", i, timeout=15) for i in range(200)))
+        assert all(r["status"] == "ok" for r in results), [r for r in results if r["status"] != "ok"][:3]
+        assert sorted(r["revision"] for r in results) == list(range(2, 202))  # once each
+        for s in stores:
+            await s.linearizable_barrier(timeout=15)
+            assert [s.get(f"f{i}").value for i in range(200)] == list(range(200))  # type: ignore[union-attr]
+        # Without batching every forwarded write is its own message each way.
+        assert follower.raft._SyncObj__transport.forward_batches > 0
+        assert leader.raft._SyncObj__transport.forward_batches > 0
+    finally:
+        for s in stores:
+            s.close()

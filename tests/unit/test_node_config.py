@@ -118,3 +118,15 @@ def test_join_needs_peers_and_comes_from_a_flag_or_the_env() -> None:
     assert parse_node_config(parse([*peer, "--join"]), ENV).join
     assert parse_node_config(parse(peer), {**ENV, "RDBSYNC_JOIN": "1"}).join
     assert not parse_node_config(parse(peer), ENV).join
+
+
+def test_the_election_timeout_from_flag_or_env_and_its_checks() -> None:
+    from node._config import DEFAULT_ELECTION_TIMEOUT
+
+    assert parse_node_config(parse([]), ENV).election_timeout == DEFAULT_ELECTION_TIMEOUT
+    env = {**ENV, "RDBSYNC_ELECTION_TIMEOUT": "0.4,0.9"}
+    assert parse_node_config(parse([]), env).election_timeout == (0.4, 0.9)
+    assert parse_node_config(parse(["--election-timeout", "1,2"]), env).election_timeout == (1.0, 2.0)
+    for bad, message in (("0.5", "MIN,MAX"), ("0.05,1", "between 0.1"), ("0.5,0.6", "1.5 x MIN")):
+        with pytest.raises(ConfigError, match=message):
+            parse_node_config(parse(["--election-timeout", bad]), ENV)
