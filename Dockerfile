@@ -28,6 +28,7 @@ COPY fencing ./fencing
 COPY node ./node
 COPY chaos ./chaos
 COPY rdbsync ./rdbsync
+COPY apps ./apps
 RUN pip install --no-cache-dir . \
     && rm -rf /src
 

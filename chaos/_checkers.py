@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from chaos import _model
+from chaos._apps import ONTAP, AppModel
 
 Op = Mapping[str, Any]
 
@@ -42,11 +42,7 @@ MAX_VIOLATIONS = 50
 #: Ops shown around a non-linearizable point.
 WINDOW_OPS = 20
 
-DEFAULT_DEPENDENCIES: dict[str, frozenset[str]] = {
-    "nfs": frozenset({"vservers", "lifs", "export_rules", "vldb", "volumes"}),
-    "cifs": frozenset({"vservers", "lifs", "cifs_shares", "vldb", "volumes"}),
-    "iscsi": frozenset({"vservers", "lifs", "volumes"}),
-}
+DEFAULT_DEPENDENCIES: dict[str, frozenset[str]] = dict(ONTAP.dependencies)
 
 
 # ------------------------------------------------------------------ results
@@ -642,6 +638,8 @@ def check_convergence(
     blades: Mapping[str, Mapping[str, Mapping[str, Any]] | None],
     committed: Mapping[str, Mapping[str, Mapping[str, Any]]],
     revision: int,
+    *,
+    model: AppModel = ONTAP,
 ) -> CheckResult:
     """After healing, does every node's every blade table equal its projection of committed state?
 
@@ -649,7 +647,7 @@ def check_convergence(
     ``/v1/blades/...`` answers for the seven blade tables; ``{node: None}`` if the node
     could not be read). ``committed``: ``{management table: {key: row}}`` read at
     ``revision`` (after the workload stopped). A table reporting ``revision`` or later
-    must equal ``chaos._model.project_table`` of ``committed`` for its node
+    must equal ``model.project_table`` of ``committed`` for its node (``chaos._apps``)
     (``table_differs``); a table reporting an older revision is ``lagging`` after heal;
     a blade table missing from a node's answer is ``missing_table``.
     """
@@ -660,7 +658,7 @@ def check_convergence(
         if tables is None:
             found.unsure(f"node {node}'s blade tables could not be read")
             continue
-        for table in _model.BLADE_TABLES:
+        for table in model.blade_tables:
             entry = tables.get(table)
             if entry is None:
                 found.violation("missing_table", node=node, table=table)
@@ -676,7 +674,7 @@ def check_convergence(
                     "lagging", node=node, table=table, table_revision=table_revision, committed_revision=revision
                 )
                 continue
-            want = _model.project_table(committed, node, table)
+            want = model.project_table(committed, node, table)
             if {k: _canon(v) for k, v in want.items()} != {str(k): _canon(v) for k, v in rows.items()}:
                 found.violation(
                     "table_differs",
@@ -690,7 +688,7 @@ def check_convergence(
         "nodes": sorted(blades),
         "tables_checked": checked,
         "committed_revision": revision,
-        "committed_rows": {t: len(committed.get(t, {})) for t in _model.MANAGEMENT_TABLES},
+        "committed_rows": {t: len(committed.get(t, {})) for t in model.management_tables},
     }
     return found.result()
 
@@ -707,6 +705,7 @@ class _Timeline:
     seen_at: list[float]  # observation times, ascending
     seen_max: list[int]  # the highest revision observed at or before seen_at[i]
     through: int  # the log is complete through this revision
+    model: AppModel
 
     def index(self, revision: int) -> int:
         """How many change revisions are <= ``revision`` (0: the empty config)."""
@@ -720,46 +719,43 @@ class _Timeline:
     def decide_many(self, wanted: Mapping[int, Collection[tuple[str, ...]]]) -> dict[tuple[int, tuple[str, ...]], Any]:
         """Decisions for ``{index: {query}}``, replaying the log forward once.
         Each value is a list of acceptable decisions, or an error text."""
-        config = _model.empty_config()
+        config: dict[str, dict[str, Any]] = {t: {} for t in self.model.management_tables}
         applied = 0
         out: dict[tuple[int, tuple[str, ...]], Any] = {}
         for index in sorted(wanted):
             while applied < index:
                 for key, row in self.changes[applied]:
-                    _model.apply_change(config, key, row)
+                    where = _split(self.model, key)
+                    if where is not None:
+                        if row is None:
+                            config[where[0]].pop(where[1], None)
+                        else:
+                            config[where[0]][where[1]] = dict(row)
                 applied += 1
             for query in wanted[index]:
-                out[(index, query)] = _decide(config, query)
+                out[(index, query)] = _decide(self.model, config, query)
         return out
 
 
-def _decide(config: _model.Config, query: tuple[str, ...]) -> Any:
-    protocol, vserver, arg, extra = query
+def _split(model: AppModel, key: str) -> tuple[str, str] | None:
+    """``tables/<table>/<row>`` of one of the model's management tables, or None."""
+    if not key.startswith("tables/"):
+        return None
+    table, sep, row_key = key[len("tables/") :].partition("/")
+    if table not in model.management_tables or not sep or not row_key:
+        return None
+    return table, row_key
+
+
+def _decide(model: AppModel, config: Mapping[str, Any], query: tuple[str, ...]) -> Any:
     try:
-        if protocol == "nfs":
-            return _model.nfs_decisions(config, vserver, arg, extra)
-        return _model.cifs_decisions(config, vserver, arg, extra)
+        return model.decide(config, query)
     except ValueError as exc:
         return f"the model rejects the probe: {exc}"
 
 
-def _query(op: Op) -> tuple[str, ...] | None:
-    f = op.get("f")
-    value = op.get("value")
-    if not isinstance(value, Mapping):
-        return None
-    try:
-        if f == "nfs":
-            return ("nfs", str(value["vserver"]), str(value["path"]), str(value["client"]))
-        if f == "cifs":
-            return ("cifs", str(value["vserver"]), str(value["share"]), str(value.get("user") or "Everyone"))
-    except KeyError:
-        return None
-    return None
-
-
 def _build_timeline(
-    config_log: Sequence[Mapping[str, Any]], complete_through: int | None
+    config_log: Sequence[Mapping[str, Any]], complete_through: int | None, model: AppModel
 ) -> tuple[_Timeline | None, str | None]:
     entries: list[tuple[int, float, str, Mapping[str, Any] | None]] = []
     for n, entry in enumerate(config_log):
@@ -774,7 +770,7 @@ def _build_timeline(
     revisions: list[int] = []
     changes: list[list[tuple[str, Mapping[str, Any] | None]]] = []
     for revision, _, key, row in entries:
-        if _model.split_storage_key(key) is None:
+        if _split(model, key) is None:
             continue  # a revision of the generic key space: changes no table
         if not revisions or revisions[-1] != revision:
             revisions.append(revision)
@@ -788,7 +784,7 @@ def _build_timeline(
     through = last if complete_through is None else complete_through
     if through < last:
         return None, f"log_complete_through={through} is below the log's last revision {last}"
-    return _Timeline(revisions, changes, [s[0] for s in seen], seen_max, through), None
+    return _Timeline(revisions, changes, [s[0] for s in seen], seen_max, through, model), None
 
 
 def check_dataplane(
@@ -802,8 +798,12 @@ def check_dataplane(
     log_complete_from: int = 1,
     log_complete_through: int | None = None,
     drift_windows: Iterable[Mapping[str, Any]] = (),
+    model: AppModel = ONTAP,
 ) -> CheckResult:
     """Is every data-plane answer true, fresh enough, and never served from failed config?
+
+    ``model``: the app under test (``chaos._apps``): its probes, decisions and default
+    dependencies. The rest of this text describes the ONTAP app's probes.
 
     ``ops``: the "dataplane" ops; ``f`` "nfs" (``value`` ``{"vserver", "path", "client"}``)
     or "cifs" (``{"vserver", "share"[, "user"]}``); an ok op's ``result`` is the answer
@@ -843,7 +843,7 @@ def check_dataplane(
     - ``malformed_answer``: an ok op without an answer and an integer revision.
     """
     found = _Findings("dataplane")
-    deps = {p: frozenset(t) for p, t in (dependencies or DEFAULT_DEPENDENCIES).items()}
+    deps = {p: frozenset(t) for p, t in (dependencies or model.dependencies).items()}
     windows: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for w in fault_windows:
         start, end = _time(w.get("start")), _time(w.get("end"))
@@ -864,7 +864,7 @@ def check_dataplane(
         spans = [s for spans in drift.values() for s in spans] if node == "shared" else drift.get(node, [])
         return any(start <= t <= end for start, end in spans)
 
-    timeline, log_problem = _build_timeline(config_log, log_complete_through)
+    timeline, log_problem = _build_timeline(config_log, log_complete_through, model)
     if log_problem is None and log_complete_from > 1:
         log_problem = f"config_log starts at revision {log_complete_from}, not 1: the base config is unknown"
 
@@ -885,7 +885,7 @@ def check_dataplane(
         if not isinstance(answer, Mapping) or not isinstance(revision, int) or isinstance(revision, bool):
             found.violation("malformed_answer", op=_brief(op))
             continue
-        query = _query(op)
+        query = model.query_of(op)
         invoke = _time(op.get("invoke"))
         if query is None or invoke is None:
             found.unsure(f"malformed data-plane probe(s), e.g. id {op.get('id')}")
@@ -935,7 +935,7 @@ def check_dataplane(
         wrong: list[tuple[Op, Mapping[str, Any], tuple[str, ...], int, int]] = []
         for op, answer, query, revision, index, ref_index in pending:
             expected = decisions[(index, query)]
-            if isinstance(expected, str) or not _model.acceptable(answer, expected):
+            if isinstance(expected, str) or not model.acceptable(answer, expected):
                 if excused(str(op.get("node")), float(op["invoke"])):
                     stats["excused_wrong_answers"] += 1
                 else:
@@ -944,7 +944,7 @@ def check_dataplane(
             if ref_index >= 0:
                 stats["older_than_bound"] += 1
                 fresh = decisions[(ref_index, query)]
-                if isinstance(fresh, list) and not _model.acceptable(answer, fresh):
+                if isinstance(fresh, list) and not model.acceptable(answer, fresh):
                     found.violation(
                         "stale_answer",
                         node=op.get("node"),
@@ -986,12 +986,12 @@ def _report_wrong(
         fits = [
             timeline.revisions[j - 1] if j else 0
             for j in range(max(0, index - radius), min(len(timeline.revisions), index + radius) + 1)
-            if isinstance(around[(j, query)], list) and _model.acceptable(answer, around[(j, query)])
+            if isinstance(around[(j, query)], list) and timeline.model.acceptable(answer, around[(j, query)])
         ]
         found.violation(
             "wrong_answer",
             node=op.get("node"),
-            answer={f: answer.get(f) for f in (*_model.DECISION_FIELDS, "revision")},
+            answer={f: answer.get(f) for f in (*timeline.model.decision_fields, "revision")},
             expected=expected,
             fits_config_at_revisions=fits,
             op=_brief(op),

@@ -54,7 +54,9 @@ def http(
 
 
 class ChaosCluster(LocalCluster):
-    def __init__(self, base_dir: str, size: int, *, net: NetLab | None, quorum_grace: float = 3.0) -> None:
+    def __init__(
+        self, base_dir: str, size: int, *, net: NetLab | None, quorum_grace: float = 3.0, app: str | None = None
+    ) -> None:
         self.net = net
         self.quorum_grace = quorum_grace
         ids = [f"n{i + 1}" for i in range(size)]
@@ -67,7 +69,7 @@ class ChaosCluster(LocalCluster):
             size,
             addresses=addresses,
             cluster_address=None if net is not None else "127.0.0.1:0",
-            node_args=[*NODE_ARGS, "--quorum-grace", str(quorum_grace)],
+            node_args=[*NODE_ARGS, "--quorum-grace", str(quorum_grace), *(["--app", app] if app else [])],
             log_dir=base_dir,
             command_prefix=net.prefix_argv if net is not None else None,
             cwd=REPO,

@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from chaos._apps import ONTAP, AppModel
 from chaos._cluster import ChaosCluster, http
 
 PROCESS_FAULTS = ("kill_restart", "kill_leader", "pause", "pause_leader", "pause_minority")
 RESYNC_FAULTS = ("resync_error", "resync_hang", "tamper")
 NET_FAULTS = ("partition_one", "partition_majority", "partition_bridge", "packet_loss")
 HANG_DETECTION_SECONDS = 1.2  # the node's resync action timeout (1 s) plus margin
-BLADE_TABLES = ("vservers", "lifs", "export_rules", "cifs_shares", "vldb", "aggregates", "volumes")
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,11 @@ class FaultRecord:
 class FaultRunner:
     """Carries out a plan against a cluster; records what actually happened."""
 
-    def __init__(self, cluster: ChaosCluster, plan: list[PlannedFault], now: Any, stop: threading.Event) -> None:
+    def __init__(
+        self, cluster: ChaosCluster, plan: list[PlannedFault], now: Any, stop: threading.Event, model: AppModel = ONTAP
+    ) -> None:
         self.cluster = cluster
+        self.model = model
         self.plan = plan
         self.now = now
         self.stop = stop
@@ -127,7 +130,8 @@ class FaultRunner:
             return FaultRecord(kind, start, None, target)
         if kind in ("resync_error", "resync_hang"):
             nid = self._node(fault.pick)
-            table = BLADE_TABLES[fault.extra % len(BLADE_TABLES)]
+            tables = self.model.blade_tables
+            table = tables[fault.extra % len(tables)]
             mode = "error" if kind == "resync_error" else "hang"
             status, _ = http("POST", c.nodes[nid].url + "/v1/debug/faults", {"table": table, "mode": mode})
             acked = self.now()
@@ -140,8 +144,8 @@ class FaultRunner:
             return record
         if kind == "tamper":
             nid = self._node(fault.pick)
-            table = ("vservers", "export_rules", "vldb")[fault.extra % 3]
-            key = {"vservers": "vs0", "export_rules": "vs0:default:1", "vldb": "vol0"}[table]
+            targets = self.model.tamper_targets
+            table, key = targets[fault.extra % len(targets)]
             status, _ = http(
                 "POST", c.nodes[nid].url + "/v1/debug/tamper", {"table": table, "key": key, "row": {"tampered": True}}
             )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from chaos._apps import MODELS, ONTAP, AppModel
 from chaos._checkers import (
     CheckResult,
     check_convergence,
@@ -38,21 +39,10 @@ from chaos._workload import (
     RegisterWorkload,
     SetWorkload,
     Workload,
-    base_config,
 )
 
-BLADES = {
-    "vservers": "nblade",
-    "lifs": "nblade",
-    "export_rules": "nblade",
-    "cifs_shares": "nblade",
-    "vldb": "nblade",
-    "aggregates": "dblade",
-    "volumes": "dblade",
-}
 #: A tampered blade row may be served until the audit (5 s in chaos runs) repairs it.
 TAMPER_REPAIR_BOUND_S = 7.0
-MGMT_TABLES = ("vservers", "lifs", "aggregates", "volumes", "export_rules", "cifs_shares")
 
 
 class ChaosAbort(Exception):
@@ -143,9 +133,9 @@ def _consume_sse(buf: bytes, log: ConfigLog, history: History) -> bytes:
     return buf
 
 
-def replay_config(events: list[dict[str, Any]], revision: int) -> dict[str, dict[str, Any]]:
+def replay_config(events: list[dict[str, Any]], revision: int, model: AppModel = ONTAP) -> dict[str, dict[str, Any]]:
     """The management tables as the config log says they were at ``revision``."""
-    tables: dict[str, dict[str, Any]] = {t: {} for t in MGMT_TABLES}
+    tables: dict[str, dict[str, Any]] = {t: {} for t in model.management_tables}
     for event in events:
         if event["revision"] > revision:
             break
@@ -166,9 +156,9 @@ def targets_for(cluster: ChaosCluster) -> list[str]:
     return out
 
 
-def load_config(cluster: ChaosCluster) -> None:
+def load_config(cluster: ChaosCluster, model: AppModel = ONTAP) -> None:
     url = cluster.nodes["n1"].url
-    for table, key, row in base_config():
+    for table, key, row in model.base_config(sorted(cluster.nodes)):
         for _ in range(50):
             status, body = http("PUT", f"{url}/v1/tables/{table}/{key}", row, timeout=5)
             if status == 200:
@@ -200,12 +190,12 @@ def wait_converged(cluster: ChaosCluster, timeout: float) -> int:
     return revision
 
 
-def final_state(cluster: ChaosCluster) -> dict[str, Any]:
+def final_state(cluster: ChaosCluster, model: AppModel = ONTAP) -> dict[str, Any]:
     """Committed tables, every node's blades and set contents, read after healing."""
     n1 = cluster.nodes["n1"].url
     committed: dict[str, dict[str, Any]] = {}
     revision = 0
-    for table in MGMT_TABLES:
+    for table in model.management_tables:
         status, body = http("GET", f"{n1}/v1/tables/{table}?limit=10000", timeout=10)
         if status != 200:
             raise ChaosAbort(f"cannot read committed {table}: {status} {body}")
@@ -215,7 +205,7 @@ def final_state(cluster: ChaosCluster) -> dict[str, Any]:
     sets: dict[str, dict[str, Any]] = {}
     for nid, node in cluster.nodes.items():
         blades[nid] = {}
-        for table, blade in BLADES.items():
+        for table, blade in model.blades.items():
             status, body = http("GET", f"{node.url}/v1/blades/{blade}/{table}", timeout=10)
             if status == 200:
                 blades[nid][table] = {"revision": body["revision"], "rows": body["rows"]}
@@ -275,12 +265,14 @@ def run(args: argparse.Namespace) -> int:
             net = None
             network_note = f"network namespaces unavailable ({exc}); running process and resync faults only"
     progress(network_note)
-    cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net)
+    model = MODELS[args.app]
+    app_flag = None if args.app == ONTAP.spec else args.app
+    cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net, app=app_flag)
     plan = schedule(args.seed, args.duration, network=net is not None)
     stop = threading.Event()
     history = History(time.monotonic())
     config_log = ConfigLog()
-    faults = FaultRunner(cluster, plan, history.now, stop)
+    faults = FaultRunner(cluster, plan, history.now, stop, model)
     workloads: list[Workload] = []
     results: list[CheckResult] = []
     t0_wall = time.time()
@@ -298,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         cluster.start_all()
         if not cluster.wait_ready(60):
             raise ChaosAbort("the cluster did not become ready within 60 s")
-        load_config(cluster)
+        load_config(cluster, model)
         history.t0 = time.monotonic()
         t0_wall = time.time()
         watcher = threading.Thread(target=watch_config, args=(cluster, config_log, history, watch_stop), daemon=True)
@@ -313,8 +305,12 @@ def run(args: argparse.Namespace) -> int:
         for p in range(2):
             workloads.append(SetWorkload("set", 100 + p, seed * 1000 + 100 + p, history, targets, stop))
         for p in range(2):
-            workloads.append(DataPlaneProbe("probe", 200 + p, seed * 1000 + 200 + p, history, targets, stop))
-        workloads.append(ConfigChurn("churn", 300, seed * 1000 + 300, history, targets, stop, nodes=node_ids))
+            workloads.append(
+                DataPlaneProbe("probe", 200 + p, seed * 1000 + 200 + p, history, targets, stop, model=model)
+            )
+        workloads.append(
+            ConfigChurn("churn", 300, seed * 1000 + 300, history, targets, stop, nodes=node_ids, model=model)
+        )
         for w in workloads:
             w.thread.start()
         faults.thread.start()
@@ -353,14 +349,17 @@ def run(args: argparse.Namespace) -> int:
             progress("WARNING: not every node is ready 90 s after healing")
         revision = wait_converged(cluster, 60)
         progress(f"converged at revision {revision}; reading final state")
-        state = final_state(cluster)
+        state = final_state(cluster, model)
         # The watch only sees tables/ keys, so its last revision says little: wait (bounded)
         # until replaying it gives exactly the committed tables read after healing.
         deadline = time.monotonic() + 15
-        while replay_config(config_log.events, state["revision"]) != state["committed"] and time.monotonic() < deadline:
+        while (
+            replay_config(config_log.events, state["revision"], model) != state["committed"]
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         watch_stop.set()
-        if config_log.complete and replay_config(config_log.events, state["revision"]) != state["committed"]:
+        if config_log.complete and replay_config(config_log.events, state["revision"], model) != state["committed"]:
             config_log.complete = False
             config_log.error = f"the watched config log does not replay to the state at revision {state['revision']}"
         progress("checking")
@@ -369,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
             check_linearizability([o for o in ops if o["kind"] == "register"], time_limit_s=args.check_time_limit)
         )
         results.append(check_set([o for o in ops if o["kind"] == "set"], state["sets"]))
-        results.append(check_convergence(state["blades"], state["committed"], state["revision"]))
+        results.append(check_convergence(state["blades"], state["committed"], state["revision"], model=model))
         log_events = list(config_log.events) if config_log.complete else []
         drift_windows = [
             {"node": r.target[0], "start": r.start, "end": r.start + TAMPER_REPAIR_BOUND_S}
@@ -383,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
                 faults.fault_windows,
                 log_complete_through=state["revision"],
                 drift_windows=drift_windows,
+                model=model,
             )
         )
         events = fence_events(cluster, t0_wall)
@@ -400,7 +400,9 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
         "network": network_note,
         "result": "pass" if ok else "fail",
-        "repeat": f"scripts/chaos --seed {args.seed} --duration {args.duration:g} --nodes {args.nodes}",
+        "app": model.spec,
+        "repeat": f"scripts/chaos --seed {args.seed} --duration {args.duration:g} --nodes {args.nodes}"
+        + ("" if app_flag is None else f" --app {app_flag}"),
         "operations": _op_counts(history.ops),
         "faults": {
             "planned": [f.to_dict() for f in plan],
@@ -451,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-network", action="store_true", help="skip network namespaces (process faults only)")
     parser.add_argument("--check-time-limit", type=float, default=60.0, help="seconds for the linearizability search")
     parser.add_argument("--workdir", default=None, help="where node data and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--app",
+        choices=sorted(MODELS),
+        default=ONTAP.spec,
+        help="the app the nodes run (the harness has an independent model of each)",
+    )
     return parser
 
 

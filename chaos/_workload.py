@@ -9,10 +9,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from chaos._cluster import http
+
+if TYPE_CHECKING:
+    from chaos._apps import AppModel
 
 Op = dict[str, Any]
 
@@ -228,25 +231,25 @@ class SetWorkload(Workload):
 
 
 class DataPlaneProbe(Workload):
-    """NFS mounts and CIFS connects against every node, with the revision each used."""
+    """Data-plane requests of the app under test (``model.probe``) against every node,
+    with the revision each used."""
 
-    CLIENTS = ("10.1.2.3", "192.168.7.9", "172.16.0.5")
+    def __init__(self, *args: Any, model: AppModel, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model = model
 
     def step(self) -> None:
         node, url = self.pick()
-        vserver = f"vs{self.rng.randrange(2)}"
-        invoke = self.history.now()
-        if self.rng.random() < 0.6:
-            path = f"/vol{self.rng.randrange(4)}" + self.rng.choice(["", "/sub"])
-            client = self.rng.choice(self.CLIENTS)
-            status, body = http(
-                "GET", f"{url}/v1/data/nfs/mount?vserver={vserver}&path={quote(path)}&client={client}", timeout=3
-            )
-            f, value, key = "nfs", {"vserver": vserver, "path": path, "client": client}, f"{vserver}:{path}"
+        for _ in range(10):  # answers that depend on the node need a named node
+            if not self.model.per_node_answers or node != "shared":
+                break
+            node, url = self.pick()
         else:
-            share = f"sh{self.rng.randrange(3)}"
-            status, body = http("GET", f"{url}/v1/data/cifs/connect?vserver={vserver}&share={share}", timeout=3)
-            f, value, key = "cifs", {"vserver": vserver, "share": share}, f"{vserver}:{share}"
+            return
+        probe = self.model.probe(self.rng)
+        invoke = self.history.now()
+        status, body = http("GET", f"{url}{probe.path}", timeout=3)
+        f, value, key = probe.f, probe.value, probe.key
         if status == 200:
             outcome, result = "ok", body
         elif status == 503 and isinstance(body, dict) and body.get("error", {}).get("code") == "fenced":
@@ -323,59 +326,65 @@ def base_config() -> list[tuple[str, str, dict[str, Any]]]:
     return rows
 
 
-class ConfigChurn(Workload):
-    """Changes management rows that data-plane answers depend on."""
+def ontap_churn(rng: random.Random, nodes: list[str]) -> tuple[str, str, dict[str, Any]]:
+    """One change of an ONTAP management row that data-plane answers depend on."""
+    roll = rng.random()
+    if roll < 0.3:
+        v, idx = rng.randrange(2), rng.choice([1, 2])
+        table, key = "export_rules", f"vs{v}:default:{idx}"
+        row: dict[str, Any] = {
+            "vserver": f"vs{v}",
+            "policy": "default",
+            "index": idx,
+            "client_match": rng.choice(["10.0.0.0/8", "192.168.0.0/16", "0.0.0.0/0"]),
+            "access": rng.choice(["ro", "rw"]),
+        }
+    elif roll < 0.55:
+        i = rng.randrange(4)
+        table, key = "volumes", f"vol{i}"
+        row = {
+            "name": f"vol{i}",
+            "vserver": f"vs{i % 2}",
+            "aggregate": f"ag{rng.randrange(3)}",
+            "size_mb": 10,
+            "junction_path": f"/vol{i}",
+            "state": rng.choice(["online", "online", "offline"]),
+        }
+    elif roll < 0.75:
+        a = rng.randrange(3)
+        table, key = "aggregates", f"ag{a}"
+        row = {"name": f"ag{a}", "home_node": rng.choice(nodes), "size_mb": 100}
+    elif roll < 0.9:
+        v = rng.randrange(2)
+        table, key = "vservers", f"vs{v}"
+        row = {
+            "name": f"vs{v}",
+            "protocols": rng.choice([["nfs", "cifs"], ["nfs"], ["cifs"]]),
+            "state": rng.choice(["running", "running", "stopped"]),
+        }
+    else:
+        v, s = rng.randrange(2), rng.randrange(3)
+        table, key = "cifs_shares", f"vs{v}:sh{s}"
+        row = {
+            "vserver": f"vs{v}",
+            "share": f"sh{s}",
+            "path": f"/vol{rng.randrange(4)}",
+            "acl": [{"user": "Everyone", "permission": rng.choice(["read", "change", "full_control"])}],
+        }
+    return table, key, row
 
-    def __init__(self, *args: Any, nodes: list[str], **kwargs: Any) -> None:
+
+class ConfigChurn(Workload):
+    """Changes management rows that data-plane answers depend on (``model.churn``)."""
+
+    def __init__(self, *args: Any, nodes: list[str], model: AppModel, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.nodes = nodes
+        self.model = model
 
     def step(self) -> None:
         node, url = self.pick()
-        rng = self.rng
-        roll = rng.random()
-        if roll < 0.3:
-            v, idx = rng.randrange(2), rng.choice([1, 2])
-            table, key = "export_rules", f"vs{v}:default:{idx}"
-            row: dict[str, Any] = {
-                "vserver": f"vs{v}",
-                "policy": "default",
-                "index": idx,
-                "client_match": rng.choice(["10.0.0.0/8", "192.168.0.0/16", "0.0.0.0/0"]),
-                "access": rng.choice(["ro", "rw"]),
-            }
-        elif roll < 0.55:
-            i = rng.randrange(4)
-            table, key = "volumes", f"vol{i}"
-            row = {
-                "name": f"vol{i}",
-                "vserver": f"vs{i % 2}",
-                "aggregate": f"ag{rng.randrange(3)}",
-                "size_mb": 10,
-                "junction_path": f"/vol{i}",
-                "state": rng.choice(["online", "online", "offline"]),
-            }
-        elif roll < 0.75:
-            a = rng.randrange(3)
-            table, key = "aggregates", f"ag{a}"
-            row = {"name": f"ag{a}", "home_node": rng.choice(self.nodes), "size_mb": 100}
-        elif roll < 0.9:
-            v = rng.randrange(2)
-            table, key = "vservers", f"vs{v}"
-            row = {
-                "name": f"vs{v}",
-                "protocols": rng.choice([["nfs", "cifs"], ["nfs"], ["cifs"]]),
-                "state": rng.choice(["running", "running", "stopped"]),
-            }
-        else:
-            v, s = rng.randrange(2), rng.randrange(3)
-            table, key = "cifs_shares", f"vs{v}:sh{s}"
-            row = {
-                "vserver": f"vs{v}",
-                "share": f"sh{s}",
-                "path": f"/vol{rng.randrange(4)}",
-                "acl": [{"user": "Everyone", "permission": rng.choice(["read", "change", "full_control"])}],
-            }
+        table, key, row = self.model.churn(self.rng, self.nodes)
         invoke = self.history.now()
         status, body = http(
             "PUT",

@@ -22,7 +22,7 @@ The document's shape (every key optional; TOML shown)::
     kind = "application"
     tables = ["volumes", "vldb"]
 
-Consumers the document does not name keep their defaults (``default_policy``).
+Consumers the document does not name keep their defaults (the app's policy).
 Pure: no I/O; the caller reads and parses the file.
 """
 
@@ -38,10 +38,8 @@ from fencing._errors import PolicyError
 from fencing._policy import (
     DEFAULT_QUORUM_GRACE,
     MIN_QUORUM_GRACE,
-    PROTOCOLS,
     FencePolicy,
     ScopedDependency,
-    default_policy,
 )
 
 _NAME = r"[a-z][a-z0-9_-]{0,62}"
@@ -95,15 +93,21 @@ def _readable(err: ValidationError) -> str:
 
 
 def policy_from_document(
-    doc: Mapping[str, Any], *, known_tables: Collection[str], quorum_grace: float = DEFAULT_QUORUM_GRACE
+    doc: Mapping[str, Any],
+    *,
+    known_tables: Collection[str],
+    quorum_grace: float = DEFAULT_QUORUM_GRACE,
+    base: FencePolicy,
 ) -> FencePolicy:
-    """Build the policy ``doc`` describes, over the defaults. ``quorum_grace`` is the
-    grace of every consumer whose entry does not set its own. Raises ``PolicyError``
-    naming each bad field: unknown keys, out-of-range numbers, unknown tables."""
+    """Build the policy ``doc`` describes, over ``base`` (the app's default policy).
+    ``quorum_grace`` is the grace of every consumer whose entry does not set its own.
+    Raises ``PolicyError`` naming each bad field: unknown keys, out-of-range numbers,
+    unknown tables."""
     try:
         parsed = _Document.model_validate(doc)
     except ValidationError as err:
         raise PolicyError(f"invalid fencing policy: {_readable(err)}") from None
+    protocols = [n for n in base.consumers() if base.kind(n) == "protocol"]
     problems = []
     for name, consumer in parsed.consumers.items():
         if not re.fullmatch(_NAME, name):
@@ -112,15 +116,14 @@ def policy_from_document(
         unknown = sorted(tables - set(known_tables))
         if unknown:
             problems.append(f"consumers.{name}: unknown table(s) {unknown}; known: {sorted(known_tables)}")
-        if name in PROTOCOLS and consumer.kind != "protocol":
+        if name in protocols and consumer.kind != "protocol":
             problems.append(f"consumers.{name}: {name} is a protocol")
     if problems:
         raise PolicyError("invalid fencing policy: " + "; ".join(problems))
-    base = default_policy()
     dependencies = dict(base.dependencies)
     scoped = dict(base.scoped)
     applications = set(base.applications)
-    grace = dict.fromkeys(PROTOCOLS, quorum_grace)
+    grace = {name: base.grace(name) for name in base.consumers()}
     for name, consumer in parsed.consumers.items():
         dependencies[name] = frozenset(consumer.tables)
         scoped[name] = tuple(ScopedDependency(frozenset(s.vservers), frozenset(s.tables)) for s in consumer.scoped)

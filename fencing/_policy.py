@@ -8,10 +8,11 @@ the events it produced (resync failures, fences raised and lifted). No I/O, no c
 ``guard(state, protocol, vserver)`` is the one check every data-plane handler makes;
 it fails closed: a table that was never synced counts as failed.
 
-ONTAP-like defaults (``default_policy``): NFS depends on vservers, LIFs, export rules
-and the volume-location cache; CIFS on vservers, LIFs, CIFS shares and the
-volume-location cache; iSCSI on vservers and LIFs; every protocol on the D-blade
-volume table.
+``admit(policy, state, consumer, scope, facts)`` is the guard at request time: it adds
+what the runtime observes at that moment (``GuardFacts``) to the state's fences.
+
+The consumers and the tables they depend on are the app's (``node.app.Consumer``);
+this package knows no table names.
 
 A *consumer* is a protocol or a client application. Its dependencies are either
 node-wide (a failed table fences the consumer for every vserver) or scoped to a set of
@@ -22,10 +23,9 @@ builds a policy from a parsed JSON/TOML document and raises ``PolicyError``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
-PROTOCOLS = ("nfs", "cifs", "iscsi")
 DEFAULT_QUORUM_GRACE = 5.0
 #: The smallest grace period a consumer may have: below it, a consumer would fence
 #: between two ordinary iterations of the resync worker.
@@ -65,7 +65,7 @@ class FencePolicy:
     max_lag_seconds: float = 5.0
     #: Per consumer: how long a node without quorum keeps serving last-known config. The
     #: smallest one also decides when a node must catch up again after a stall.
-    quorum_grace: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS, DEFAULT_QUORUM_GRACE))
+    quorum_grace: Mapping[str, float] = field(default_factory=dict)
 
     def consumers(self) -> list[str]:
         """Every protocol and application the policy knows, sorted."""
@@ -87,15 +87,6 @@ class FencePolicy:
     def backoff(self, failures: int) -> float:
         """Delay before retry number ``failures`` (>= 1): capped exponential."""
         return min(self.backoff_max, self.backoff_initial * self.backoff_factor ** max(0, failures - 1))
-
-
-def default_policy(**overrides: Any) -> FencePolicy:
-    deps = {
-        "nfs": frozenset({"vservers", "lifs", "export_rules", "vldb", "volumes"}),
-        "cifs": frozenset({"vservers", "lifs", "cifs_shares", "vldb", "volumes"}),
-        "iscsi": frozenset({"vservers", "lifs", "volumes"}),
-    }
-    return FencePolicy(dependencies=overrides.pop("dependencies", deps), **overrides)
 
 
 # ------------------------------------------------------------------ outcomes (inputs)
@@ -156,7 +147,16 @@ class Tick:
     """Time passed (quorum grace periods expire on ticks)."""
 
 
-Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick
+@dataclass(frozen=True)
+class AppChecked:
+    """The outcome of comparing this node's app with the one the cluster records:
+    ``problem`` None when they are the same, else why not (this node then fences every
+    consumer: it must never project tables the rest of the cluster does not)."""
+
+    problem: str | None
+
+
+Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick | AppChecked
 
 
 # ------------------------------------------------------------------ state
@@ -192,7 +192,8 @@ class Fence:
         """Does this fence stop serving ``vserver``? (None: a node-wide request.)"""
         return self.vservers is None or vserver is None or vserver in self.vservers
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, clock_offset: float = 0.0) -> dict[str, Any]:
+        """The wire form; ``clock_offset`` turns the policy clock's ``since`` into wall time."""
         return {
             "protocol": self.protocol,
             "kind": self.kind,
@@ -200,9 +201,91 @@ class Fence:
             "table": self.table,
             "cause": self.cause,
             "message": self.message,
-            "since": self.since,
+            "since": self.since + clock_offset,
             "revision": self.revision,
         }
+
+
+# ------------------------------------------------------------------ events (outputs)
+
+
+@dataclass(frozen=True)
+class FenceEvent:
+    """Something the policy decided that an operator should see (the node's event log)."""
+
+    type: ClassVar[str] = ""
+
+    def to_dict(self, clock_offset: float = 0.0) -> dict[str, Any]:
+        """The wire form: ``type`` and the fields (fences in their wire form)."""
+        out: dict[str, Any] = {"type": self.type}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict(clock_offset) if isinstance(value, Fence) else value
+        return out
+
+
+@dataclass(frozen=True)
+class TableFailed(FenceEvent):
+    type: ClassVar[str] = "resync_failed"
+    table: str
+    cause: str
+    message: str
+    revision: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class FenceRaised(FenceEvent):
+    type: ClassVar[str] = "fenced"
+    protocol: str
+    fence: Fence
+
+
+@dataclass(frozen=True)
+class FenceChanged(FenceEvent):
+    type: ClassVar[str] = "fence_changed"
+    protocol: str
+    fence: Fence
+
+
+@dataclass(frozen=True)
+class FenceLifted(FenceEvent):
+    type: ClassVar[str] = "unfenced"
+    protocol: str
+    was: Fence
+
+
+@dataclass(frozen=True)
+class QuorumLost(FenceEvent):
+    type: ClassVar[str] = "quorum_lost"
+
+
+@dataclass(frozen=True)
+class QuorumRegained(FenceEvent):
+    type: ClassVar[str] = "quorum_regained"
+
+
+@dataclass(frozen=True)
+class NodeStalled(FenceEvent):
+    type: ClassVar[str] = "stalled"
+    seconds: float
+
+
+@dataclass(frozen=True)
+class NodeCaughtUp(FenceEvent):
+    type: ClassVar[str] = "caught_up"
+    revision: int
+
+
+@dataclass(frozen=True)
+class AppMismatched(FenceEvent):
+    type: ClassVar[str] = "app_mismatch"
+    message: str
+
+
+@dataclass(frozen=True)
+class AppMatched(FenceEvent):
+    type: ClassVar[str] = "app_matched"
 
 
 @dataclass(frozen=True)
@@ -217,7 +300,9 @@ class FenceState:
     #: Every table must have resynced to at least this revision before serving.
     required_revision: int = 0
     #: The policy's consumers: the guard fences anything else (fail closed).
-    consumers: frozenset[str] = frozenset(PROTOCOLS)
+    consumers: frozenset[str] = frozenset()
+    #: Why this node's app is not the cluster's, or None (see ``AppChecked``).
+    app_problem: str | None = None
 
 
 def initial_state(policy: FencePolicy, now: float) -> FenceState:
@@ -230,13 +315,13 @@ def initial_state(policy: FencePolicy, now: float) -> FenceState:
 @dataclass(frozen=True)
 class Decision:
     state: FenceState
-    events: list[dict[str, Any]]
+    events: list[FenceEvent]
 
     @property
     def summary(self) -> str:
         """A short string for logs and tests, e.g. 'resync_failed:vldb,fenced:cifs,fenced:nfs' or 'steady'."""
         kinds = [
-            f"{e['type']}:{subject}" if (subject := e.get("protocol") or e.get("table")) else e["type"]
+            f"{e.type}:{subject}" if (subject := getattr(e, "protocol", None) or getattr(e, "table", None)) else e.type
             for e in self.events
         ]
         return ",".join(kinds) if kinds else "steady"
@@ -244,10 +329,11 @@ class Decision:
 
 def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
     """The new fence state after ``outcome`` at time ``now``. Pure."""
-    events: list[dict[str, Any]] = []
+    events: list[FenceEvent] = []
     tables = dict(state.tables)
     quorum_lost_since = state.quorum_lost_since
     caught_up, required = state.caught_up, state.required_revision
+    app_problem = state.app_problem
 
     if isinstance(outcome, ResyncOk) and outcome.table in tables:
         tables[outcome.table] = TableHealth(
@@ -256,11 +342,11 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
     elif isinstance(outcome, Stalled):
         if outcome.seconds >= min(policy.quorum_grace.values(), default=0.0):
             if caught_up:
-                events.append({"type": "stalled", "seconds": round(outcome.seconds, 3)})
+                events.append(NodeStalled(round(outcome.seconds, 3)))
             caught_up = False
     elif isinstance(outcome, CaughtUp):
         if not caught_up:
-            events.append({"type": "caught_up", "revision": outcome.revision})
+            events.append(NodeCaughtUp(outcome.revision))
         caught_up, required = True, max(required, outcome.revision)
     elif isinstance(outcome, ResyncFailed | LagObserved) and outcome.table in tables:
         if isinstance(outcome, LagObserved):
@@ -285,37 +371,36 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
             retry_at=now + policy.backoff(failures),
             synced_revision=old.synced_revision,
         )
-        events.append(
-            {
-                "type": "resync_failed",
-                "table": outcome.table,
-                "cause": cause,
-                "message": message,
-                "revision": outcome.revision,
-                "failures": failures,
-            }
-        )
+        events.append(TableFailed(outcome.table, cause, message, outcome.revision, failures))
     elif isinstance(outcome, QuorumChanged):
         if not outcome.has_quorum and quorum_lost_since is None:
             quorum_lost_since = now
-            events.append({"type": "quorum_lost"})
+            events.append(QuorumLost())
         elif outcome.has_quorum and quorum_lost_since is not None:
             # Within the grace period the node kept serving last-known config; past it,
             # it may have missed anything: it must catch up again before serving.
             if now - quorum_lost_since >= min(policy.quorum_grace.values(), default=0.0):
                 caught_up = False
             quorum_lost_since = None
-            events.append({"type": "quorum_regained"})
+            events.append(QuorumRegained())
     elif isinstance(outcome, Reset):
         tables = {name: h if h.ok else replace(h, retry_at=now) for name, h in tables.items()}
+    elif isinstance(outcome, AppChecked) and outcome.problem != app_problem:
+        if outcome.problem is None:
+            events.append(AppMatched())
+        else:
+            events.append(AppMismatched(outcome.problem))
+        app_problem = outcome.problem
 
-    new_state = FenceState(tables, state.fences, quorum_lost_since, caught_up, required, state.consumers)
+    new_state = FenceState(
+        tables, state.fences, quorum_lost_since, caught_up, required, state.consumers, app_problem=app_problem
+    )
     return Decision(*_refence(policy, new_state, now, events))
 
 
 def _refence(
-    policy: FencePolicy, state: FenceState, now: float, events: list[dict[str, Any]]
-) -> tuple[FenceState, list[dict[str, Any]]]:
+    policy: FencePolicy, state: FenceState, now: float, events: list[FenceEvent]
+) -> tuple[FenceState, list[FenceEvent]]:
     """Recompute every protocol's fence from table health and quorum."""
     fences: dict[str, Fence] = {}
     for protocol in policy.consumers():
@@ -323,15 +408,15 @@ def _refence(
         old = state.fences.get(protocol)
         if fence is None:
             if old is not None:
-                events.append({"type": "unfenced", "protocol": protocol, "was": old.to_dict()})
+                events.append(FenceLifted(protocol, old))
             continue
         fence = replace(fence, kind=policy.kind(protocol))
         if old is not None and (old.table, old.cause, old.vservers) == (fence.table, fence.cause, fence.vservers):
             fence = replace(fence, since=old.since)  # same reason: keep its original 'since'
         elif old is None:
-            events.append({"type": "fenced", "protocol": protocol, "fence": fence.to_dict()})
+            events.append(FenceRaised(protocol, fence))
         else:
-            events.append({"type": "fence_changed", "protocol": protocol, "fence": fence.to_dict()})
+            events.append(FenceChanged(protocol, fence))
         fences[protocol] = fence
     return replace(state, fences=fences), events
 
@@ -387,6 +472,9 @@ def _fence_for(policy: FencePolicy, state: FenceState, protocol: str, now: float
     if not state.caught_up:
         # Never caught up (a restart replays old config from disk): no grace for that.
         return Fence(protocol, "*", "catching_up", "not yet caught up with the leader's commit index", now, 0)
+    if state.app_problem is not None:
+        # A node running another app (or version) must never serve what it projects.
+        return Fence(protocol, "*", "app_mismatch", state.app_problem, now, 0)
     if state.quorum_lost_since is not None:
         # Within the grace period: keep serving last-known config, except where a
         # vserver-scoped dependency has failed.
@@ -437,3 +525,48 @@ def due_for_retry(state: FenceState, now: float) -> frozenset[str]:
 def backing_off(state: FenceState, now: float) -> frozenset[str]:
     """Failed tables still inside their backoff window."""
     return frozenset(t for t, h in state.tables.items() if not h.ok and h.cause != "not_synced" and h.retry_at > now)
+
+
+# ------------------------------------------------------------------ the guard at request time
+
+
+@dataclass(frozen=True)
+class GuardFacts:
+    """What the runtime observes at the moment of a request, on the policy's clock."""
+
+    now: float
+    #: No resync run is half-way (a run that suspends leaves tables at mixed revisions).
+    settled: bool
+    #: When the node last ran: the older of the resync worker's last iteration and its
+    #: heartbeat (a process stop shows here whenever it happened).
+    last_run: float
+    #: Seconds since this node last heard from a leader.
+    leader_contact_age: float
+
+
+def admit(policy: FencePolicy, state: FenceState, consumer: str, scope: str | None, facts: GuardFacts) -> Fence | None:
+    """The fence that stops ``consumer`` serving ``scope`` (a vserver, None: node-wide)
+    at the moment ``facts`` describe, or None. Pure; fails closed. Besides the state's
+    fences (``guard``) it checks, against the clock now, what the worker may not have
+    noticed yet: a resync run half-way, a node that has not run for longer than the
+    consumer's grace (stopped, starved), a leader not heard from for longer than it."""
+    kind = policy.kind(consumer)
+    if not facts.settled:
+        return Fence(consumer, "*", "resync_in_progress", "a resync is still applying changes", facts.now, 0, kind=kind)
+    grace = policy.grace(consumer)
+    stalled = facts.now - facts.last_run
+    if stalled > grace:
+        message = f"the resync worker has not run for {stalled:.1f}s"
+        return Fence(consumer, "*", "resync_stalled", message, facts.last_run, 0, kind=kind)
+    age = facts.leader_contact_age
+    if age > grace:
+        message = f"no quorum for {age:.1f}s (grace {grace:g}s)"
+        return Fence(consumer, "*", "no_quorum", message, facts.now - age, 0, kind=kind)
+    return guard(state, consumer, scope)
+
+
+def corrupt_table(policy: FencePolicy, consumer: str, problem: str, now: float) -> Fence:
+    """The fence for a request whose answer found a blade row it cannot read (memory
+    corruption, a bug): refuse it, as the caller starts a full resync to repair it."""
+    message = f"a blade row cannot be read ({problem}); a full resync was started"
+    return Fence(consumer, "*", "corrupt_table", message, now, 0, kind=policy.kind(consumer))

@@ -1,9 +1,10 @@
-"""The N-blade and D-blade in-memory tables, each declared as a projection of committed
-state for this node, and registered with the generic resync engine.
+"""The loaded app's blade tables on this node: rows in memory, each a projection of
+committed state declared by the app (``node.app.BladeTable``), registered with the
+generic resync engine.
 
-    N-blade: vservers, lifs (homed here), export_rules, cifs_shares,
-             vldb (volume -> aggregate -> node, for all volumes)
-    D-blade: aggregates (homed here), volumes (on aggregates homed here)
+The incremental "affected keys" come from the declaration: a change to a source row
+re-projects that row; a change to a parent joined through a reference re-projects the
+rows that reference it (found through the state machine's reference index).
 
 Threading: rows are read and changed on the node's asyncio loop only; projections are
 pure functions of a ``resync.Reader`` and run under the store's read lock.
@@ -17,12 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from node._exceptions import InjectedFault
-from node._tables import TABLES, TableDef
+from node._tables import TableDef, TableRegistry
+from node.app import App, UndeclaredRead
+from node.app import BladeTable as BladeSpec
 from rdb import Event
 from resync import Action, Reader, Row
-
-Keep = Callable[[Reader, dict[str, Any]], bool]
-Transform = Callable[[Reader, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -31,47 +31,43 @@ class Fault:
     remaining: int | None  # actions left to fail; None: until cleared
 
 
-class BladeTable:
+class ProjectedTable:
     """One blade table: rows in memory, a projection, secondary indexes, fault hooks."""
 
-    def __init__(
-        self,
-        name: str,
-        blade: str,
-        source: TableDef,
-        *,
-        keep: Keep | None = None,
-        transform: Transform | None = None,
-        parents: Sequence[str] = (),
-        index_fields: Sequence[str] = (),
-    ) -> None:
-        self.name = name
-        self.blade = blade
-        self.source = source
-        self._keep = keep
-        self._transform = transform
-        self._parent_prefixes = tuple(TABLES[p].prefix for p in parents)
+    def __init__(self, spec: BladeSpec, registry: TableRegistry, node_id: str) -> None:
+        self.name = spec.name
+        self.blade = spec.blade
+        self.source: TableDef = registry[spec.source]
+        self.node_id = node_id
+        self._keep = spec.where
+        self._transform = spec.transform
+        #: join field -> parent table, for the fields the projection reads through.
+        self._joins = {f: registry[dict(self.source.references)[f]] for f in spec.joins}
+        self._parent_prefixes = tuple(sorted({t.prefix for t in self._joins.values()}))
         self._rows: dict[str, Row] = {}
-        self._index_fields = tuple(index_fields)
-        self._indexes: dict[str, dict[Any, set[str]]] = {f: {} for f in index_fields}
+        self._index_fields = tuple(spec.index)
+        self._indexes: dict[str, dict[Any, set[str]]] = {f: {} for f in spec.index}
         self.fault: Fault | None = None
         self.apply_delay = 0.0
+        #: Called with (table, key, row or None) after every row change (agents' change log).
+        self.on_change: Callable[[str, str, Row | None], None] | None = None
 
     # ----------------------------------------------------------- projection
 
-    def _project(self, reader: Reader, row: Any) -> Row | None:
+    def _project(self, ctx: _Context, row: Any) -> Row | None:
         if not isinstance(row, dict):
             return None
-        if self._keep is not None and not self._keep(reader, row):
+        if self._keep is not None and not self._keep(ctx, row):
             return None
-        return self._transform(reader, row) if self._transform is not None else row
+        return self._transform(ctx, row) if self._transform is not None else row
 
     def desired_all(self, reader: Reader) -> dict[str, Row]:
         kvs, _ = reader.range(self.source.prefix)
         start = len(self.source.prefix)
+        ctx = _Context(self, reader)
         out: dict[str, Row] = {}
         for kv in kvs:
-            row = self._project(reader, kv.value)
+            row = self._project(ctx, kv.value)
             if row is not None:
                 out[kv.key[start:]] = row
         return out
@@ -90,7 +86,7 @@ class BladeTable:
 
     def desired(self, reader: Reader, key: str) -> Row | None:
         kv = reader.get(self.source.prefix + key)
-        return None if kv is None else self._project(reader, kv.value)
+        return None if kv is None else self._project(_Context(self, reader), kv.value)
 
     # ----------------------------------------------------------- rows
 
@@ -150,53 +146,42 @@ class BladeTable:
             self._rows.pop(key, None)
         else:
             self._rows[key] = dict(row)
+        if self.on_change is not None:
+            self.on_change(self.name, key, row)
 
 
-def _home_of_aggregate(reader: Reader, aggregate: str) -> str | None:
-    kv = reader.get(TABLES["aggregates"].storage_key(aggregate))
-    if kv is None or not isinstance(kv.value, dict):
-        return None
-    home = kv.value.get("home_node")
-    return home if isinstance(home, str) else None
+class _Context:
+    """What a projection reads besides its row (``node.app.Context``): only the tables
+    its blade table declares, so the engine's affected keys stay complete."""
+
+    __slots__ = ("_parents", "_reader", "_table", "node")
+
+    def __init__(self, table: ProjectedTable, reader: Reader) -> None:
+        self._table = table
+        self._reader = reader
+        self.node = table.node_id
+        #: Parent rows already read in this (consistent) read: a full resync of 100k
+        #: volumes on a few aggregates reads each aggregate once.
+        self._parents: dict[str, dict[str, Any] | None] = {}
+
+    def parent(self, row: Mapping[str, Any], field: str) -> dict[str, Any] | None:
+        parent = self._table._joins.get(field)
+        if parent is None:
+            raise UndeclaredRead(f"blade table {self._table.name} reads through undeclared join {field!r}")
+        key = parent.prefix + str(row.get(field))
+        try:
+            return self._parents[key]
+        except KeyError:
+            pass
+        kv = self._reader.get(key)
+        value = kv.value if kv is not None and isinstance(kv.value, dict) else None
+        self._parents[key] = value
+        return value
 
 
-def _vldb_row(reader: Reader, volume: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "volume": volume["name"],
-        "vserver": volume["vserver"],
-        "aggregate": volume["aggregate"],
-        "node": _home_of_aggregate(reader, volume["aggregate"]),
-        "junction_path": volume["junction_path"],
-        "state": volume["state"],
-        "export_policy": volume["export_policy"],
-    }
-
-
-def build_blades(node_id: str) -> dict[str, dict[str, BladeTable]]:
-    """The N-blade and D-blade tables of node ``node_id``."""
-
-    def homed_here(_: Reader, row: dict[str, Any]) -> bool:
-        return row.get("home_node") == node_id
-
-    def on_local_aggregate(reader: Reader, row: dict[str, Any]) -> bool:
-        return _home_of_aggregate(reader, str(row.get("aggregate"))) == node_id
-
-    nblade = {
-        "vservers": BladeTable("vservers", "nblade", TABLES["vservers"]),
-        "lifs": BladeTable("lifs", "nblade", TABLES["lifs"], keep=homed_here, index_fields=("vserver",)),
-        "export_rules": BladeTable("export_rules", "nblade", TABLES["export_rules"], index_fields=("vserver",)),
-        "cifs_shares": BladeTable("cifs_shares", "nblade", TABLES["cifs_shares"]),
-        "vldb": BladeTable(
-            "vldb",
-            "nblade",
-            TABLES["volumes"],
-            transform=_vldb_row,
-            parents=("aggregates",),
-            index_fields=("vserver",),
-        ),
-    }
-    dblade = {
-        "aggregates": BladeTable("aggregates", "dblade", TABLES["aggregates"], keep=homed_here),
-        "volumes": BladeTable("volumes", "dblade", TABLES["volumes"], keep=on_local_aggregate, parents=("aggregates",)),
-    }
-    return {"nblade": nblade, "dblade": dblade}
+def build_blades(app: App, registry: TableRegistry, node_id: str) -> dict[str, dict[str, ProjectedTable]]:
+    """The blade tables of node ``node_id``, by blade then name, in the app's order."""
+    blades: dict[str, dict[str, ProjectedTable]] = {b: {} for b in app.blade_names()}
+    for spec in app.blades:
+        blades[spec.blade][spec.name] = ProjectedTable(spec, registry, node_id)
+    return blades

@@ -15,10 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fencing import MIN_QUORUM_GRACE, PROTOCOLS, FencePolicy, PolicyError, default_policy, policy_from_document
-from node._blades import build_blades
-from node._dataplane import DATA_PLANE_READS
-from node._exceptions import ConfigError
+from fencing import MIN_QUORUM_GRACE, FencePolicy, PolicyError, policy_from_document
+from node._agents import parse_agents
+from node._exceptions import AppError, ConfigError
+from node._loading import DEFAULT_APP, data_plane_reads, load_app, policy_of
+from node._sinks import SinkConfigError, SinkSpec, load_sink_config
+from node.app import App
+
+
+def _default_app() -> App:
+    return load_app(DEFAULT_APP)
+
+
+def _default_policy() -> FencePolicy:
+    return policy_of(_default_app(), 5.0)
+
 
 #: Raft election timeout range (seconds): a dead leader is replaced within about MAX.
 #: 0.4,0.8 fails over faster (scripts/bench-failover p50 0.72 s against 0.96 s) but on a
@@ -53,7 +64,14 @@ class NodeConfig:
     audit_interval: float = 60.0
     compaction_entries: int = 20_000
     election_timeout: tuple[float, float] = DEFAULT_ELECTION_TIMEOUT
-    fence_policy: FencePolicy = field(default_factory=default_policy)
+    fence_policy: FencePolicy = field(default_factory=_default_policy)
+    app: App = field(default_factory=_default_app)
+    app_spec: str = DEFAULT_APP
+    #: Agents this node expects: name -> the blade tables it holds (node/_agents.py).
+    agents: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    agent_timeout: float = 1.0
+    #: File sinks this node renders (node/_sinks.py); each is an agent too.
+    sinks: tuple[SinkSpec, ...] = ()
     header_timeout: float = 30.0
     body_timeout: float = 30.0
     max_connections: int = 1000
@@ -97,6 +115,14 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("--audit-interval", "AUDIT_INTERVAL", "seconds between full blade-table audits (default 60)"),
     ("--history-limit", "HISTORY_LIMIT", "changes kept for watch; older revisions answer 410 (default 10000)"),
     (
+        "--agent",
+        "AGENTS",
+        "an agent this node expects, NAME=TABLE[,TABLE...]; repeat the flag, or ';'-separate in the env var",
+    ),
+    ("--sink-config", "SINK_CONFIG", "TOML file of file sinks: blade tables rendered into files for daemons"),
+    ("--agent-timeout", "AGENT_TIMEOUT", "seconds without a report before an agent counts as lost (default 1)"),
+    ("--app", "APP", f"the app to run, as module:attribute (default {DEFAULT_APP})"),
+    (
         "--header-timeout",
         "HEADER_TIMEOUT",
         "seconds a connection may take to send a complete request head, from connecting or from its last answer"
@@ -114,7 +140,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, env, help_text in SETTINGS:
-        if flag == "--peer":
+        if flag in ("--peer", "--agent"):
             parser.add_argument(flag, action="append", default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
         else:
             parser.add_argument(flag, default=None, help=f"{help_text} [env {ENV_PREFIX}{env}]")
@@ -248,13 +274,39 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
     join = bool(getattr(args, "join", None)) or env.get(ENV_PREFIX + "JOIN", "") in ("1", "true", "yes")
     if join and not peers:
         raise ConfigError("--join needs the cluster's members as --peer")
+    app_spec = pick("app", "APP") or DEFAULT_APP
+    try:
+        app = load_app(app_spec)
+    except AppError as exc:
+        raise ConfigError(str(exc)) from None
     policy_file = pick("fence_policy", "FENCE_POLICY")
-    policy = (
-        load_fence_policy(policy_file, grace)
-        if policy_file
-        else default_policy(quorum_grace=dict.fromkeys(PROTOCOLS, grace))
-    )
+    policy = load_fence_policy(policy_file, grace, app) if policy_file else policy_of(app, grace)
+    agent_specs = list(getattr(args, "agent", None) or [])
+    if not agent_specs and env.get(ENV_PREFIX + "AGENTS"):
+        agent_specs = [s for s in env[ENV_PREFIX + "AGENTS"].split(";") if s.strip()]
+    try:
+        agents = parse_agents(agent_specs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = sorted({t for held in agents.values() for t in held} - {b.name for b in app.blades})
+    if unknown:
+        raise ConfigError(f"--agent names unknown blade table(s) {unknown}")
+    sink_file = pick("sink_config", "SINK_CONFIG")
+    try:
+        sinks = tuple(load_sink_config(sink_file)) if sink_file else ()
+    except SinkConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    clash = sorted({s.name for s in sinks} & set(agents))
+    if clash:
+        raise ConfigError(f"sink(s) {clash} have the name of an --agent")
+    unknown = sorted({t for s in sinks for t in s.tables} - {b.name for b in app.blades})
+    if unknown:
+        raise ConfigError(f"--sink-config names unknown blade table(s) {unknown}")
+    agent_timeout = _number(pick("agent_timeout", "AGENT_TIMEOUT") or "1", "--agent-timeout", 0.1, 60)
     return NodeConfig(
+        agents=agents,
+        agent_timeout=agent_timeout,
+        sinks=sinks,
         id=node_id,
         raft_address=raft,
         http_address=http,
@@ -273,6 +325,8 @@ def parse_node_config(args: argparse.Namespace, env: Mapping[str, str] | None = 
         compaction_entries=int(compaction),
         election_timeout=election,
         fence_policy=policy,
+        app=app,
+        app_spec=app_spec,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         max_connections=int(max_connections),
@@ -290,7 +344,7 @@ def policy_relaxations(policy: FencePolicy) -> list[str]:
     return notes
 
 
-def load_fence_policy(path: str, quorum_grace: float) -> FencePolicy:
+def load_fence_policy(path: str, quorum_grace: float, app: App | None = None) -> FencePolicy:
     """Read a fencing policy file (``.toml`` or ``.json``). Raises ``ConfigError`` saying
     what is wrong: unreadable file, bad syntax, bad field, or a built-in data-plane
     protocol that would no longer depend on a table it reads."""
@@ -310,12 +364,15 @@ def load_fence_policy(path: str, quorum_grace: float) -> FencePolicy:
         raise ConfigError(f"the fencing policy {path} is not valid {path.rsplit('.', 1)[-1].upper()}: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"the fencing policy {path} must be a table/object at the top level")
-    known = sorted(name for blade in build_blades("_").values() for name in blade)
+    app = _default_app() if app is None else app
+    known = sorted(b.name for b in app.blades)
     try:
-        policy = policy_from_document(doc, known_tables=known, quorum_grace=quorum_grace)
+        policy = policy_from_document(
+            doc, known_tables=known, quorum_grace=quorum_grace, base=policy_of(app, quorum_grace)
+        )
     except PolicyError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    for protocol, reads in DATA_PLANE_READS.items():
+    for protocol, reads in data_plane_reads(app).items():
         missing = sorted(reads - policy.dependencies.get(protocol, frozenset()))
         if missing:
             # Serving from a table that may have failed would break "never serve from

@@ -1,107 +1,69 @@
-"""Data-plane decisions, answered from blade tables only (never from the RDB).
+"""The data plane of the loaded app: ``GET /v1/data/<consumer>/<operation>``.
 
-Pure functions of the blade rows: the HTTP handlers add the revision the tables
-reflect and consult the fence guard first.
+Each operation is one of the app's ``DataPlane`` declarations: required query
+parameters, then the one fencing guard (for the operation's scope, e.g. a vserver),
+then the app's handler on the blade tables, whose answer is stamped with the revision
+every table it reads (and its consumer depends on) reflects.
+
+Threading: asyncio loop. Raises ``ApiError`` / ``Fenced``; the error middleware in
+``node._http`` translates them.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from node._blades import BladeTable
+from aiohttp import web
 
-Decision = dict[str, Any]
+from fencing import corrupt_table
+from node._common import RUNTIME
+from node._exceptions import ApiError, BadRequest, Fenced
+from node._logging import log_event
+from node._runtime import BladeRuntime
+from node.app import App, BladeView, DataPlane
 
-#: The blade tables each data-plane protocol answers from: its fencing policy must
-#: depend on all of them node-wide, and its answers carry the revision they all reflect.
-DATA_PLANE_READS: dict[str, frozenset[str]] = {
-    "nfs": frozenset({"vservers", "vldb", "export_rules"}),
-    "cifs": frozenset({"vservers", "vldb", "cifs_shares"}),
-}
-
-
-def _deny(reason: str, **extra: Any) -> Decision:
-    return {"access": "denied", "reason": reason, "volume": None, "aggregate": None, "node": None, **extra}
+log = logging.getLogger("node.api")
 
 
-def _vserver_allows(nblade: Mapping[str, BladeTable], vserver: str, protocol: str) -> str | None:
-    row = nblade["vservers"].rows().get(vserver)
-    if row is None:
-        return f"vserver {vserver!r} does not exist"
-    if row.get("state") != "running":
-        return f"vserver {vserver!r} is {row.get('state')}"
-    if protocol not in row.get("protocols", []):
-        return f"{protocol} is not allowed on vserver {vserver!r}"
-    return None
+def _require(request: web.Request, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not request.query.get(name):
+            raise ApiError(422, "bad_parameter", f"query parameter {name!r} is required")
 
 
-def _resolve_path(nblade: Mapping[str, BladeTable], vserver: str, path: str) -> Mapping[str, Any] | None:
-    """The vldb row whose junction path is the longest prefix of ``path``."""
-    best: Mapping[str, Any] | None = None
-    for row in nblade["vldb"].lookup("vserver", vserver):
-        junction = str(row["junction_path"]).rstrip("/") or "/"
-        if path == junction or path.startswith(junction if junction == "/" else junction + "/"):
-            if best is None or len(junction) > len(str(best["junction_path"]).rstrip("/")):
-                best = row
-    return best
-
-
-def _located(volume: Mapping[str, Any], access: str, reason: str) -> Decision:
-    return {
-        "access": access,
-        "reason": reason,
-        "volume": volume["volume"],
-        "aggregate": volume["aggregate"],
-        "node": volume["node"],
-    }
-
-
-def nfs_mount(nblade: Mapping[str, BladeTable], vserver: str, path: str, client: str) -> Decision:
-    """May ``client`` mount ``path`` on ``vserver`` over NFS? Raises ValueError on a bad client IP."""
-    client_ip = ipaddress.ip_address(client)
-    denied = _vserver_allows(nblade, vserver, "nfs")
-    if denied:
-        return _deny(denied)
-    volume = _resolve_path(nblade, vserver, path)
-    if volume is None:
-        return _deny(f"no volume is mounted at {path!r} on vserver {vserver!r}")
-    if volume["state"] != "online":
-        return _located(volume, "denied", f"volume {volume['volume']} is {volume['state']}")
-    rules = [
-        r
-        for r in nblade["export_rules"].lookup("vserver", vserver)
-        if r["policy"] == volume["export_policy"] and "nfs" in r.get("protocols", ["nfs"])
-    ]
-    for rule in sorted(rules, key=lambda r: int(r["index"])):
-        if client_ip in ipaddress.ip_network(rule["client_match"], strict=False):
-            return _located(
-                volume,
-                rule["access"],
-                f"export policy {rule['policy']} rule {rule['index']} ({rule['client_match']}) matches",
+def decide(runtime: BladeRuntime, op: DataPlane, query: Mapping[str, str]) -> dict[str, Any]:
+    """Run the app's handler. A blade row in a shape it cannot read (memory corruption, a
+    bug) fails closed: ``Fenced`` with cause ``corrupt_table``, and a full resync of every
+    table is started to repair it. ``BadRequest`` becomes 422 ``bad_parameter``."""
+    tables: Mapping[str, BladeView] = runtime.tables
+    try:
+        return op.handler(tables, query)
+    except BadRequest as exc:
+        raise ApiError(422, "bad_parameter", str(exc)) from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if runtime.request_full_resync("corrupt_table"):
+            log_event(
+                log, logging.ERROR, "blade_row_unreadable", protocol=op.consumer, error=repr(exc), action="full_resync"
             )
-    return _located(volume, "denied", f"no rule of export policy {volume['export_policy']} matches {client}")
+        fence = corrupt_table(runtime.policy, op.consumer, f"{type(exc).__name__}: {exc}", runtime.clock())
+        raise Fenced(fence, runtime.clock_offset) from None
 
 
-_PERMISSION_ACCESS = {"full_control": "rw", "change": "rw", "read": "ro"}
+def _handler(op: DataPlane) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        _require(request, op.params)
+        runtime = request.app[RUNTIME]
+        scope = request.query.get(op.scope) if op.scope else None
+        await runtime.guard(op.consumer, scope)
+        decision = decide(runtime, op, request.query)
+        revision = runtime.applied_revision(op.reads | runtime.policy.dependencies.get(op.consumer, frozenset()))
+        return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
+
+    return handle
 
 
-def cifs_connect(nblade: Mapping[str, BladeTable], vserver: str, share: str, user: str = "Everyone") -> Decision:
-    """May ``user`` connect to ``share`` on ``vserver`` over CIFS?"""
-    denied = _vserver_allows(nblade, vserver, "cifs")
-    if denied:
-        return _deny(denied)
-    share_row = nblade["cifs_shares"].rows().get(f"{vserver}:{share}")
-    if share_row is None:
-        return _deny(f"share {share!r} does not exist on vserver {vserver!r}")
-    volume = _resolve_path(nblade, vserver, str(share_row["path"]))
-    if volume is None:
-        return _deny(f"share path {share_row['path']!r} is not on any volume")
-    if volume["state"] != "online":
-        return _located(volume, "denied", f"volume {volume['volume']} is {volume['state']}")
-    grants = [a["permission"] for a in share_row.get("acl", []) if a["user"] in (user, "Everyone")]
-    if not grants:
-        return _located(volume, "denied", f"the ACL of share {share!r} grants {user!r} nothing")
-    best = "rw" if any(_PERMISSION_ACCESS[g] == "rw" for g in grants) else "ro"
-    return _located(volume, best, f"share {share!r} ACL grants {best}")
+def add_data_plane_routes(router: web.UrlDispatcher, app: App) -> None:
+    for op in app.data_plane:
+        router.add_get(f"/v1/data/{op.consumer}/{op.operation}", _handler(op))

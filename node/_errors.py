@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
-from node._exceptions import ApiError, Fenced
+from node._exceptions import ApiError, AppMismatch, Fenced
 from node._logging import log_event
 from rdb import (
     Compacted,
@@ -47,8 +47,13 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
     if isinstance(exc, Fenced):
         f = exc.fence
         return ApiError(
-            503, "fenced", f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}", f.to_dict()
+            503,
+            "fenced",
+            f"{f.protocol} is fenced on this node: {f.table} {f.cause}: {f.message}",
+            f.to_dict(exc.clock_offset),
         )
+    if isinstance(exc, AppMismatch):
+        return ApiError(409, "app_mismatch", str(exc), applied=False)
     if isinstance(exc, ValueTooLarge):
         return ApiError(413, "too_large", str(exc), applied=applied_if_write)
     if isinstance(exc, InvalidMember):

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from node._agent_routes import add_agent_routes
 from node._common import (
     CLIENT,
     CONFIG,
@@ -55,7 +56,8 @@ from node._models import PutBody, TxnBody
 from node._observability import install_observability
 from node._openapi import openapi
 from node._runtime import BladeRuntime
-from node._tables import key_problem, restore_problem, split_storage_key
+from node._sinks import FileSink
+from node._tables import TABLE_PREFIX, TableRegistry, key_problem
 from node._ui import ui_auth_exempt
 from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value, snapshot_entries
 
@@ -212,18 +214,20 @@ def _user_key(request: web.Request) -> str:
     return key
 
 
-def _check_writable(key: str) -> None:
+def _check_writable(request: web.Request, key: str) -> None:
     if key.startswith(RESERVED_PREFIX):
         raise ApiError(422, "reserved_key", f"keys under {RESERVED_PREFIX!r} are reserved for rdbsync", applied=False)
+    if key.startswith(TABLE_PREFIX):
+        request.app[RUNTIME].check_table_write()  # a node running another app writes no rows
 
 
-def _checked_value(key: str, value: Any) -> Any:
+def _checked_value(registry: TableRegistry, key: str, value: Any) -> Any:
     """What a put stores: a key the API can route to again, and, in a management table,
     a row that passes the table's schema."""
     problem = key_problem(key)
     if problem is not None:
         raise ApiError(422, "invalid_key", problem, applied=False)
-    table = split_storage_key(key)
+    table = registry.split_storage_key(key)
     if table is None:
         if key.startswith("tables/"):
             raise ApiError(422, "unknown_table", f"{key!r} is not under a known management table", applied=False)
@@ -258,17 +262,17 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def put_key(request: web.Request) -> web.Response:
     key = _user_key(request)
-    _check_writable(key)
+    _check_writable(request, key)
     prev = int_param(request, "prev_revision")
     body = await json_body(request, PutBody)
-    value = _checked_value(key, body.value)
+    value = _checked_value(request.app[RUNTIME].registry, key, body.value)
     result = await request.app[STORE].put(key, value, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
 
 
 async def delete_key(request: web.Request) -> web.Response:
     key = _user_key(request)
-    _check_writable(key)
+    _check_writable(request, key)
     prev = int_param(request, "prev_revision")
     result = await request.app[STORE].delete(key, prev_revision=prev, request_id=request_id(request))
     return _write_answer(result, key)
@@ -300,9 +304,9 @@ async def txn(request: web.Request) -> web.Response:
         for op in ops:
             item = op.model_dump()
             if op.op != "get":
-                _check_writable(op.key)
+                _check_writable(request, op.key)
             if op.op == "put":
-                item["value"] = _checked_value(op.key, op.value)
+                item["value"] = _checked_value(request.app[RUNTIME].registry, op.key, op.value)
             branch.append(item)
     result = await request.app[STORE].txn(
         [c.model_dump() for c in body.compare], branches[0], branches[1], request_id=request_id(request)
@@ -417,8 +421,10 @@ def node_status(app: web.Application) -> dict[str, Any]:
             "truncations_below_commit": st.truncations_below_commit,
             "suppressed_truncations": st.suppressed_truncations,
         },
+        "app": app[RUNTIME].identity,
         "tables": app[RUNTIME].table_status(),
         "fences": app[RUNTIME].fences(),
+        "agents": app[RUNTIME].agents.status(),
         **removal_status(app),
         "reachable": True,
     }
@@ -530,7 +536,7 @@ async def post_restore(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_snapshot", str(exc), applied=False) from None
     problem = await asyncio.to_thread(restore_value_problem, entries)
     if problem is None:
-        problem = await asyncio.to_thread(restore_problem, entries)
+        problem = await asyncio.to_thread(request.app[RUNTIME].registry.restore_problem, entries)
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
@@ -569,7 +575,7 @@ async def _register_self(app: web.Application) -> None:
     """Put this node's HTTP URL in the replicated member registry, once, with retries."""
     cfg = app[CONFIG]
     store = app[STORE]
-    entry = {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url}
+    entry = {"id": cfg.id, "raft_address": cfg.raft_address, "http_url": cfg.http_url, "app": app[RUNTIME].identity}
     while True:
         try:
             await store.linearizable_barrier()
@@ -607,12 +613,17 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
         store,
         audit_interval=config.audit_interval,
         policy=config.fence_policy,
+        app=config.app,
+        agents={**config.agents, **{s.name: s.tables for s in config.sinks}},
+        agent_timeout=config.agent_timeout,
     )
+    sinks = [FileSink(spec, app[RUNTIME]) for spec in config.sinks]
 
     async def lifecycle(app: web.Application) -> Any:
         app[CLIENT] = aiohttp.ClientSession()
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(_register_self(app)), loop.create_task(app[RUNTIME].run())]
+        tasks += [loop.create_task(sink.run()) for sink in sinks]
         yield
         for task in tasks:
             task.cancel()
@@ -638,6 +649,7 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_post("/v1/restore", post_restore)
     add_routes(app)
+    add_agent_routes(app)
     install_observability(app)  # /metrics, /ui, structured start-up log
     if config.fault_injection:
         add_debug_routes(app)

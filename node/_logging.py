@@ -34,12 +34,15 @@ from typing import Any
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from fencing import FenceEvent
+from node._agents import AGENT_PREFIX
+
 #: Keys of every JSON line; a field with one of these names is written as ``field_<name>``.
 _RESERVED = frozenset({"ts", "level", "logger", "node", "event", "msg", "exc"})
 #: A start-up that is not ready after this long is reported, and its fences logged from then on.
 STARTUP_REPORT_SECONDS = 10.0
 #: Events logged at warning; the others at info.
-_WARNINGS = frozenset({"fenced", "fence_changed", "resync_failed", "quorum_lost", "stalled"})
+_WARNINGS = frozenset({"fenced", "fence_changed", "resync_failed", "quorum_lost", "stalled", "app_mismatch"})
 
 
 def log_event(logger: logging.Logger, level: int, event: str, /, *, exc_info: Any = None, **fields: Any) -> None:
@@ -146,20 +149,29 @@ def setup_logging(fmt: str, node_id: str = "") -> None:
 # ---------------------------------------------------------------- fencing events
 
 
-def event_fields(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of one fencing-policy event (``{"type": ..., ...}``) as flat log keys:
-    a nested fence becomes the line's own keys (``table``, ``cause``, ``message``, ``since``,
-    ...); the fence an ``unfenced`` event lifted is ``was_table``, ``was_cause``, ...."""
+def event_fields(event: FenceEvent | Mapping[str, Any], clock_offset: float = 0.0) -> dict[str, Any]:
+    """The fields of one fencing-policy event (a typed ``FenceEvent``, or its wire form
+    ``{"type": ..., ...}``) as flat log keys: a nested fence becomes the line's own keys
+    (``table``, ``cause``, ``message``, ``since``, ...); the fence an ``unfenced`` event
+    lifted is ``was_table``, ``was_cause``, .... ``clock_offset`` turns the policy clock's
+    times into wall time (as in ``to_dict``). An agent's table (``agent:NAME``) also gives
+    the line an ``agent`` key, so an agent's failures and fences are found by its name."""
+    doc = event.to_dict(clock_offset) if isinstance(event, FenceEvent) else event
     out: dict[str, Any] = {}
-    for key, value in event.items():
+    for key, value in doc.items():
         if key == "type":
             continue
         if key == "fence" and isinstance(value, Mapping):
-            out.update({k: v for k, v in value.items() if k not in event})
+            out.update({k: v for k, v in value.items() if k not in doc})
         elif key == "was" and isinstance(value, Mapping):
             out.update({f"was_{k}": v for k, v in value.items() if k != "protocol"})
         else:
             out[key] = value
+    for key in ("table", "was_table"):
+        table = out.get(key)
+        if isinstance(table, str) and table.startswith(AGENT_PREFIX):
+            out.setdefault("agent", table[len(AGENT_PREFIX) :])
+            break
     return out
 
 
@@ -191,15 +203,23 @@ class RuntimeLog:
         self.ready = False
         self._reported_slow = False
 
-    def record(self, events: Iterable[Mapping[str, Any]], *, caught_up: bool, fences: Mapping[str, Any]) -> None:
-        """Log ``events`` (just decided) given the state they led to."""
+    def record(
+        self,
+        events: Iterable[FenceEvent],
+        *,
+        caught_up: bool,
+        fences: Mapping[str, Any],
+        clock_offset: float = 0.0,
+    ) -> None:
+        """Log ``events`` (just decided) given the state they led to; ``clock_offset``
+        turns the policy clock's times into wall time."""
         starting = not self.ready and not self._reported_slow
         for event in events:
-            name = str(event.get("type", "event"))
+            name = event.type or "event"
             level = logging.WARNING if name in _WARNINGS else logging.INFO
             if starting and name != "resync_failed":
                 level = logging.DEBUG
-            log_event(self.logger, level, name, **event_fields(event))
+            log_event(self.logger, level, name, **event_fields(event, clock_offset))
         if self.ready:
             return
         elapsed = self._clock() - self._started

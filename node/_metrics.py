@@ -199,7 +199,7 @@ def _newer_than(stamps: Reversible[tuple[int, float]], revision: int) -> list[tu
 
 
 class _StateCollector(Collector):
-    """The node's state at scrape time: revision, Raft, blade tables, fences, decisions."""
+    """The node's state at scrape time: revision, Raft, blade tables, fences, decisions, agents."""
 
     def __init__(self, store: ReplicatedStore, runtime: BladeRuntime) -> None:
         self._store = store
@@ -262,6 +262,20 @@ class _StateCollector(Collector):
         for kind, count in sorted(runtime.event_counts.items()):
             events.add_metric([kind], count)
         yield events
+        agent_applied = GaugeMetricFamily(
+            "rdb_agent_applied_revision", "The revision an agent last reported it applied.", labels=["agent"]
+        )
+        agent_lag = GaugeMetricFamily(
+            "rdb_agent_lag_revisions", "Revisions an agent is behind this node's blade tables.", labels=["agent"]
+        )
+        agent_ok = GaugeMetricFamily(
+            "rdb_agent_ok", "1 if the agent reports its tables applied without error and in time.", labels=["agent"]
+        )
+        for name, agent in runtime.agents.status().items():
+            agent_applied.add_metric([name], agent["applied_revision"])
+            agent_lag.add_metric([name], agent["lag_revisions"] or 0)
+            agent_ok.add_metric([name], int(agent["state"] == "ok"))
+        yield from (agent_applied, agent_lag, agent_ok)
 
 
 def _route(request: web.Request) -> str:

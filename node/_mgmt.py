@@ -7,17 +7,14 @@ middleware in ``node._http`` translates them.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
-from fencing import Fence, policy_to_document
+from fencing import policy_to_document
 from node._common import (
     CLIENT,
     CONFIG,
@@ -30,12 +27,10 @@ from node._common import (
     members_registry,
     request_id,
 )
-from node._dataplane import DATA_PLANE_READS, cifs_connect, nfs_mount
+from node._dataplane import add_data_plane_routes
 from node._errors import check_write_result
-from node._exceptions import ApiError, Fenced
-from node._logging import log_event
-from node._runtime import BladeRuntime
-from node._tables import TABLES, RowKeyMismatch, TableDef, json_schemas, validate_row
+from node._exceptions import ApiError
+from node._tables import RowKeyMismatch, TableDef, validate_row
 from resync import UnknownTable
 
 WAIT_POLL_SECONDS = 0.05
@@ -45,9 +40,10 @@ log = logging.getLogger("node.api")
 
 def _table(request: web.Request) -> TableDef:
     name = request.match_info["table"]
-    table = TABLES.get(name)
+    registry = request.app[RUNTIME].registry
+    table = registry.get(name)
     if table is None:
-        raise ApiError(404, "unknown_table", f"no management table {name!r}; tables: {', '.join(TABLES)}")
+        raise ApiError(404, "unknown_table", f"no management table {name!r}; tables: {', '.join(registry)}")
     return table
 
 
@@ -70,7 +66,7 @@ def check_row(table: TableDef, key: str, body: Any) -> dict[str, Any]:
 
 
 async def list_tables(request: web.Request) -> web.Response:
-    return web.json_response({"tables": json_schemas()})
+    return web.json_response({"tables": request.app[RUNTIME].registry.json_schemas()})
 
 
 async def list_rows(request: web.Request) -> web.Response:
@@ -117,6 +113,7 @@ async def put_row(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     wait = _wait_params(request)
     prev = int_param(request, "prev_revision")
+    request.app[RUNTIME].check_table_write()
     row = check_row(table, key, await json_body(request))
     result = await request.app[STORE].put(
         table.storage_key(key), row, prev_revision=prev, request_id=request_id(request)
@@ -129,6 +126,7 @@ async def delete_row(request: web.Request) -> web.Response:
     key = request.match_info["key"]
     wait = _wait_params(request)
     prev = int_param(request, "prev_revision")
+    request.app[RUNTIME].check_table_write()
     result = await request.app[STORE].delete(table.storage_key(key), prev_revision=prev, request_id=request_id(request))
     return await _table_write_answer(request, table, key, result, wait)
 
@@ -190,7 +188,9 @@ async def wait_applied(app: web.Application, revision: int, timeout: float) -> t
         info = registry.get(address, {"id": address})
         node_id = info.get("id", address)
         if address == cfg.raft_address:
-            return node_id, _node_outcome(runtime.applied_revision(), bool(runtime.fences()), revision)
+            agents = runtime.agents.applied_revision()
+            applied = runtime.applied_revision() if agents is None else min(runtime.applied_revision(), agents)
+            return node_id, _node_outcome(applied, bool(runtime.fences()), revision)
         url = info.get("http_url")
         if not url:
             return node_id, {"outcome": "unreachable", "error": "no HTTP URL known"}
@@ -200,7 +200,8 @@ async def wait_applied(app: web.Application, revision: int, timeout: float) -> t
             ) as resp:
                 st = await resp.json()
             tables = st.get("tables") or {}
-            applied = min((t.get("applied_revision", 0) for t in tables.values()), default=0)
+            revisions = [t.get("applied_revision", 0) for t in [*tables.values(), *(st.get("agents") or {}).values()]]
+            applied = min(revisions, default=0)  # its blade tables and its agents
             return node_id, _node_outcome(applied, bool(st.get("fences")), revision)
         except Exception as exc:  # noqa: BLE001 - unreachable is an outcome
             return node_id, {"outcome": "unreachable", "error": str(exc) or type(exc).__name__}
@@ -235,7 +236,7 @@ async def get_blade_table(request: web.Request) -> web.Response:
     name = request.match_info["table"]
     tables = runtime.blades.get(blade)
     if tables is None:
-        raise ApiError(404, "unknown_blade", f"no blade {blade!r}; blades: nblade, dblade")
+        raise ApiError(404, "unknown_blade", f"no blade {blade!r}; blades: {', '.join(runtime.blades)}")
     table = tables.get(name)
     if table is None:
         raise ApiError(404, "unknown_table", f"{blade} has no table {name!r}; tables: {', '.join(tables)}")
@@ -261,54 +262,6 @@ async def post_resync(request: web.Request) -> web.Response:
         message = f"resync of {', '.join(o.table for o in failed)} failed: {first.table}: {first.cause}: {first.error}"
         raise ApiError(503, "resync_failed", message, {"dry_run": dry_run, "results": results})
     return web.json_response({"ok": True, "dry_run": dry_run, "results": results})
-
-
-def _require(request: web.Request, *names: str) -> list[str]:
-    values = []
-    for name in names:
-        value = request.query.get(name)
-        if not value:
-            raise ApiError(422, "bad_parameter", f"query parameter {name!r} is required")
-        values.append(value)
-    return values
-
-
-async def data_nfs_mount(request: web.Request) -> web.Response:
-    vserver, path, client = _require(request, "vserver", "path", "client")
-    runtime = request.app[RUNTIME]
-    await runtime.guard("nfs", vserver)
-    try:
-        ipaddress.ip_address(client)
-    except ValueError:
-        raise ApiError(422, "bad_parameter", f"client {client[:60]!r} is not an IP address") from None
-    decision = _decide(runtime, "nfs", lambda: nfs_mount(runtime.blades["nblade"], vserver, path, client))
-    revision = runtime.applied_revision(DATA_PLANE_READS["nfs"] | runtime.policy.dependencies["nfs"])
-    return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
-
-
-async def data_cifs_connect(request: web.Request) -> web.Response:
-    vserver, share = _require(request, "vserver", "share")
-    runtime = request.app[RUNTIME]
-    await runtime.guard("cifs", vserver)
-    user = request.query.get("user") or "Everyone"
-    decision = _decide(runtime, "cifs", lambda: cifs_connect(runtime.blades["nblade"], vserver, share, user))
-    revision = runtime.applied_revision(DATA_PLANE_READS["cifs"] | runtime.policy.dependencies["cifs"])
-    return web.json_response({**decision, "revision": revision}, headers={"X-Rdb-Revision": str(revision)})
-
-
-def _decide(runtime: BladeRuntime, protocol: str, decide: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a data-plane decision. A blade row in a shape the decision cannot read (memory
-    corruption, a bug) fails closed: 503 ``fenced`` with cause ``corrupt_table``, and a
-    full resync of every table is started to repair it."""
-    try:
-        return decide()
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        if runtime.request_full_resync("corrupt_table"):
-            log_event(
-                log, logging.ERROR, "blade_row_unreadable", protocol=protocol, error=repr(exc), action="full_resync"
-            )
-        message = f"a blade row cannot be read ({type(exc).__name__}: {exc}); a full resync was started"
-        raise Fenced(Fence(protocol, "*", "corrupt_table", message, time.time(), 0, kind="protocol")) from None
 
 
 async def guard_consumer(request: web.Request) -> web.Response:
@@ -342,7 +295,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/tables/{table}/{key}", delete_row)
     app.router.add_get("/v1/blades/{blade}/{table}", get_blade_table)
     app.router.add_post("/v1/resync", post_resync)
-    app.router.add_get("/v1/data/nfs/mount", data_nfs_mount)
-    app.router.add_get("/v1/data/cifs/connect", data_cifs_connect)
+    add_data_plane_routes(app.router, app[RUNTIME].app)
     app.router.add_get("/v1/guard/{consumer}", guard_consumer)
     app.router.add_get("/v1/policy", get_policy)

@@ -36,7 +36,6 @@ from node._models import (
     TxnAnswer,
     TxnBody,
 )
-from node._tables import TABLES
 from rdb import MAX_VALUE_BYTES
 
 JSON = "application/json"
@@ -130,7 +129,7 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
     blades = sorted(runtime.blades)
     blade_tables = sorted(runtime.tables)
     consumers = sorted(runtime.policy.consumers())
-    table = _path("table", {"type": "string", "enum": list(_table_registry())}, example="vservers")
+    table = _path("table", {"type": "string", "enum": list(_table_registry(app))}, example="vservers")
     table_errors = {404: "no such table, or no such row", 422: "bad parameter"}
     write = {409: "compare-and-set conflict, or a row still referred to", 422: "invalid, or a missing reference"}
     return {
@@ -288,6 +287,27 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             errors={404: "no such consumer", 503: "fenced, or unavailable"},
         ),
         ("GET", "/v1/policy"): Op("the fencing policy this node runs"),
+        ("GET", "/v1/agents"): Op("the agents this node expects: state, applied revision, lag, fences"),
+        ("GET", "/v1/agents/{name}/load"): Op(
+            "the agent's tables at one revision, with the cursor and epoch its stream starts from",
+            (_path("name"),),
+            errors={404: "this node expects no such agent", 503: "a table it holds is resyncing or failed"},
+        ),
+        ("GET", "/v1/agents/{name}/stream"): Op(
+            "server-sent events: the agent's batches of changes after a load's cursor",
+            (
+                _path("name"),
+                _q("cursor", {"type": "integer"}, "the cursor of the load"),
+                _q("epoch", {"type": "integer"}, "the epoch of the load"),
+            ),
+            ok_type="text/event-stream",
+            errors={404: "this node expects no such agent", 422: "cursor or epoch missing or not an integer"},
+        ),
+        ("POST", "/v1/agents/{name}/report"): Op(
+            "the agent reports what it applied (state, applied_revision, error)",
+            (_path("name"),),
+            errors={400: "not JSON", 404: "this node expects no such agent", 422: "not a report"},
+        ),
         ("GET", "/v1/debug/timings"): Op(
             "apply times (fault injection only)",
             (_q("since", {"type": "integer", "minimum": 0, "maximum": _MAX_INT}),),
@@ -306,20 +326,31 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
     }
 
 
-def _table_registry() -> Mapping[str, Any]:
-    """name -> table definition (``.model``: the row's pydantic model): the registry the
-    table handlers (``node._mgmt``) look tables up in. Where the tables come from an app,
-    this is the one line to point at its registry."""
-    return TABLES
+def _table_registry(app: web.Application) -> Mapping[str, Any]:
+    """name -> table definition (``.model``: the row's pydantic model): the loaded app's
+    registry, the one the table handlers (``node._mgmt``) look tables up in."""
+    return app[RUNTIME].registry.tables
 
 
-def _schemas() -> dict[str, Any]:
+def _data_plane_ops(app: web.Application) -> dict[tuple[str, str], Op]:
+    """The loaded app's data-plane operations (its declarations: required parameters)."""
+    return {
+        ("GET", f"/v1/data/{d.consumer}/{d.operation}"): Op(
+            f"{d.consumer} {d.operation}, answered from blade tables only",
+            tuple(_q(p, NONEMPTY, required=True) for p in d.params),
+            errors={422: "bad parameter", 503: "fenced, or unavailable"},
+        )
+        for d in app[RUNTIME].app.data_plane
+    }
+
+
+def _schemas(app: web.Application) -> dict[str, Any]:
     models: dict[str, type[BaseModel]] = {
         m.__name__: m
         for m in (PutBody, TxnBody, MemberBody, Entry, RevisionAnswer, ListAnswer, TxnAnswer, RestoreAnswer, ErrorBody)
     }
     models.update({m.__name__: m for m in (_debug.FaultBody, _debug.TamperBody, _debug.DelayBody)})
-    rows = {f"Row_{name}": t.model for name, t in _table_registry().items()}
+    rows = {f"Row_{name}": t.model for name, t in _table_registry(app).items()}
     models.update(rows)
     schemas: dict[str, Any] = {}
     for name, model in models.items():
@@ -387,13 +418,13 @@ def routes(app: web.Application) -> Iterable[tuple[str, str]]:
 
 
 def undocumented(app: web.Application) -> list[tuple[str, str]]:
-    ops = _ops(app)
+    ops = {**_data_plane_ops(app), **_ops(app)}
     return [r for r in routes(app) if r not in ops]
 
 
 def openapi(app: web.Application) -> dict[str, Any]:
     """The document for ``app``'s routes."""
-    ops = _ops(app)
+    ops = {**_data_plane_ops(app), **_ops(app)}
     token = bool(app[CONFIG].api_token)
     paths: dict[str, dict[str, Any]] = {}
     for method, path in routes(app):
@@ -414,7 +445,7 @@ def openapi(app: web.Application) -> dict[str, Any]:
             " matches. Keys in paths: " + KEY_RULE + ".",
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(app),
             "responses": {
                 "Error": {"description": "an error", "content": {JSON: {"schema": _ref("ErrorBody")}}},
             },

@@ -21,14 +21,15 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fencing import (
+    AppChecked,
     CaughtUp,
-    Fence,
     FencePolicy,
+    GuardFacts,
     LagObserved,
     Outcome,
     QuorumChanged,
@@ -37,19 +38,27 @@ from fencing import (
     ResyncOk,
     Stalled,
     Tick,
+    admit,
     backing_off,
     decide,
-    default_policy,
-    guard,
     initial_state,
 )
-from node._blades import BladeTable, build_blades
-from node._exceptions import Fenced
+from node._agents import DEFAULT_HEARTBEAT_TIMEOUT, AgentHub, with_agents
+from node._blades import ProjectedTable, build_blades
+from node._exceptions import AppMismatch, Fenced
+from node._loading import DEFAULT_APP, app_identity, load_app, policy_of
 from node._logging import RuntimeLog, log_event
+from node._tables import TableRegistry
+from node.app import App
 from rdb import ReplicatedStore
 from resync import ResyncEngine, TableOutcome
 
 log = logging.getLogger("node.resync")
+
+#: The app the cluster runs (name, version, digest), recorded by the leader: a node whose
+#: app differs fences every consumer (see ``BladeRuntime._check_app``).
+APP_KEY = "_rdb/app"
+MEMBERS_PREFIX = "_rdb/members/"
 
 EVENT_LOG_SIZE = 1000
 HEARTBEAT_SECONDS = 0.1
@@ -69,17 +78,31 @@ class BladeRuntime:
         node_id: str,
         store: ReplicatedStore,
         *,
+        app: App | None = None,
         policy: FencePolicy | None = None,
         audit_interval: float = 60.0,
         action_timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        agents: Mapping[str, frozenset[str]] | None = None,
+        agent_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> None:
+        """``clock`` (monotonic seconds) is the one clock of every fencing decision:
+        the policy's state, the guard's checks and the worker's heartbeat."""
         self.node_id = node_id
+        self.clock = clock
+        #: Added to the clock's readings where they are shown (fences' since, events' at).
+        self.clock_offset = time.time() - clock()
         self.store = store
-        self.blades = build_blades(node_id)
-        self.tables: dict[str, BladeTable] = {t.name: t for b in self.blades.values() for t in b.values()}
+        self.app = load_app(DEFAULT_APP) if app is None else app
+        self.registry = TableRegistry(self.app)
+        #: Name, version and declaration digest, shown in /v1/status and /v1/cluster.
+        self.identity = app_identity(self.app)
+        self.blades = build_blades(self.app, self.registry, node_id)
+        self.tables: dict[str, ProjectedTable] = {t.name: t for b in self.blades.values() for t in b.values()}
         self.audit_interval = audit_interval
-        self.policy = policy or default_policy()
-        self.fence_state = initial_state(self.policy, time.time())
+        # An agent is one more table to the policy (node/_agents.py).
+        self.policy = with_agents(policy or policy_of(self.app, 5.0), agents or {})
+        self.fence_state = initial_state(self.policy, clock())
         self.decisions: Counter[str] = Counter()
         self.event_counts: Counter[str] = Counter()
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_SIZE)
@@ -101,26 +124,34 @@ class BladeRuntime:
         self.blade_times: deque[tuple[int, float]] = deque(maxlen=20_000)
         self.worker_delay = 0.0  # fault injection: hold the worker back
         self._catch_up: asyncio.Task[None] | None = None
-        self.last_iteration = time.monotonic()  # the worker's heartbeat
+        self._record_app: asyncio.Task[None] | None = None
+        self.last_iteration = clock()  # the worker's heartbeat
         #: Ticked every HEARTBEAT_SECONDS by its own task: a stop of the whole process
         #: (SIGSTOP, a VM pause) shows here whenever it happened, even in mid-iteration.
-        self.last_heartbeat = time.monotonic()
+        self.last_heartbeat = clock()
         #: A data-plane request waits at most this long for a suspended resync run.
         self.settle_timeout = 2 * action_timeout + 0.5
         store.add_load_listener(self.load_event)
+        self.agents = AgentHub(self, agents or {}, heartbeat_timeout=agent_timeout)
 
     # ------------------------------------------------------------ fencing
 
     def observe(self, outcome: Outcome) -> None:
         """Feed one outcome to the pure policy; record what it decided. Loop thread."""
-        now = time.time()
+        now = self.clock()
         decision = decide(self.policy, self.fence_state, outcome, now)
         self.fence_state = decision.state
         for event in decision.events:
             self._event_seq += 1
-            self.events.append({"seq": self._event_seq, "at": now, "node": self.node_id, **event})
-            self.event_counts[event["type"]] += 1
-        self.log.record(decision.events, caught_up=self.fence_state.caught_up, fences=self.fence_state.fences)
+            fields = event.to_dict(self.clock_offset)
+            self.events.append({"seq": self._event_seq, "at": now + self.clock_offset, "node": self.node_id, **fields})
+            self.event_counts[event.type] += 1
+        self.log.record(
+            decision.events,
+            caught_up=self.fence_state.caught_up,
+            fences=self.fence_state.fences,
+            clock_offset=self.clock_offset,
+        )
 
     def _on_resync_outcome(self, outcome: TableOutcome) -> None:
         self.decisions[f"{outcome.kind}:{outcome.decision}"] += 1
@@ -137,46 +168,22 @@ class BladeRuntime:
         """Raise ``Fenced`` if ``protocol`` (any consumer of the policy) may not be
         served now, for ``vserver`` if given. Loop thread. Fails closed.
 
-        Before the policy's verdict it makes sure the blade tables are consistent and
-        current enough, at the moment of the request:
-        - no resync run is half-way (an adapter that suspends leaves tables at mixed
-          revisions): wait, bounded, for the run to finish;
-        - quorum was confirmed within the protocol's grace period, checked against the
-          clock now (a node waking from SIGSTOP must not answer before its worker has
-          noticed that time passed).
-        """
-        kind = self.policy.kind(protocol)
-        if not await self.engine.wait_idle(self.settle_timeout):
-            message = "a resync is still applying changes"
-            raise Fenced(Fence(protocol, "*", "resync_in_progress", message, time.time(), 0, kind=kind))
-        grace = self.policy.grace(protocol)
-        # The worker may not have run (stuck), or the whole process may have been stopped
-        # (then the heartbeat is old even if the worker iteration finished after waking).
-        stalled = time.monotonic() - min(self.last_iteration, self.last_heartbeat)
-        if stalled > grace:
-            # The worker has not run for longer than the grace period (the process was
-            # stopped or starved): the tables may be arbitrarily old.
-            raise Fenced(
-                Fence(
-                    protocol,
-                    "*",
-                    "resync_stalled",
-                    f"the resync worker has not run for {stalled:.1f}s",
-                    time.time() - stalled,
-                    0,
-                    kind=kind,
-                )
-            )
-        age = self.store.last_leader_contact_age()
-        if age > grace:
-            message = f"no quorum for {age:.1f}s (grace {grace:g}s)"
-            raise Fenced(Fence(protocol, "*", "no_quorum", message, time.time() - age, 0, kind=kind))
-        fence = guard(self.fence_state, protocol, vserver)
+        The verdict is the pure policy's (``fencing.admit``); this gathers its facts at
+        the moment of the request, after waiting (bounded) for a resync run that is
+        half-way to finish."""
+        settled = await self.engine.wait_idle(self.settle_timeout)
+        facts = GuardFacts(
+            now=self.clock(),
+            settled=settled,
+            last_run=min(self.last_iteration, self.last_heartbeat),
+            leader_contact_age=self.store.last_leader_contact_age(),
+        )
+        fence = admit(self.policy, self.fence_state, protocol, vserver, facts)
         if fence is not None:
-            raise Fenced(fence)
+            raise Fenced(fence, self.clock_offset)
 
     def fences(self) -> list[dict[str, Any]]:
-        return [f.to_dict() for f in self.fence_state.fences.values()]
+        return [f.to_dict(self.clock_offset) for f in self.fence_state.fences.values()]
 
     # ------------------------------------------------------------ load events and status
 
@@ -213,7 +220,7 @@ class BladeRuntime:
             row = st.to_dict(revision)
             health = self.fence_state.tables.get(name)
             if health is not None and not health.ok:
-                row["retry_at"] = health.retry_at
+                row["retry_at"] = health.retry_at + self.clock_offset
                 row["consecutive_failures"] = health.failures
             out[name] = row
         return out
@@ -223,8 +230,9 @@ class BladeRuntime:
     async def run(self) -> None:
         """The worker loop; cancelled by the app's cleanup context. An iteration that
         fails is logged and retried: the loop itself never ends on an error."""
-        loop_state = _LoopState(next_audit=time.monotonic() + self.audit_interval)
+        loop_state = _LoopState(next_audit=self.clock() + self.audit_interval)
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        agents = asyncio.get_running_loop().create_task(self.agents.run())
         try:
             while True:
                 changed = self.store.changed()
@@ -236,6 +244,7 @@ class BladeRuntime:
                 await _wait_any(changed, self._wake, timeout=0.1)
         finally:
             heartbeat.cancel()
+            agents.cancel()
 
     async def _heartbeat(self) -> None:
         """Tick every HEARTBEAT_SECONDS; a late tick means the process did not run for
@@ -244,17 +253,17 @@ class BladeRuntime:
         answered from tables older than the staleness bound). Loop thread."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
-            gap = time.monotonic() - self.last_heartbeat
+            gap = self.clock() - self.last_heartbeat
             if gap > STALL_SECONDS:
                 self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
                 self._wake.set()
-            self.last_heartbeat = time.monotonic()
+            self.last_heartbeat = self.clock()
 
     async def _iteration(self, s: _LoopState) -> None:
-        gap = time.monotonic() - self.last_iteration
+        gap = self.clock() - self.last_iteration
         if gap > STALL_SECONDS:
             self.observe(Stalled(gap))  # the policy decides whether it was long enough to matter
-        self.last_iteration = time.monotonic()
+        self.last_iteration = self.clock()
         if self.worker_delay:
             await asyncio.sleep(self.worker_delay)
         status = self.store.status()
@@ -269,14 +278,76 @@ class BladeRuntime:
             if s.leader is not None:
                 self.observe(Reset("leader_change"))
             s.leader = status.leader
-        await self.engine.run_pending(skip=backing_off(self.fence_state, time.time()))
-        if time.monotonic() >= s.next_audit:
-            s.next_audit = time.monotonic() + self.audit_interval
+        self._check_app(status.role == "leader")
+        await self.engine.run_pending(skip=backing_off(self.fence_state, self.clock()))
+        if self.clock() >= s.next_audit:
+            s.next_audit = self.clock() + self.audit_interval
             await self.engine.resync(None, "audit")
         self._record_blade_time()
         self._observe_lag()
+        self.agents.check()
         self.observe(Tick())
-        self.last_iteration = time.monotonic()
+        self.agents.wake()
+        self.last_iteration = self.clock()
+
+    def app_problem(self) -> str | None:
+        """Why this node's app is not the one the cluster records, or None. Loop thread."""
+        record = self.store.get(APP_KEY)
+        if record is None:
+            return "waiting for the leader to record the cluster's app"
+        if record.value != self.identity:
+            theirs = record.value if isinstance(record.value, dict) else {}
+            return (
+                f"this node runs app {_describe(self.identity)} but the cluster runs {_describe(theirs)}; "
+                "it serves nothing until every member runs one app"
+            )
+        return None
+
+    def check_table_write(self) -> None:
+        """Raise ``AppMismatch`` if this node's app is not the cluster's recorded one: its
+        schemas and keys are not the cluster's, so it must not write management rows."""
+        record = self.store.get(APP_KEY)
+        if record is not None and record.value != self.identity:
+            problem = self.app_problem()
+            raise AppMismatch(problem or "this node's app is not the cluster's")
+
+    def _check_app(self, leader: bool) -> None:
+        """Feed the app comparison to the policy; as leader, record the cluster's app:
+        this node's if none is recorded, or once every member has registered this
+        node's app (the last step of a rolling upgrade). A single node that joins with
+        another app never changes the record: it fences itself instead."""
+        problem = self.app_problem()
+        if problem != self.fence_state.app_problem:  # only news reaches the policy
+            self.observe(AppChecked(problem))
+        if not leader or self._record_app is not None:
+            return
+        record = self.store.get(APP_KEY)
+        if record is not None and record.value == self.identity:
+            return
+        if record is not None:
+            members = self.store.status().members
+            registered = {
+                kv.value.get("raft_address"): kv.value.get("app")
+                for kv in self.store.range(MEMBERS_PREFIX)[0]
+                if isinstance(kv.value, dict)
+            }
+            if any(registered.get(m) != self.identity for m in members):
+                return
+        prev = 0 if record is None else record.mod_revision
+        self._record_app = asyncio.get_running_loop().create_task(self._write_app_record(prev))
+
+    async def _write_app_record(self, prev_revision: int) -> None:
+        try:
+            await self.store.put(APP_KEY, dict(self.identity), prev_revision=prev_revision)
+            # The first record is part of a new cluster's start-up (its line is node_ready);
+            # a changed one (a rolling upgrade completed) is news.
+            level = logging.INFO if prev_revision else logging.DEBUG
+            log_event(log, level, "cluster_app_recorded", app=_describe(self.identity))
+            self._wake.set()
+        except Exception as exc:  # noqa: BLE001 - no quorum, lost the race: the next iteration retries
+            log.debug("recording the cluster's app failed: %s", exc)
+        finally:
+            self._record_app = None
 
     async def _confirm_caught_up(self) -> None:
         """A read barrier through the log: once it returns, this node has applied
@@ -296,7 +367,7 @@ class BladeRuntime:
             self.blade_times.append((applied, time.time()))
 
     def _observe_lag(self) -> None:
-        now = time.time()
+        now = self.clock()
         revision = self.store.revision
         for name, st in self.engine.status.items():
             if st.applied_revision >= revision:
@@ -304,6 +375,12 @@ class BladeRuntime:
                 continue
             since = self._behind_since.setdefault(name, now)
             self.observe(LagObserved(name, revision - st.applied_revision, now - since, revision))
+
+
+def _describe(identity: Any) -> str:
+    if not isinstance(identity, dict):
+        return "an unknown app"
+    return f"{identity.get('name')} {identity.get('version')} (declarations {identity.get('digest')})"
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:

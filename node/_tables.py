@@ -1,4 +1,5 @@
-"""Management tables: pydantic schemas, URL keys, storage keys and cross-table references.
+"""The loaded app's management tables as a registry: schemas, URL keys, storage keys and
+cross-table references (``TableRegistry``; the tables themselves come from the app).
 
 Rows live in the revisioned key space at ``tables/<table>/<key>``, so txn, watch, CAS and
 snapshots cover them. Schemas are checked here (readable 422s) before a write is
@@ -8,103 +9,39 @@ proposed; cross-table references are checked inside the state machine
 
 from __future__ import annotations
 
-import ipaddress
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
+from node.app import App, Table
 from rdb import KeyValue, Reference
 
 TABLE_PREFIX = "tables/"
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-Protocol = Literal["nfs", "cifs", "iscsi"]
-
-
-class _Row(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Vserver(_Row):
-    name: Name
-    state: Literal["running", "stopped"] = "running"
-    protocols: list[Protocol] = Field(default_factory=list)
-    root_volume: Name | None = None
-
-
-class Lif(_Row):
-    name: Name
-    vserver: Name
-    address: str
-    home_node: Name
-    protocols: list[Protocol] = Field(default_factory=list)
-
-    @field_validator("address")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
-
-
-class Aggregate(_Row):
-    name: Name
-    home_node: Name
-    size_mb: StrictInt = Field(gt=0)
-
-
-class Volume(_Row):
-    name: Name
-    vserver: Name
-    aggregate: Name
-    size_mb: StrictInt = Field(gt=0)
-    state: Literal["online", "offline"] = "online"
-    junction_path: str = Field(pattern=r"^/[^\s]*$", max_length=1024)
-    export_policy: Name = "default"
-
-
-def _nfs_only() -> list[Protocol]:
-    return ["nfs"]
-
-
-class ExportRule(_Row):
-    vserver: Name
-    policy: Name
-    index: StrictInt = Field(ge=1, le=65535)
-    client_match: str
-    access: Literal["ro", "rw"]
-    protocols: list[Protocol] = Field(default_factory=lambda: _nfs_only())
-
-    @field_validator("client_match")
-    @classmethod
-    def _cidr(cls, value: str) -> str:
-        try:
-            return str(ipaddress.ip_network(value, strict=False))
-        except ValueError:
-            raise ValueError(f"{value!r} is not a CIDR such as 10.0.0.0/8") from None
-
-
-class AclEntry(_Row):
-    user: str = Field(min_length=1, max_length=256)
-    permission: Literal["read", "change", "full_control"]
-
-
-class CifsShare(_Row):
-    vserver: Name
-    share: Name
-    path: str = Field(pattern=r"^/[^\s]*$", max_length=1024)
-    acl: list[AclEntry] = Field(default_factory=lambda: [AclEntry(user="Everyone", permission="full_control")])
 
 
 @dataclass(frozen=True)
 class TableDef:
-    name: str
-    model: type[_Row]
-    key_of: Callable[[dict[str, Any]], str]
-    references: tuple[tuple[str, str], ...] = ()  # (field, parent table)
+    """A management table of the loaded app, with its place in the key space."""
+
+    spec: Table
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model(self) -> type[BaseModel]:
+        return self.spec.model
+
+    @property
+    def references(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self.spec.references.items())
+
+    def key_of(self, row: dict[str, Any]) -> str:
+        return self.spec.key_of(row)
 
     @property
     def prefix(self) -> str:
@@ -112,35 +49,6 @@ class TableDef:
 
     def storage_key(self, key: str) -> str:
         return self.prefix + key
-
-
-def _by_name(row: dict[str, Any]) -> str:
-    return str(row["name"])
-
-
-TABLES: dict[str, TableDef] = {
-    t.name: t
-    for t in (
-        TableDef("vservers", Vserver, _by_name),
-        TableDef("lifs", Lif, _by_name, (("vserver", "vservers"),)),
-        TableDef("aggregates", Aggregate, _by_name),
-        TableDef("volumes", Volume, _by_name, (("vserver", "vservers"), ("aggregate", "aggregates"))),
-        TableDef(
-            "export_rules",
-            ExportRule,
-            lambda r: f"{r['vserver']}:{r['policy']}:{r['index']}",
-            (("vserver", "vservers"),),
-        ),
-        TableDef("cifs_shares", CifsShare, lambda r: f"{r['vserver']}:{r['share']}", (("vserver", "vservers"),)),
-    )
-}
-
-#: The references the state machine enforces.
-REFERENCES: tuple[Reference, ...] = tuple(
-    Reference(child_prefix=t.prefix, field=field, parent_prefix=TABLES[parent].prefix)
-    for t in TABLES.values()
-    for field, parent in t.references
-)
 
 
 class RowKeyMismatch(ValueError):
@@ -159,30 +67,6 @@ def validate_row(table: TableDef, key: str, body: Any) -> dict[str, Any]:
     return row
 
 
-def split_storage_key(key: str) -> tuple[TableDef, str] | None:
-    """``tables/<t>/<k>`` -> (table, k); None for keys outside the management tables."""
-    if not key.startswith(TABLE_PREFIX):
-        return None
-    table_name, sep, row_key = key[len(TABLE_PREFIX) :].partition("/")
-    table = TABLES.get(table_name)
-    if table is None or not sep or not row_key:
-        return None
-    return table, row_key
-
-
-def json_schemas() -> dict[str, Any]:
-    return {
-        name: {
-            "schema": t.model.model_json_schema(),
-            "key": "name"
-            if t.key_of is _by_name
-            else ("<vserver>:<policy>:<index>" if name == "export_rules" else "<vserver>:<share>"),
-            "references": [{"field": f, "table": p} for f, p in t.references],
-        }
-        for name, t in TABLES.items()
-    }
-
-
 def key_problem(key: str) -> str | None:
     """Why the HTTP API cannot serve ``key``, or None: a newline, which its URL route
     (``{key:.+}``) cannot match, so the key could be written but never read or deleted."""
@@ -191,35 +75,76 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def restore_problem(entries: Iterable[KeyValue]) -> str | None:
-    """The first entry of a snapshot this API could not serve, described, or None: a
-    value that is not JSON (bytes, NaN, Infinity, non-string map keys), a key it cannot route, a key under
-    ``tables/`` outside the known tables, or a table row that fails its schema or is not
-    in the form the API stores."""
-    for kv in entries:
-        problem = key_problem(kv.key)
-        if problem is not None:
-            return problem
-        try:
-            as_json = json.dumps(kv.value, allow_nan=False)
-        except (TypeError, ValueError):
-            return f"the value of {kv.key[:80]!r} is not JSON (bytes, NaN or Infinity)"
-        if json.loads(as_json) != kv.value:
-            return f"the value of {kv.key[:80]!r} is not JSON (a map with keys that are not strings)"
-        if not kv.key.startswith(TABLE_PREFIX):
-            continue
-        split = split_storage_key(kv.key)
-        if split is None:
-            return f"{kv.key[:80]!r} is not under a known management table"
-        table, row_key = split
-        try:
-            row = validate_row(table, row_key, kv.value)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "row"
-            return f"{table.name} row {row_key!r}: {where}: {first['msg']}"
-        except RowKeyMismatch as exc:
-            return f"{table.name} row {row_key!r}: {exc}"
-        if row != kv.value:
-            return f"{table.name} row {row_key!r} is not in the form the API stores (GET /v1/snapshot makes one)"
-    return None
+class TableRegistry:
+    """The management tables of one app, by name (read-only after construction)."""
+
+    def __init__(self, app: App) -> None:
+        self.tables: Mapping[str, TableDef] = {t.name: TableDef(t) for t in app.tables}
+        #: The references the state machine enforces.
+        self.references: tuple[Reference, ...] = tuple(
+            Reference(child_prefix=t.prefix, field=f, parent_prefix=self.tables[parent].prefix)
+            for t in self.tables.values()
+            for f, parent in t.references
+        )
+
+    def get(self, name: str) -> TableDef | None:
+        return self.tables.get(name)
+
+    def __getitem__(self, name: str) -> TableDef:
+        return self.tables[name]
+
+    def __iter__(self) -> Any:
+        return iter(self.tables)
+
+    def split_storage_key(self, key: str) -> tuple[TableDef, str] | None:
+        """``tables/<t>/<k>`` -> (table, k); None for keys outside the management tables."""
+        if not key.startswith(TABLE_PREFIX):
+            return None
+        table_name, sep, row_key = key[len(TABLE_PREFIX) :].partition("/")
+        table = self.tables.get(table_name)
+        if table is None or not sep or not row_key:
+            return None
+        return table, row_key
+
+    def json_schemas(self) -> dict[str, Any]:
+        return {
+            name: {
+                "schema": t.model.model_json_schema(),
+                "key": t.spec.key_doc,
+                "references": [{"field": f, "table": p} for f, p in t.references],
+            }
+            for name, t in self.tables.items()
+        }
+
+    def restore_problem(self, entries: Iterable[KeyValue]) -> str | None:
+        """The first entry of a snapshot this API could not serve, described, or None: a
+        value that is not JSON (bytes, NaN, Infinity, non-string map keys), a key it cannot route, a key under
+        ``tables/`` outside the known tables, or a table row that fails its schema or is not
+        in the form the API stores."""
+        for kv in entries:
+            problem = key_problem(kv.key)
+            if problem is not None:
+                return problem
+            try:
+                as_json = json.dumps(kv.value, allow_nan=False)
+            except (TypeError, ValueError):
+                return f"the value of {kv.key[:80]!r} is not JSON (bytes, NaN or Infinity)"
+            if json.loads(as_json) != kv.value:
+                return f"the value of {kv.key[:80]!r} is not JSON (a map with keys that are not strings)"
+            if not kv.key.startswith(TABLE_PREFIX):
+                continue
+            split = self.split_storage_key(kv.key)
+            if split is None:
+                return f"{kv.key[:80]!r} is not under a known management table"
+            table, row_key = split
+            try:
+                row = validate_row(table, row_key, kv.value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "row"
+                return f"{table.name} row {row_key!r}: {where}: {first['msg']}"
+            except RowKeyMismatch as exc:
+                return f"{table.name} row {row_key!r}: {exc}"
+            if row != kv.value:
+                return f"{table.name} row {row_key!r} is not in the form the API stores (GET /v1/snapshot makes one)"
+        return None

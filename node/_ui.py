@@ -222,8 +222,8 @@ async def api_browse(request: web.Request) -> web.Response:
     table = runtime.tables.get(name)
     if table is None:
         raise ApiError(404, "unknown_table", f"no blade table {name!r}; tables: {', '.join(runtime.tables)}")
-    source = getattr(getattr(table, "source", None), "name", name)
-    prefix = f"tables/{source}/"
+    source = table.source.name
+    prefix = table.source.prefix
     store = app[STORE]
     kvs, more = store.range(prefix, limit=2000)
     management = {

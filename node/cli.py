@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
-from node._exceptions import ConfigError
+from node._exceptions import AppError, ConfigError
 from node._http import build_app, make_runner
+from node._loading import load_app
 from node._logging import log_event, setup_logging
 from node._members import REMOVAL
-from node._tables import REFERENCES
+from node._tables import TableRegistry
 from node.launcher import add_run_arguments, run_local_cluster
 from rdb import ReplicatedStore, StorageCorrupt
 
@@ -68,7 +69,7 @@ async def serve_node(config: NodeConfig) -> None:
         password=config.secret,
         request_timeout=config.request_timeout,
         history_limit=config.history_limit,
-        references=REFERENCES,
+        references=TableRegistry(config.app).references,
         compaction_entries=config.compaction_entries,
         election_timeout=config.election_timeout,
         learner=config.join,
@@ -101,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     node_p = sub.add_parser("node", help="run one node")
     add_node_arguments(node_p)
-    add_run_arguments(sub.add_parser("run", help="run a local cluster on loopback"))
+    run_p = sub.add_parser("run", help="run a local cluster on loopback")
+    add_run_arguments(run_p)
+    run_p.add_argument("--app", default=None, help="the app every node runs, module:attribute [env RDBSYNC_APP]")
     sub.add_parser("chaos", help="run the chaos harness (see rdbsync chaos --help)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["chaos"]:
@@ -111,6 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         setup_logging("auto")
+        if args.app:
+            try:
+                load_app(args.app)  # refuse a bad app once, before starting any node
+            except AppError as exc:
+                print(f"rdbsync run: {exc}", file=sys.stderr)
+                return 2
+            args.node_arg = [*args.node_arg, "--app", args.app]
         return run_local_cluster(args)
     try:
         config = parse_node_config(args)

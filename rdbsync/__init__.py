@@ -1,5 +1,6 @@
 """rdbsync for its users: ``Client`` / ``AsyncClient`` (HTTP, with failover and
-exactly-once retries) and their exceptions. The ``rdbsync`` command is ``rdbsync.cli``.
+exactly-once retries) and their exceptions; ``Agent``, the library a data-plane daemon
+embeds to hold blade tables of its node (``rdbsync.agent``). The ``rdbsync`` command is ``rdbsync.cli``.
 
     from rdbsync import Client
     with Client(["http://127.0.0.1:8001", "http://127.0.0.1:8002"]) as c:
@@ -26,9 +27,13 @@ from rdbsync._errors import (
     Unavailable,
     WaitTimeout,
 )
+from rdbsync.agent import Agent, AgentError, Change
 
 __all__ = [
+    "Agent",
+    "AgentError",
     "AsyncClient",
+    "Change",
     "Client",
     "Compacted",
     "Conflict",

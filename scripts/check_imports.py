@@ -1,4 +1,6 @@
-"""Import contracts: node -> fencing -> resync -> rdb; only rdb touches pysyncobj; only node touches aiohttp.
+"""Import contracts: apps -> node -> fencing -> resync -> rdb; only rdb touches pysyncobj; only node touches aiohttp.
+
+apps import only node's public app API, node.app (users import no underscore module).
 
 rdbsync (the client and CLI) imports none of ours and no aiohttp, except that its CLI hands
 `rdbsync node|run|chaos` to node.cli. node/launcher.py imports only the standard library, and
@@ -13,6 +15,7 @@ import pathlib
 import sys
 
 ALLOWED = {
+    "apps": {"node"},  # node.app only (ONLY_MODULE)
     "rdb": set(),
     "resync": {"rdb"},
     "fencing": {"resync", "rdb"},
@@ -24,7 +27,7 @@ ALLOWED = {
 # module (path) -> the packages of ours it may import; None: none of ours and no third party
 MODULE_RULES: dict[str, set[str] | None] = {"node/launcher.py": None, "rdbsync/cli.py": {"node"}}
 # package -> the one module of another package it may import
-ONLY_MODULE = {("chaos", "node"): "node.launcher", ("rdbsync", "node"): "node.cli"}
+ONLY_MODULE = {("chaos", "node"): "node.launcher", ("rdbsync", "node"): "node.cli", ("apps", "node"): "node.app"}
 OWNED_THIRD_PARTY = {
     "pysyncobj": "rdb",
     "aiohttp": "node",

@@ -15,17 +15,20 @@ from tests.integration.cluster import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_short_seeded_chaos_run_passes(tmp_path: Any) -> None:
+@pytest.mark.parametrize(("app", "duration"), [("apps.ontap:app", "45"), ("apps.proxy:app", "30")])
+def test_short_seeded_chaos_run_passes(tmp_path: Any, app: str, duration: str) -> None:
     report = tmp_path / "report"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "chaos",
+            "--app",
+            app,
             "--seed",
             "7",
             "--duration",
-            "45",
+            duration,
             "--report",
             str(report),
             "--workdir",
@@ -44,4 +47,7 @@ def test_short_seeded_chaos_run_passes(tmp_path: Any) -> None:
     assert summary["faults"]["executed"], "the schedule ran no fault"
     statuses = {c["name"]: c["status"] for c in summary["checkers"]}
     assert statuses and set(statuses.values()) == {"pass"}, summary["checkers"]
+    assert summary["app"] == app
+    dataplane = next(c for c in summary["checkers"] if c["name"] == "dataplane")
+    assert dataplane["stats"]["checked"] > 100  # the app's answers were judged, not skipped
     assert proc.returncode == 0

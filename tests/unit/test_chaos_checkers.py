@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps.ontap import cifs_connect, nfs_mount
 from chaos import _model
 from chaos._checkers import (
     CheckResult,
@@ -27,10 +28,9 @@ from chaos._checkers import (
     check_linearizability,
     check_set,
 )
-from node._blades import build_blades
-from node._dataplane import cifs_connect, nfs_mount
 from rdb import StateMachine
 from rdb import _commands as cmds
+from tests.ontap import build_blades
 
 Op = dict[str, Any]
 _ids = itertools.count(1)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from node._blades import BladeTable, build_blades
-from node._dataplane import cifs_connect, nfs_mount
+from apps.ontap import cifs_connect, nfs_mount
 from resync import Action
+from tests.ontap import BladeTable, build_blades
 
 
 def vldb(volume: str, junction: str, *, vserver: str = "vs1", state: str = "online", policy: str = "default") -> Any:

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from node._blades import BladeTable, build_blades
-from node._tables import REFERENCES, TABLES, validate_row
+from node._tables import validate_row
 from rdb import Event, StateMachine
 from rdb import _commands as cmds
 from resync import Action, Reader, ResyncEngine, Row, TableOutcome, UnknownTable, apply_plan, plan
+from tests.ontap import REFERENCES, TABLES, BladeTable, build_blades
 
 T = TypeVar("T")
 PREFIX = "t/"

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fencing import (
-    PROTOCOLS,
     CaughtUp,
     Decision,
+    FenceEvent,
     FencePolicy,
     FenceState,
     LagObserved,
@@ -27,11 +28,11 @@ from fencing import (
     Tick,
     backing_off,
     decide,
-    default_policy,
     due_for_retry,
     guard,
     initial_state,
 )
+from tests.ontap import PROTOCOLS, default_policy
 
 POLICY = default_policy()
 TABLES = sorted(POLICY.tables())
@@ -40,6 +41,11 @@ T0 = 1000.0
 
 def fenced(state: FenceState) -> set[str]:
     return {p for p in PROTOCOLS if guard(state, p) is not None}
+
+
+def dicts(events: Iterable[FenceEvent]) -> list[dict[str, Any]]:
+    """The wire form of typed events (what the node's event log shows)."""
+    return [e.to_dict() for e in events]
 
 
 def run(policy: FencePolicy, state: FenceState, steps: Iterable[tuple[Outcome, float]]) -> FenceState:
@@ -92,12 +98,12 @@ def test_initial_state_fences_every_protocol_until_synced() -> None:
 
 def test_resync_ok_for_every_table_unfences_all() -> None:
     decision = decide(POLICY, initial_state(POLICY, T0), CaughtUp(0), T0)
-    assert decision.events == [{"type": "caught_up", "revision": 0}]
+    assert dicts(decision.events) == [{"type": "caught_up", "revision": 0}]
     state, events = decision.state, []
     for table in TABLES:
         assert fenced(state)
         decision = decide(POLICY, state, ResyncOk(table, 7), T0 + 1)
-        state, events = decision.state, events + decision.events
+        state, events = decision.state, events + dicts(decision.events)
     assert fenced(state) == set() and state.fences == {}
     assert sorted(e["protocol"] for e in events if e["type"] == "unfenced") == sorted(PROTOCOLS)
     assert all(h.ok and h.revision == 7 and h.cause is None for h in state.tables.values())
@@ -135,8 +141,8 @@ def test_a_failed_table_fences_exactly_the_protocols_that_depend_on_it(table: st
             T0 + 1,
             2,
         )
-    assert [e["type"] for e in decision.events] == ["resync_failed"] + ["fenced"] * len(expected)
-    assert decision.events[0] == {
+    assert [e["type"] for e in dicts(decision.events)] == ["resync_failed"] + ["fenced"] * len(expected)
+    assert dicts(decision.events)[0] == {
         "type": "resync_failed",
         "table": table,
         "cause": "timeout",
@@ -156,7 +162,7 @@ def test_clean_resync_lifts_the_fence_and_says_so() -> None:
     state = decide(POLICY, synced(), fail("export_rules"), T0 + 1).state
     decision = decide(POLICY, state, ResyncOk("export_rules", 3), T0 + 2)
     assert fenced(decision.state) == set()
-    (event,) = decision.events
+    (event,) = dicts(decision.events)
     assert event["type"] == "unfenced" and event["protocol"] == "nfs"
     assert event["was"]["table"] == "export_rules" and event["was"]["cause"] == "error"
     assert decision.summary == "unfenced:nfs"
@@ -172,7 +178,7 @@ def test_fence_keeps_its_original_since_while_the_cause_is_unchanged() -> None:
         decision = decide(POLICY, state, fail("export_rules"), T0 + i)
         state = decision.state
         assert state.fences["nfs"].since == T0 + 1
-        assert [e["type"] for e in decision.events] == ["resync_failed"]
+        assert [e["type"] for e in dicts(decision.events)] == ["resync_failed"]
     assert state.tables["export_rules"].failing_since == T0 + 1
     assert state.tables["export_rules"].failures == 5
 
@@ -182,7 +188,7 @@ def test_a_new_cause_changes_the_fence() -> None:
     decision = decide(POLICY, state, fail("export_rules", "verification"), T0 + 2)
     assert decision.state.fences["nfs"].cause == "verification"
     assert decision.state.fences["nfs"].since == T0 + 1  # failing since the first failure
-    assert [e["type"] for e in decision.events] == ["resync_failed", "fence_changed"]
+    assert [e["type"] for e in dicts(decision.events)] == ["resync_failed", "fence_changed"]
 
 
 def test_the_first_failing_table_in_name_order_names_the_fence() -> None:
@@ -245,7 +251,7 @@ def test_lag_over_the_revision_bound_fences_with_cause_lag() -> None:
     assert decision.state.fences["nfs"].revision == 50
     assert decision.state.tables["vservers"].cause == "lag"
     assert "10001 revision(s)" in decision.state.fences["nfs"].message
-    assert decision.events[0]["type"] == "resync_failed" and decision.events[0]["cause"] == "lag"
+    assert dicts(decision.events)[0]["type"] == "resync_failed" and dicts(decision.events)[0]["cause"] == "lag"
 
 
 def test_lag_over_the_time_bound_fences() -> None:
@@ -259,13 +265,13 @@ def test_lag_over_the_time_bound_fences() -> None:
 def test_lag_within_the_bound_changes_nothing(revisions: int, seconds: float) -> None:
     state = synced()
     decision = decide(POLICY, state, LagObserved("vservers", revisions, seconds, 9), T0 + 1)
-    assert decision.state is state and decision.events == []
+    assert decision.state is state and dicts(decision.events) == []
 
 
 def test_lag_is_ignored_while_the_table_is_already_failing() -> None:
     state = decide(POLICY, synced(), fail("export_rules", "timeout"), T0 + 1).state
     decision = decide(POLICY, state, LagObserved("export_rules", 50_000, 60.0, 9), T0 + 2)
-    assert decision.state is state and decision.events == []
+    assert decision.state is state and dicts(decision.events) == []
     assert decision.state.fences["nfs"].cause == "timeout"
     # Also before the first sync: the table is not_synced, not lagging.
     fresh = initial_state(POLICY, T0)
@@ -285,7 +291,7 @@ def test_lag_limits_are_configurable() -> None:
 
 def test_quorum_loss_fences_only_after_the_grace_period() -> None:
     decision = decide(POLICY, synced(), QuorumChanged(False), T0)
-    assert decision.events == [{"type": "quorum_lost"}]
+    assert dicts(decision.events) == [{"type": "quorum_lost"}]
     state = decision.state
     assert state.quorum_lost_since == T0
     assert fenced(decide(POLICY, state, Tick(), T0 + 4.99).state) == set()
@@ -312,7 +318,7 @@ def test_quorum_grace_is_per_protocol() -> None:
 def test_quorum_regained_before_the_grace_needs_no_fence() -> None:
     state = decide(POLICY, synced(), QuorumChanged(False), T0).state
     decision = decide(POLICY, state, QuorumChanged(True), T0 + 2)
-    assert decision.events == [{"type": "quorum_regained"}]
+    assert dicts(decision.events) == [{"type": "quorum_regained"}]
     assert fenced(decision.state) == set()
     # A blip within the grace period does not make the node catch up again.
     assert decision.state.caught_up is True and decision.state.required_revision == 0
@@ -339,7 +345,7 @@ def test_after_a_fenced_quorum_loss_the_node_must_catch_up_again() -> None:
 
     decision = decide(POLICY, state, CaughtUp(9), T0 + 9)
     state = decision.state
-    assert decision.events[0] == {"type": "caught_up", "revision": 9}
+    assert dicts(decision.events)[0] == {"type": "caught_up", "revision": 9}
     assert decision.summary == "caught_up,fence_changed:cifs,fence_changed:iscsi,fence_changed:nfs"
     assert state.caught_up is True and state.required_revision == 9
     # Each protocol now waits for the first of its tables (in name order) still below 9.
@@ -382,7 +388,7 @@ def test_all_tables_synced_without_caught_up_stays_fenced() -> None:
     assert decide(POLICY, state, Tick(), T0 + 100).state.fences == state.fences
     decision = decide(POLICY, state, CaughtUp(5), T0 + 2)
     assert decision.summary == "caught_up,unfenced:cifs,unfenced:iscsi,unfenced:nfs"
-    assert decision.events[0] == {"type": "caught_up", "revision": 5}
+    assert dicts(decision.events)[0] == {"type": "caught_up", "revision": 5}
     assert decision.state.fences == {} and decision.state.required_revision == 5
 
 
@@ -452,7 +458,7 @@ def test_caught_up_is_idempotent_and_the_required_revision_never_decreases() -> 
     )
     assert state.caught_up is False and state.required_revision == 3
     decision = decide(POLICY, state, CaughtUp(2), T0 + 22)
-    assert decision.events[0] == {"type": "caught_up", "revision": 2}
+    assert dicts(decision.events)[0] == {"type": "caught_up", "revision": 2}
     assert decision.state.required_revision == 3
 
 
@@ -590,7 +596,7 @@ def test_fencing_invariants_over_random_histories(batches: list[tuple[tuple[Outc
         elif isinstance(outcome, LagObserved) and (outcome.revisions > 10_000 or outcome.seconds > 5.0):
             failing.add(outcome.table)
         elif isinstance(outcome, CaughtUp):
-            assert any(e["type"] == "caught_up" for e in decision.events) == (not caught_up)
+            assert any(e["type"] == "caught_up" for e in dicts(decision.events)) == (not caught_up)
             caught_up, required = True, max(required, outcome.revision)
         elif isinstance(outcome, QuorumChanged) and outcome.has_quorum and before.quorum_lost_since is not None:
             if now - before.quorum_lost_since >= min(POLICY.quorum_grace.values()):
@@ -616,7 +622,7 @@ def test_fencing_invariants_over_random_histories(batches: list[tuple[tuple[Outc
         if state.quorum_lost_since is not None and now - state.quorum_lost_since >= 5.0:
             # A lag reading that is not news returns the input state as is, without
             # re-evaluating time-based fences; the next outcome (at worst a Tick) does.
-            lag_noop = isinstance(outcome, LagObserved) and state is previous and not decision.events
+            lag_noop = isinstance(outcome, LagObserved) and state is previous and not dicts(decision.events)
             current_state = decide(POLICY, state, Tick(), now).state if lag_noop else state
             assert fenced(current_state) == set(PROTOCOLS)
 
@@ -660,5 +666,5 @@ def test_a_stall_past_grace_means_catching_up_again_but_a_short_one_does_not() -
     assert short.state.caught_up and fenced(short.state) == set() and short.events == []
     long = decide(POLICY, state, Stalled(6.0), T0 + 6)
     assert not long.state.caught_up and fenced(long.state) == set(PROTOCOLS)
-    assert long.events[0]["type"] == "stalled"
+    assert long.events[0].type == "stalled"
     assert all(f.cause == "catching_up" for f in long.state.fences.values())

@@ -24,12 +24,11 @@ from fencing import (
     ScopedDependency,
     Tick,
     decide,
-    default_policy,
     guard,
     initial_state,
-    policy_from_document,
     policy_to_document,
 )
+from tests.ontap import default_policy, from_document
 
 T0 = 1000.0
 KNOWN = ["aggregates", "cifs_shares", "export_rules", "lifs", "vldb", "volumes", "vservers"]
@@ -163,7 +162,7 @@ tables = ["volumes", "vldb"]
 
 
 def test_a_toml_document_builds_the_policy_over_the_defaults() -> None:
-    policy = policy_from_document(tomllib.loads(TOML), known_tables=KNOWN, quorum_grace=4.0)
+    policy = from_document(tomllib.loads(TOML), known_tables=KNOWN, quorum_grace=4.0)
     assert policy.failures_to_fence == 2 and policy.backoff_max == 10 and policy.backoff_initial == 0.1
     assert policy.dependencies["nfs"] == {"vservers", "vldb", "export_rules", "lifs"}
     assert policy.scoped["nfs"] == (ScopedDependency(frozenset({"vs_secure"}), frozenset({"cifs_shares"})),)
@@ -174,9 +173,9 @@ def test_a_toml_document_builds_the_policy_over_the_defaults() -> None:
 
 
 def test_the_document_round_trips() -> None:
-    policy = policy_from_document(tomllib.loads(TOML), known_tables=KNOWN)
+    policy = from_document(tomllib.loads(TOML), known_tables=KNOWN)
     doc = json.loads(json.dumps(policy_to_document(policy)))
-    assert policy_from_document(doc, known_tables=KNOWN) == policy
+    assert from_document(doc, known_tables=KNOWN) == policy
 
 
 @pytest.mark.parametrize(
@@ -196,15 +195,15 @@ def test_the_document_round_trips() -> None:
 )
 def test_bad_documents_are_refused_with_a_message_naming_the_field(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(PolicyError) as err:
-        policy_from_document(doc, known_tables=KNOWN)
+        from_document(doc, known_tables=KNOWN)
     assert message in str(err.value)
 
 
 def test_a_consumer_name_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(PolicyError, match="lowercase"):
-        policy_from_document({"consumers": {"backup\n": {"tables": ["volumes"]}}}, known_tables=KNOWN)
+        from_document({"consumers": {"backup\n": {"tables": ["volumes"]}}}, known_tables=KNOWN)
 
 
 def test_a_grace_below_the_minimum_is_refused() -> None:
     with pytest.raises(PolicyError, match="quorum_grace"):
-        policy_from_document({"consumers": {"x": {"tables": ["lifs"], "quorum_grace": 0.1}}}, known_tables=KNOWN)
+        from_document({"consumers": {"x": {"tables": ["lifs"], "quorum_grace": 0.1}}}, known_tables=KNOWN)

@@ -11,6 +11,15 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+from fencing import (
+    Fence,
+    FenceLifted,
+    FenceRaised,
+    NodeCaughtUp,
+    QuorumLost,
+    QuorumRegained,
+    TableFailed,
+)
 from node._logging import JsonFormatter, RuntimeLog, TextFormatter, event_fields, log_event
 from node._metrics import NodeMetrics
 from tests.metrics import value
@@ -69,11 +78,8 @@ def _capture(formatter: logging.Formatter) -> tuple[logging.Logger, io.StringIO]
     return logger, out
 
 
-FENCED = {
-    "type": "fenced",
-    "protocol": "nfs",
-    "fence": {"protocol": "nfs", "table": "vldb", "cause": "not_synced", "message": "not resynced yet", "since": 5.0},
-}
+FENCE = Fence("nfs", "vldb", "not_synced", "not resynced yet", 5.0, 3)
+FENCED = FenceRaised("nfs", FENCE)
 
 
 def test_json_lines_have_the_event_and_its_fields_as_keys() -> None:
@@ -100,7 +106,8 @@ def test_text_lines_read_as_event_and_key_values() -> None:
     log_event(logger, logging.WARNING, "fenced", **event_fields(FENCED))
     line = out.getvalue().strip()
     assert line.endswith(
-        'n2 WARNING fenced protocol=nfs table=vldb cause=not_synced message="not resynced yet" since=5'
+        "n2 WARNING fenced protocol=nfs kind=protocol vservers=null table=vldb cause=not_synced"
+        ' message="not resynced yet" since=5 revision=3'
     ), line
     assert "{" not in line
 
@@ -141,10 +148,10 @@ def _shown(records: list[logging.LogRecord]) -> list[tuple[str, str]]:
 def test_start_up_is_one_ready_line_not_one_per_fence() -> None:
     rl, records, clock = _runtime_log()
     fence: Any = SimpleNamespace(table="vldb", cause="not_synced")
-    rl.record([FENCED, {"type": "quorum_lost"}], caught_up=False, fences={"nfs": fence})
+    rl.record([FENCED, QuorumLost()], caught_up=False, fences={"nfs": fence})
     clock.now = 1.5
-    unfenced = {"type": "unfenced", "protocol": "nfs", "was": FENCED["fence"]}
-    rl.record([{"type": "quorum_regained"}, {"type": "caught_up"}, unfenced], caught_up=True, fences={})
+    unfenced = FenceLifted("nfs", FENCE)
+    rl.record([QuorumRegained(), NodeCaughtUp(3), unfenced], caught_up=True, fences={})
     assert _shown(records) == [("INFO", "node_ready")]
     ready = records[-1]
     assert ready.fields == {"http": "http://x", "startup_seconds": 1.5}
@@ -157,7 +164,7 @@ def test_start_up_is_one_ready_line_not_one_per_fence() -> None:
 def test_a_resync_failure_during_start_up_is_logged_and_a_slow_start_up_is_reported() -> None:
     rl, records, clock = _runtime_log(report_after=10.0)
     fence: Any = SimpleNamespace(table="export_rules", cause="error")
-    failed = {"type": "resync_failed", "table": "export_rules", "cause": "error", "message": "boom"}
+    failed = TableFailed("export_rules", "error", "boom", 3, 1)
     rl.record([failed, FENCED], caught_up=True, fences={"nfs": fence})
     assert _shown(records) == [("WARNING", "resync_failed")]
     clock.now = 10.5
@@ -165,7 +172,7 @@ def test_a_resync_failure_during_start_up_is_logged_and_a_slow_start_up_is_repor
     assert _shown(records)[1:] == [("WARNING", "node_not_ready")]
     assert records[-1].fields["fenced"] == {"nfs": "export_rules error"}
     # From then on every change is logged, and the node's readiness still gets its line.
-    rl.record([{"type": "unfenced", "protocol": "nfs"}], caught_up=True, fences={})
+    rl.record([FenceLifted("nfs", FENCE)], caught_up=True, fences={})
     assert _shown(records)[2:] == [("INFO", "unfenced"), ("INFO", "node_ready")]
 
 

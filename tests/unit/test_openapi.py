@@ -12,7 +12,7 @@ from node._config import NodeConfig
 from node._http import build_app
 from node._openapi import openapi, routes, undocumented
 from node._runtime import BladeRuntime
-from node._tables import TABLES
+from tests.ontap import TABLES
 
 
 class _Store:
@@ -125,3 +125,19 @@ def test_an_unregistered_route_would_be_reported() -> None:
     app.router.add_get("/v1/new-thing", new_thing)
     assert undocumented(app) == [("GET", "/v1/new-thing")]
     assert "/v1/new-thing" in openapi(app)["paths"]  # listed anyway, with the common answers
+
+
+def test_the_document_follows_the_loaded_app() -> None:
+    """Running the proxy app, the document has its tables and its data plane, not ONTAP's."""
+    from apps.proxy import app as proxy_app
+
+    cfg = NodeConfig(id="n1", raft_address="127.0.0.1:1", http_address="127.0.0.1:2", data_dir="/x", secret="s")
+    store: Any = _Store()
+    app = build_app(cfg, store, BladeRuntime("n1", store, app=proxy_app))
+    doc = openapi(app)
+    assert "/v1/data/proxy/route" in doc["paths"] and "/v1/data/nfs/mount" not in doc["paths"]
+    params = {p["name"] for p in doc["paths"]["/v1/data/proxy/route"]["get"]["parameters"]}
+    assert {"listener", "host", "path"} <= params
+    rows = {name for name in doc["components"]["schemas"] if name.startswith("Row_")}
+    assert rows == {"Row_listeners", "Row_pools", "Row_pool_members", "Row_routes"}
+    assert undocumented(app) == []

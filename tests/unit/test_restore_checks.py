@@ -8,8 +8,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from node._tables import REFERENCES, key_problem, restore_problem
+from node._tables import key_problem
 from rdb import InvalidCommand, KeyValue, StateMachine, snapshot_entries
+from tests.ontap import REFERENCES, restore_problem
 
 VS1 = {"name": "vs1", "state": "running", "protocols": ["nfs"], "root_volume": None}
 
@@ -45,7 +46,8 @@ def test_what_the_api_could_not_serve_is_named(entries: list[KeyValue], message:
 
 
 def test_a_stored_row_passes() -> None:
-    from node._tables import TABLES, validate_row
+    from node._tables import validate_row
+    from tests.ontap import TABLES
 
     row = validate_row(TABLES["vservers"], "vs1", {"name": "vs1", "protocols": ["nfs"]})
     assert restore_problem([kv("tables/vservers/vs1", row)]) is None

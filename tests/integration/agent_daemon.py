@@ -1,0 +1,82 @@
+"""A data-plane daemon for the agent tests: embeds ``rdbsync.agent.Agent`` and answers
+``GET /`` with what it would serve (``serving``, the rows it holds, its revision).
+
+    python -m tests.integration.agent_daemon --node URL --name edge --tables routes --port P
+        [--fail-key SUBSTR] [--grace 1.0]
+
+A row whose key contains ``--fail-key`` makes the add/modify callback raise (a daemon
+that cannot apply that config)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from rdbsync import Agent
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--node", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--tables", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--fail-key", default=None)
+    p.add_argument("--grace", type=float, default=1.0)
+    args = p.parse_args()
+    memory: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+
+    def add(table: str, key: str, row: dict[str, Any]) -> None:
+        if args.fail_key and args.fail_key in key:
+            raise ValueError(f"cannot apply {table}/{key}")
+        with lock:
+            memory.setdefault(table, {})[key] = row
+
+    def modify(table: str, key: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        add(table, key, new)
+
+    def remove(table: str, key: str, old: dict[str, Any]) -> None:
+        with lock:
+            memory.get(table, {}).pop(key, None)
+
+    agent = Agent(
+        args.node,
+        args.name,
+        args.tables.split(","),
+        on_add=add,
+        on_modify=modify,
+        on_remove=remove,
+        grace=args.grace,
+        callback_timeout=2.0,
+    ).start()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                serving = agent.serving()
+                body = {
+                    "serving": serving,
+                    "why": agent.why_not_serving(),
+                    "revision": agent.applied_revision,
+                    "rows": {t: dict(r) for t, r in memory.items()} if serving else None,
+                    "held": {t: dict(agent.rows(t)) for t in agent.tables},
+                }
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""An agent is one more table to the pure fencing policy (node/_agents.py): the consumers
+that depend on a table it holds depend on it, and its failures, lag and recovery fence
+and unfence exactly those."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.proxy import app as proxy_app
+from fencing import CaughtUp, LagObserved, ResyncFailed, ResyncOk, ScopedDependency, decide, initial_state
+from node._agents import parse_agents, with_agents
+from node._loading import policy_of
+
+
+def test_consumers_depending_on_a_held_table_depend_on_the_agent() -> None:
+    base = policy_of(proxy_app, 5.0)
+    policy = with_agents(base, {"edge": frozenset({"routes"}), "hc": frozenset({"members"})})
+    assert policy.dependencies["proxy"] == base.dependencies["proxy"] | {"agent:edge", "agent:hc"}
+    assert policy.dependencies["healthcheck"] == base.dependencies["healthcheck"] | {"agent:hc"}
+    scoped = with_agents(
+        base.__class__(dependencies={}, scoped={"nfs": (ScopedDependency(frozenset({"vs1"}), frozenset({"routes"})),)}),
+        {"edge": frozenset({"routes"})},
+    )
+    assert scoped.scoped["nfs"][0].tables == frozenset({"routes", "agent:edge"})
+    assert with_agents(base, {}) is base
+
+
+def test_agent_failure_lag_and_recovery_fence_only_its_dependents() -> None:
+    policy = with_agents(policy_of(proxy_app, 5.0), {"edge": frozenset({"routes"})})
+    state = initial_state(policy, 0.0)
+    assert set(state.fences) == {"proxy", "healthcheck"}  # nothing synced yet, the agent included
+    for table in sorted(policy.tables()):
+        state = decide(policy, state, ResyncOk(table, 5), 1.0).state
+    state = decide(policy, state, CaughtUp(5), 1.0).state
+    assert state.fences == {}
+    failed = decide(policy, state, ResyncFailed("agent:edge", "agent_failed", "agent edge: boom", 6), 2.0)
+    assert set(failed.state.fences) == {"proxy"} and failed.state.fences["proxy"].table == "agent:edge"
+    assert failed.summary == "resync_failed:agent:edge,fenced:proxy"
+    lifted = decide(policy, failed.state, ResyncOk("agent:edge", 6), 3.0)
+    assert lifted.state.fences == {} and lifted.summary == "unfenced:proxy"
+    lagging = decide(policy, lifted.state, LagObserved("agent:edge", 3, policy.max_lag_seconds + 1, 9), 4.0)
+    assert lagging.state.fences["proxy"].cause == "lag"
+
+
+@pytest.mark.parametrize(
+    ("specs", "problem"), [(["edge"], "must look like"), (["edge="], "must look like"), (["a=t", "a=u"], "twice")]
+)
+def test_bad_agent_declarations_name_the_problem(specs: list[str], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_agents(specs)
+    assert parse_agents(["edge=routes, listeners"]) == {"edge": frozenset({"routes", "listeners"})}
