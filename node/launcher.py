@@ -547,12 +547,21 @@ def exit_line(
         return False, f"node {nid} {what}; --no-restart: leaving it down (remove {data_dir} before starting it again)"
     if code == EXIT_STORAGE_CORRUPT:
         return False, (
-            f"node {nid} {what}; not restarting: remove {data_dir} and the launcher restarts it to rejoin "
-            "(it copies the data from the leader)"
+            f"node {nid} {what}; not restarting: remove {data_dir} and the launcher rejoins it as a new member "
+            "(removed from the cluster, started as a learner that copies the data from the leader, then added)"
         )
     if restart_in is None:
         return False, f"node {nid} {what}; --no-restart: leaving it down"
     return True, f"node {nid} {what}; restarting in {restart_in:g}s"
+
+
+def _reply_text(reply: Reply | None) -> str:
+    if reply is None:
+        return "no member answered"
+    error = reply.body.get("error") if isinstance(reply.body, dict) else None
+    if isinstance(error, dict):
+        return f"{reply.status} {error.get('code')}: {error.get('message')}"
+    return f"HTTP {reply.status}"
 
 
 def cluster_view(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -649,14 +658,69 @@ class Supervisor:
         for nid in sorted(self._held):
             if not os.path.exists(self.cluster.nodes[nid].data_dir):
                 self._held.discard(nid)
-                self._due[nid] = now
-                self.say(f"node {nid}: its data directory is gone; restarting it to rejoin")
+                self.rejoin(nid)
         for nid, due in list(self._due.items()):
             if now >= due:
                 del self._due[nid]
                 self.cluster.start(nid)
                 proc = self.cluster.nodes[nid].proc
                 self.say(f"node {nid} restarted (pid {proc.pid if proc else '?'})")
+
+    REJOIN_TIMEOUT = 60.0
+
+    def rejoin(self, nid: str) -> bool:
+        """Bring back a node whose data directory was removed, the safe way (runs on the
+        supervisor's thread and blocks it for up to REJOIN_TIMEOUT s).
+
+        A voter that lost its data must not simply restart: it has forgotten entries it
+        acknowledged and the vote it cast, so its next vote could elect a node that lacks
+        a committed entry. It is removed from the cluster first, started as a learner
+        (``--join``) that copies the data from the leader without voting, and added back
+        (the add returns once it votes). On any failure it is left down, and the line says
+        what to do by hand."""
+        node = self.cluster.nodes[nid]
+        token = self.cluster.env.get("RDBSYNC_API_TOKEN")
+        others = [n for n in self.cluster.nodes.values() if n.id != nid and n.alive]
+        self.say(f"node {nid}: its data directory is gone; rejoining it as a new member")
+        deadline = time.monotonic() + self.REJOIN_TIMEOUT
+
+        def ask(method: str, path: str, body: Any = None) -> Reply | None:
+            while time.monotonic() < deadline:
+                for other in others:
+                    with contextlib.suppress(OSError):
+                        reply = http(method, other.url + path, body, timeout=30, headers=_auth(token))
+                        if reply.status < 500:
+                            return reply
+                time.sleep(0.5)
+            return None
+
+        removed = ask("DELETE", f"/v1/cluster/members/{nid}")
+        if removed is None or removed.status not in (200, 404):
+            self.say(f"node {nid}: could not remove it from the cluster ({_reply_text(removed)}); leaving it down")
+            return False
+        node.extra_args = [*node.extra_args, "--join"]
+        try:
+            self.cluster.start(nid)
+            proc = node.proc
+            self.say(f"node {nid} started as a learner (pid {proc.pid if proc else '?'})")
+            body = {"id": nid, "raft_address": node.raft, "http_url": node.url}
+            added = None
+            while time.monotonic() < deadline:
+                added = ask("POST", "/v1/cluster/members", body)
+                # 422 member_unreachable / 503: the learner is still starting or catching up
+                if added is not None and added.status == 200:
+                    break
+                time.sleep(0.5)
+            if added is None or added.status != 200:
+                self.say(
+                    f"node {nid}: could not add it back ({_reply_text(added)}); it runs as a learner: "
+                    f"add it with: rdbsync members add {nid} {node.raft} {node.url}"
+                )
+                return False
+        finally:
+            node.extra_args = [a for a in node.extra_args if a != "--join"]  # a voter now: restarts are plain
+        self.say(f"node {nid} rejoined the cluster as a voting member")
+        return True
 
     def _watch_cluster(self, stop: threading.Event) -> None:
         view: dict[str, Any] | None = None

@@ -56,8 +56,10 @@ class StorageCorrupt(RdbError):
     file."""
 
     REMEDY = (
-        "this node cannot start safely: remove its data directory and start it again, "
-        "it rejoins the cluster and copies the data from the leader"
+        "this node cannot start safely: remove it from the cluster through another member "
+        "(rdbsync members rm ID), remove its data directory, start it with --join and add it back "
+        "(rdbsync members add ID RAFT URL); it copies the data from the leader as a learner. "
+        "Never restart it as a voter on wiped data: it would forget what it acknowledged"
     )
 
     def __init__(self, message: str, path: str) -> None:

@@ -129,10 +129,14 @@ def test_a_node_with_a_truncated_snapshot_is_reported_and_kept_down_until_its_da
         assert sum(f"node {victim} restarted" in line for _, line in run.seen) == 1, run.output()
         _put_until_ok(run.shared, within=10)
 
-        # the remedy it names: remove the data directory; it rejoins and copies the data
+        # the remedy it names: remove the data directory; it is removed, rejoins as a
+        # learner that copies the data, and is added back as a voter (never a wiped voter)
         shutil.rmtree(data_dir)
-        run.expect(rf"node {victim}: its data directory is gone; restarting it to rejoin", 10)
-        run.expect(rf"node {victim} restarted", 10)
+        run.expect(rf"node {victim}: its data directory is gone; rejoining it as a new member", 10)
+        run.expect(rf"node {victim} started as a learner", 30)
+        run.expect(rf"node {victim} rejoined the cluster as a voting member", 60)
         url = run.urls[victim]
+        status = http("GET", url + "/v1/status", timeout=5).body
+        assert status["role"] in ("leader", "follower"), status
         wait_for(lambda: http("GET", url + "/readyz", timeout=2).status == 200, 60, f"{victim} ready again")
         wait_for(lambda: http("GET", url + "/v1/kv/k39", timeout=2).status == 200, 30, f"{victim} has the data")

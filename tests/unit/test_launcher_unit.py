@@ -69,7 +69,8 @@ def test_exit_65_is_not_restarted_and_says_what_to_do() -> None:
     assert not restart
     assert line == (
         "node n2 stopped: its data files are unusable (exit 65): the snapshot data/n2/raft.snapshot cannot be loaded; "
-        "not restarting: remove data/n2 and the launcher restarts it to rejoin (it copies the data from the leader)"
+        "not restarting: remove data/n2 and the launcher rejoins it as a new member "
+        "(removed from the cluster, started as a learner that copies the data from the leader, then added)"
     )
 
 
