@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
-from node._common import RUNTIME
+from node._common import RUNTIME, int_param, json_body
 from node._exceptions import ApiError
+
+MAX_PARAM = 10**18 - 1  # what the API document allows (int_param parses 18 digits)
 
 
 async def agent_load(request: web.Request) -> web.Response:
@@ -19,11 +19,10 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
     hub = request.app[RUNTIME].agents
     name = request.match_info["name"]
     hub.record_of(name)  # 404 before the stream starts
-    try:
-        cursor = int(request.query["cursor"])
-        epoch = int(request.query["epoch"])
-    except (KeyError, ValueError):
-        raise ApiError(422, "bad_parameter", "stream needs the integer cursor and epoch of a load") from None
+    cursor = int_param(request, "cursor", maximum=MAX_PARAM)
+    epoch = int_param(request, "epoch", maximum=MAX_PARAM)
+    if cursor is None or epoch is None:
+        raise ApiError(422, "bad_parameter", "stream needs the integer cursor and epoch of a load")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     try:
@@ -35,10 +34,7 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def agent_report(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        raise ApiError(400, "bad_json", "a report is a JSON object") from None
+    body = await json_body(request)  # the one body reader: encodings, size, duplicate keys
     if not isinstance(body, dict):
         raise ApiError(422, "bad_report", "a report is a JSON object")
     return web.json_response(request.app[RUNTIME].agents.report(request.match_info["name"], body))

@@ -8,6 +8,7 @@ middleware is the single place that turns exceptions into HTTP answers
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -59,7 +60,7 @@ from node._runtime import BladeRuntime
 from node._sinks import FileSink
 from node._tables import TABLE_PREFIX, TableRegistry, key_problem
 from node._ui import ui_auth_exempt
-from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value, snapshot_entries
+from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value
 
 log = logging.getLogger("node.http")
 
@@ -412,6 +413,13 @@ def node_status(app: web.Application) -> dict[str, Any]:
             for m in st.members
         ],
         "snapshot_loads": store.load_count,
+        "restore": None if store.last_restore is None else dataclasses.asdict(store.last_restore),
+        "snapshots": {
+            "written": st.snapshots_written,
+            "last_seconds": st.snapshot_seconds_last,
+            "max_seconds": st.snapshot_seconds_max,
+        },
+        "tick_stall_max_10s": round(st.tick_stall_max_10s, 3),
         "leader_commit_index": st.leader_commit_index,
         "journal": {
             "syncs": st.journal_syncs,
@@ -528,21 +536,25 @@ async def post_restore(request: web.Request) -> web.Response:
         raise ApiError(400, "empty_body", "POST the bytes of GET /v1/snapshot", applied=False)
     store = request.app[STORE]
     # Everything this API could not serve afterwards is refused up front, nothing proposed
-    # (in a thread: a large snapshot takes seconds to check). Values first: the checks
-    # after them encode values recursively.
+    # (in a thread: a large snapshot takes seconds to check, parsed once). Values first:
+    # the checks after them encode values recursively.
     try:
-        entries = await asyncio.to_thread(snapshot_entries, snapshot, store.references)
+        plan = await asyncio.to_thread(store.plan_restore, snapshot)
     except InvalidCommand as exc:
         raise ApiError(422, "invalid_snapshot", str(exc), applied=False) from None
+    entries = plan.entries
     problem = await asyncio.to_thread(restore_value_problem, entries)
     if problem is None:
         problem = await asyncio.to_thread(request.app[RUNTIME].registry.restore_problem, entries)
     if problem is not None:
         raise ApiError(422, "invalid_snapshot", problem, applied=False)
     # The member registry describes this cluster, not the one the backup came from.
-    result = await store.restore(snapshot, keep_prefix=RESERVED_PREFIX)
+    # Progress: GET /v1/status "restore" on this node, while it runs and after.
+    result = await store.restore(plan, keep_prefix=RESERVED_PREFIX)
     revision = int(result["revision"])
-    return _answer({"revision": revision, "restored_keys": result.get("restored_keys")}, revision)
+    done = store.last_restore
+    extra = {} if done is None else {"entries": done.entries_total, "seconds": round(done.seconds, 3)}
+    return _answer({"revision": revision, "restored_keys": result.get("restored_keys"), **extra}, revision)
 
 
 def restore_value_problem(entries: list[KeyValue]) -> str | None:

@@ -200,6 +200,29 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             body="RemovedNotice",
             errors={409: "the member does not confirm", 422: "not a member this node knows", 503: "cannot check"},
         ),
+        ("GET", "/v1/agents"): Op("every agent this node expects: state, applied revision, lag"),
+        ("GET", "/v1/agents/{name}/load"): Op(
+            "an agent's blade tables on this node at one revision, and the cursor its stream starts from",
+            (_path("name"),),
+            errors={404: "this node expects no such agent", 503: "a table it holds cannot be trusted now"},
+        ),
+        ("GET", "/v1/agents/{name}/stream"): Op(
+            "Server-Sent Events: the agent's changes in revision order from a load's cursor",
+            (
+                _path("name"),
+                {**_q("cursor", {"type": "integer", "minimum": 0, "maximum": _MAX_INT}), "required": True},
+                {**_q("epoch", {"type": "integer", "minimum": 0, "maximum": _MAX_INT}), "required": True},
+            ),
+            ok_type="text/event-stream",
+            errors={404: "this node expects no such agent", 422: "bad parameter"},
+        ),
+        ("POST", "/v1/agents/{name}/report"): Op(
+            "an agent's heartbeat: its applied revision, state and failures",
+            (_path("name"),),
+            body="AgentReport",
+            errors={404: "this node expects no such agent", 422: "not a report"},
+            example={"state": "ok", "applied_revision": 1},
+        ),
         ("GET", "/healthz"): Op("the process is up"),
         ("GET", "/readyz"): Op("joined, caught up and resynced"),
         ("GET", "/metrics"): Op("Prometheus text format", ok_type="text/plain"),
@@ -287,27 +310,6 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             errors={404: "no such consumer", 503: "fenced, or unavailable"},
         ),
         ("GET", "/v1/policy"): Op("the fencing policy this node runs"),
-        ("GET", "/v1/agents"): Op("the agents this node expects: state, applied revision, lag, fences"),
-        ("GET", "/v1/agents/{name}/load"): Op(
-            "the agent's tables at one revision, with the cursor and epoch its stream starts from",
-            (_path("name"),),
-            errors={404: "this node expects no such agent", 503: "a table it holds is resyncing or failed"},
-        ),
-        ("GET", "/v1/agents/{name}/stream"): Op(
-            "server-sent events: the agent's batches of changes after a load's cursor",
-            (
-                _path("name"),
-                _q("cursor", {"type": "integer"}, "the cursor of the load"),
-                _q("epoch", {"type": "integer"}, "the epoch of the load"),
-            ),
-            ok_type="text/event-stream",
-            errors={404: "this node expects no such agent", 422: "cursor or epoch missing or not an integer"},
-        ),
-        ("POST", "/v1/agents/{name}/report"): Op(
-            "the agent reports what it applied (state, applied_revision, error)",
-            (_path("name"),),
-            errors={400: "not JSON", 404: "this node expects no such agent", 422: "not a report"},
-        ),
         ("GET", "/v1/debug/timings"): Op(
             "apply times (fault injection only)",
             (_q("since", {"type": "integer", "minimum": 0, "maximum": _MAX_INT}),),
@@ -357,6 +359,16 @@ def _schemas(app: web.Application) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
+    schemas["AgentReport"] = {
+        "type": "object",
+        "properties": {
+            "state": {"type": "string", "enum": ["ok", "failed", "loading"]},
+            "applied_revision": {"type": "integer", "minimum": 0},
+            "drift": {"type": "integer", "minimum": 0},
+            "error": {"type": "string"},
+        },
+        "required": ["state", "applied_revision"],
+    }
     schemas["RemovedNotice"] = {
         "type": "object",
         "properties": {"by": {"type": "string", "description": "the member that removed this node"}},

@@ -2,7 +2,7 @@
 
 Armed through the environment when the process starts (as etcd's gofail), for example::
 
-    RDBSYNC_FAILPOINTS="journal.compact.before_rewrite=crash,snapshot.install.before_rename=enospc@2"
+    RDBSYNC_FAILPOINTS="journal.compact.before_header=crash,snapshot.install.before_rename=enospc@2"
 
 Each item is ``NAME=ACTION`` (fire at the first hit), ``NAME=ACTION@N`` (at the N-th
 hit only) or ``NAME=ACTION@N+`` (at every hit from the N-th on). Actions:
@@ -33,11 +33,11 @@ ENV = "RDBSYNC_FAILPOINTS"
 FAILPOINTS = {
     "snapshot.before_rename": "compaction: the new snapshot is written and fsynced, not yet renamed",
     "snapshot.after_rename": "compaction: the snapshot is renamed into place, the directory not yet fsynced",
-    "journal.compact.before_rewrite": "compaction: the snapshot is durable, the journal not yet rewritten",
-    "journal.compact.during_rewrite": "compaction: half of the new journal is written to its temporary file",
-    "journal.compact.before_rename": "compaction: the new journal is fsynced, not yet renamed over the old one",
-    "journal.compact.after_rename": "compaction: the new journal is renamed, the directory not yet fsynced",
-    "journal.compact.after_rewrite": "compaction: the journal rewrite is complete and durable",
+    "journal.compact.before_header": "compaction: the snapshot and the pending entries are durable, the header not yet",
+    "journal.compact.after_header": "compaction: the header names the first kept record and is fdatasynced",
+    "journal.reclaim.during_rewrite": "compaction: half of the copy of the live records is in its temporary file",
+    "journal.reclaim.before_rename": "compaction: the copy of the live records is fsynced, not yet renamed",
+    "journal.reclaim.after_rename": "compaction: the copy is renamed over the journal, the directory not yet fsynced",
     "snapshot.install.before_fsync": "install: the leader's snapshot is received into a temporary file",
     "snapshot.install.before_rename": "install: the received snapshot is fsynced, not yet renamed",
     "snapshot.install.after_rename": "install: the received snapshot is renamed, the directory not yet fsynced",
@@ -50,6 +50,9 @@ FAILPOINTS = {
     "journal.sync.before_write": "group commit: before the buffered entries are written",
     "journal.sync.before_fsync": "group commit: the entries are written, not yet fdatasynced",
     "journal.meta.before_write": "term, vote or commit index: before the meta file is rewritten",
+    "journal.convert.during_rewrite": "open: half of a journal of the old format is copied to the header format",
+    "journal.convert.before_rename": "open: the converted journal is fsynced, not yet renamed",
+    "journal.convert.after_rename": "open: the converted journal is renamed, the directory not yet fsynced",
 }
 
 _ACTIONS = ("crash", "enospc", "error")

@@ -12,8 +12,12 @@ PySyncObj 0.3.17's ``FileJournal`` is an mmap that is never msync'ed, and its me
   open and cut off, but only above the commit index recorded in the meta file: damage
   that would cut committed entries (and entries a snapshot does not cover) refuses to
   open (``StorageCorrupt``, naming the file and the offset);
-- truncation and compaction are made durable at once (ftruncate + fsync, or a rewritten
-  file: temporary file, fsync, rename, fsync of the directory);
+- truncation is made durable at once (ftruncate + fsync). Compaction rewrites nothing:
+  the 32-byte header names the offset of the first live record, and one ``pwrite`` of
+  it plus ``fdatasync`` (within one sector: atomic) is the compaction's commit point.
+  Until then the file holds every entry; after it, recovery starts at the new offset.
+  The dead prefix is never read again; it is given back once it is large and the live
+  records are few (a copy of those to a new file, renamed over the old one);
 - term and vote are stored atomically and fsynced before ``setCurrentTerm`` returns, so
   no vote leaves the node before it is durable.
 
@@ -43,8 +47,21 @@ from rdb._failpoints import failpoint
 
 log = logging.getLogger("rdb.journal")
 
-_MAGIC = b"RDBJ\x00\x01\n\x00"
+_V1_MAGIC = b"RDBJ\x00\x01\n\x00"  # records right after it (files written before headers)
+_V2_MAGIC = b"RDBJ\x00\x02\n\x00"
+_HEADER = struct.Struct("<8sQQI4x")  # magic, start offset, first index, crc32 of the two
+HEADER_BYTES = _HEADER.size
 _RECORD = struct.Struct("<IIQQ")  # payload length, crc32, index, term
+#: Compacted bytes before the live records are given back (see ``_reclaim``).
+RECLAIM_BYTES = 64 * 1024 * 1024
+
+
+def _header(start: int, first: int) -> bytes:
+    return _HEADER.pack(_V2_MAGIC, start, first, zlib.crc32(struct.pack("<QQ", start, first)))
+
+
+#: A fresh journal file: the header, records from right after it.
+_MAGIC = _header(HEADER_BYTES, 0)
 
 
 #: Exit status of a node that stopped because it could not persist (EX_IOERR).
@@ -153,13 +170,18 @@ class DurableJournal:
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []  # file offset of each entry's record
         self._pending = bytearray()
-        self._end = len(_MAGIC)  # file offset after the last record (pending included)
+        self._start = HEADER_BYTES  # file offset of the first live record (the header's)
+        self._end = HEADER_BYTES  # file offset after the last record (pending included)
+        self.compactions = 0
         self.sync_count = 0  # fdatasync calls made for appends, for tests and metrics
         self.synced_entries = 0
         self.torn_bytes_dropped = 0
         self._meta: dict[str, Any] = self._load_meta()
         self._meta_dirty = False
+        self._convert = False
         self._fd = self._open_and_recover(covered_index)
+        if self._convert:  # a journal of the old format: once, atomically, to the header's
+            self._rewrite(list(self._entries), "journal.convert")
 
     # ------------------------------------------------------------ recovery
 
@@ -172,31 +194,53 @@ class DurableJournal:
             raise
 
     def _recover(self, fd: int, covered_index: int) -> int:
-        size = os.fstat(fd).st_size
-        if size < len(_MAGIC):
-            self._check_reaches_commit(covered_index, len(_MAGIC), "empty")
+        head = os.pread(fd, HEADER_BYTES, 0)
+        v1 = head[: len(_V1_MAGIC)] == _V1_MAGIC
+        if v1:
+            start, first = len(_V1_MAGIC), 0  # converted below, once
+        elif len(head) < HEADER_BYTES and head == _MAGIC[: len(head)]:
+            # A new file, or a crash while creating one (nothing was ever written after).
+            self._check_reaches_commit(covered_index, len(head), "empty")
             os.ftruncate(fd, 0)
             os.pwrite(fd, _MAGIC, 0)
             os.fsync(fd)
             fsync_directory(self._dir)
             return fd
+        else:
+            magic, start, first, crc = _HEADER.unpack(head.ljust(HEADER_BYTES, b"\xff"))
+            if magic != _V2_MAGIC or zlib.crc32(struct.pack("<QQ", start, first)) != crc or start < HEADER_BYTES:
+                raise StorageCorrupt(
+                    f"{self._path} is not an rdbsync journal (bad header); {StorageCorrupt.REMEDY}", self._path
+                )
+        size = os.fstat(fd).st_size
+        if start > size:
+            # A header past the end: clear() cut the file, then the crash came. Empty.
+            self._check_reaches_commit(covered_index, size, "empty")
+            self._start = self._end = max(size, HEADER_BYTES)
+            self._write_header(fd, self._start, 0)
+            return fd
         with open(self._path, "rb") as f:
-            data = f.read()
-        if data[: len(_MAGIC)] != _MAGIC:
+            f.seek(start)
+            data = f.read()  # the live records only: the compacted prefix is never read
+        pos, why = scan_records(data, self._entries, self._offsets, start)
+        if first and self._entries and self._entries[0][1] != first:  # 0: none named
             raise StorageCorrupt(
-                f"{self._path} is not an rdbsync journal (bad header); {StorageCorrupt.REMEDY}", self._path
+                f"{self._path}: the first record at offset {start} has index {self._entries[0][1]}, "
+                f"the header says {first}; {StorageCorrupt.REMEDY}",
+                self._path,
             )
-        pos, why = scan_records(data, self._entries, self._offsets)
-        if pos != len(data):
-            self._check_reaches_commit(covered_index, pos, why)
+        end = start + pos
+        if end != size:
+            self._check_reaches_commit(covered_index, end, why)
             # A torn tail: the write never completed, so it was never acknowledged
             # as committed by this node's record of the commit index.
-            self.torn_bytes_dropped = len(data) - pos
-            os.ftruncate(fd, pos)
+            self.torn_bytes_dropped = size - end
+            os.ftruncate(fd, end)
             os.fsync(fd)
         else:
-            self._check_reaches_commit(covered_index, pos, "the end of the file")
-        self._end = pos
+            self._check_reaches_commit(covered_index, end, "the end of the file")
+        self._start, self._end = start, end
+        self._convert = v1
         return fd
 
     def _check_reaches_commit(self, covered_index: int, offset: int, why: str) -> None:
@@ -262,13 +306,17 @@ class DurableJournal:
 
     @_fatal_on_oserror("clear")
     def clear(self) -> None:
-        os.ftruncate(self._fd, len(_MAGIC))
+        # Cut first: a crash before the header is rewritten leaves it pointing past the
+        # end, which recovery reads as empty, what clear() means.
+        os.ftruncate(self._fd, HEADER_BYTES)
+        if self._start != HEADER_BYTES:
+            self._write_header(self._fd, HEADER_BYTES, 0)
         os.fsync(self._fd)
         self._entries.clear()
         self._offsets.clear()
         self._pending.clear()
         self._pending_count = 0
-        self._end = len(_MAGIC)
+        self._start = self._end = HEADER_BYTES
 
     @_fatal_on_oserror("truncation")
     def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - PySyncObj's name
@@ -288,12 +336,39 @@ class DurableJournal:
 
     @_fatal_on_oserror("compaction")
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 - PySyncObj's name
-        # Compaction after a snapshot: the dump was renamed into place in this directory
-        # just before; make that rename durable before the entries it covers are dropped.
+        """Drop the first ``entryTo`` entries (compaction): one header write, no copy.
+
+        Order, each step durable before the next: the directory (the snapshot's rename
+        just before), every pending entry, then the header naming the first kept record
+        (the commit point), then memory. A crash before the header leaves every entry in
+        the file, after it recovery starts at the kept ones; the dead prefix is given back
+        afterwards (``_reclaim``), and nothing reads it again."""
         fsync_directory(self._dir)
-        failpoint("journal.compact.before_rewrite")
-        self._rewrite(self._entries[entryTo:], "journal.compact")
-        failpoint("journal.compact.after_rewrite")
+        self.sync()
+        keep = min(entryTo, len(self._entries))
+        start = self._offsets[keep] if keep < len(self._entries) else self._end
+        first = self._entries[keep][1] if keep < len(self._entries) else 0
+        failpoint("journal.compact.before_header")
+        self._write_header(self._fd, start, first)
+        failpoint("journal.compact.after_header")
+        del self._entries[:keep]
+        del self._offsets[:keep]
+        self.compactions += 1
+        self._reclaim()
+
+    def _write_header(self, fd: int, start: int, first: int) -> None:
+        os.pwrite(fd, _header(start, first), 0)
+        os.fdatasync(fd)
+        self._start = start
+
+    def _reclaim(self) -> None:
+        """Give the compacted prefix back, when that is cheap: once it is at least
+        ``RECLAIM_BYTES`` and eight times the live records, those (only) are copied to a
+        new file renamed over this one. Copying costs at most 1/8 of a byte per byte
+        compacted; compaction itself copies nothing."""
+        dead = self._start - HEADER_BYTES
+        if dead >= RECLAIM_BYTES and (self._end - self._start) * 8 <= dead:
+            self._rewrite(list(self._entries), "journal.reclaim")
 
     @_fatal_on_oserror("reset")
     def reset(self, entries: Sequence[tuple[bytes, int, int]]) -> None:
@@ -302,7 +377,8 @@ class DurableJournal:
         self._rewrite(list(entries), "journal.reset")
 
     def _rewrite(self, keep: list[tuple[bytes, int, int]], failpoints: str) -> None:
-        body = bytearray(_MAGIC)
+        self.sync()
+        body = bytearray(_header(HEADER_BYTES, keep[0][1] if keep else 0))
         offsets = []
         for command, idx, term in keep:
             offsets.append(len(body))
@@ -315,7 +391,7 @@ class DurableJournal:
         self._offsets = offsets
         self._pending.clear()
         self._pending_count = 0
-        self._end = len(body)
+        self._start, self._end = HEADER_BYTES, len(body)
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
@@ -381,8 +457,8 @@ class DurableJournal:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of journal on disk (after the pending buffer is synced)."""
-        return self._end
+        """Bytes of live records (after the pending buffer is synced)."""
+        return self._end - self._start
 
     @property
     def first_index(self) -> int:
@@ -400,12 +476,15 @@ class DurableJournal:
         return self._entries[-1 - self._pending_count][1] if self._pending_count < len(self._entries) else 0
 
 
-def scan_records(data: bytes, entries: list[tuple[bytes, int, int]], offsets: list[int]) -> tuple[int, str]:
-    """Parse the records of a journal file's bytes (after the header) into ``entries``
-    and ``offsets``; return where the valid prefix ends and why it ends there. A record
-    must be whole, match its CRC, have the index after the previous one and a term no
-    lower than the previous one. Pure."""
-    pos = len(_MAGIC)
+def scan_records(
+    data: bytes, entries: list[tuple[bytes, int, int]], offsets: list[int], base: int = 0
+) -> tuple[int, str]:
+    """Parse the records in ``data`` (a journal file's bytes from offset ``base``, the
+    first live record) into ``entries`` and ``offsets`` (file offsets); return where the
+    valid prefix ends in ``data`` and why it ends there. A record must be whole, match
+    its CRC, have the index after the previous one and a term no lower than the previous
+    one. Pure."""
+    pos = 0
     while True:
         if pos == len(data):
             return pos, "the end of the file"
@@ -421,7 +500,7 @@ def scan_records(data: bytes, entries: list[tuple[bytes, int, int]], offsets: li
         if entries and (idx != entries[-1][1] + 1 or term < entries[-1][2]):
             return pos, f"index {idx} term {term} does not follow index {entries[-1][1]} term {entries[-1][2]}"
         entries.append((command, idx, term))
-        offsets.append(pos)
+        offsets.append(base + pos)
         pos = body_end
 
 

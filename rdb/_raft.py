@@ -37,13 +37,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import queue
 import socket
 import struct
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +56,7 @@ import pysyncobj.pickle as _pysyncobj_pickle
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj import syncobj as _pysyncobj_module
 from pysyncobj import tcp_connection as _pysyncobj_tcp
-from pysyncobj.config import FAIL_REASON
+from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 from pysyncobj.serializer import Serializer
 from pysyncobj.transport import TCPTransport
@@ -93,6 +97,7 @@ REASON_NAMES = {
 _SNAPSHOT_MAGIC = b"RDBSNAP1"
 COMPACT_AT_BYTES = 64 * 1024 * 1024
 CONNECTION_RETRY_SECONDS = 0.2
+SWITCH_INTERVAL = 0.001
 
 #: The message carrying several forwarded commands, or their answers, at once. Every
 #: member must speak it: a node of an older version would drop it (its writes forwarded
@@ -208,9 +213,125 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
         return True
 
 
+class _SnapshotWriter:
+    """``conf.serializer`` of a ``RaftNode``: marks it for ``_BackgroundSerializer``.
+
+    ``prepare(raft_data)`` runs on the tick thread, at the applied index PySyncObj
+    snapshots, and returns the function that writes the file from a frozen copy (any
+    thread)."""
+
+    def __init__(self, prepare: Callable[[Any], Callable[[str], None]]) -> None:
+        self.prepare = prepare
+
+    def __call__(self, tmp_path: str, raft_data: Any) -> None:  # PySyncObj's synchronous form
+        self.prepare(raft_data)(tmp_path)
+
+
+class _BackgroundSerializer(_DurableSerializer):
+    """PySyncObj's serializer, with the snapshot written off the tick thread.
+
+    ``serialize`` (tick thread) only freezes the state (``_SnapshotWriter.prepare``) and
+    starts a thread that encodes and fsyncs the temporary file; ``checkSerializing``
+    (tick thread) answers SERIALIZING until it is done, then renames it into place and
+    fsyncs the directory *on the tick thread*, so the rename is ordered with snapshot
+    installs: a snapshot installed meanwhile wins and the older one is discarded
+    (FAILED: PySyncObj keeps the journal whole). Until then no transmission reads the
+    file (PySyncObj's rule while it serializes). Installs are ``_DurableSerializer``'s.
+    An ``OSError`` writing or renaming the file ends the process (``fail_stop``)."""
+
+    def __init__(self, file_name: str, batch: int, use_fork: bool, writer: _SnapshotWriter, *rest: Any) -> None:
+        super().__init__(file_name, batch, False, writer, *rest)
+        self._file_name = file_name
+        self._writer = writer
+        self._thread: threading.Thread | None = None
+        self._written: bool = False
+        self._installs = 0
+        self._installs_at_start = 0
+        self._started = 0.0
+        self.snapshots_written = 0
+        self.compacted_at: deque[int] = deque(maxlen=64)  # the index of each snapshot written
+        self.last_seconds = 0.0
+        self.max_seconds = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    def serialize(self, data: Any, id: Any) -> None:
+        if self._thread is not None:
+            return
+        self._Serializer__currentID = id
+        write = self._writer.prepare(data[1:])
+        self._installs_at_start = self._installs
+        self._started = time.monotonic()
+        self._written = False
+        self._Serializer__pid = -3  # "busy" for PySyncObj's own checks (no transmission)
+        self._thread = threading.Thread(target=self._write, args=(write,), name="rdb-snapshot", daemon=True)
+        self._thread.start()
+
+    def _write(self, write: Callable[[str], None]) -> None:
+        tmp = self._file_name + ".tmp"
+        try:
+            write(tmp)
+            self._written = True
+        except OSError as exc:
+            fail_stop(f"writing the snapshot {tmp}", exc)
+        except Exception:  # a failed snapshot only means no compaction yet
+            log.exception("encoding the snapshot failed; the journal is kept whole")
+
+    def checkSerializing(self) -> tuple[int, Any]:  # noqa: N802 - PySyncObj's name
+        thread = self._thread
+        if thread is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        current = self._Serializer__currentID
+        if thread.is_alive():
+            return SERIALIZER_STATE.SERIALIZING, current
+        thread.join()
+        self._thread = None
+        self._Serializer__pid = 0
+        tmp = self._file_name + ".tmp"
+        if not self._written or self._installs != self._installs_at_start:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return SERIALIZER_STATE.FAILED, current
+        try:
+            failpoint("snapshot.before_rename")
+            os.replace(tmp, self._file_name)
+            failpoint("snapshot.after_rename")
+            fsync_directory(os.path.dirname(os.path.abspath(self._file_name)))
+        except OSError as exc:
+            fail_stop(f"renaming the snapshot {tmp} into place", exc)
+        self._Serializer__transmissions: dict[Any, Any] = {}
+        gc.freeze()  # what survived this long is long-lived: keep it out of full collections
+        self.snapshots_written += 1
+        self.compacted_at.append(int(current))
+        self.last_seconds = time.monotonic() - self._started
+        self.max_seconds = max(self.max_seconds, self.last_seconds)
+        return SERIALIZER_STATE.SUCCESS, current
+
+    def setTransmissionData(self, data: Any) -> bool:  # noqa: N802 - PySyncObj's name
+        installed = bool(super().setTransmissionData(data))
+        if installed:
+            self._installs += 1  # a snapshot being written now is older: discard it
+        return installed
+
+
+def compaction_point(first: int, every: int, rank: int, members: int) -> int:
+    """The applied index at which this node compacts next: the first point after
+    ``first`` (the last index its snapshot covers) on the grid ``offset + m * every``, where the offset is
+    ``rank / members`` of ``every``. Nodes of one cluster (ranks 0..members-1) therefore
+    compact ``every / members`` entries apart, never all at once."""
+    offset = every * (rank % max(1, members)) // max(1, members)
+    return offset + ((first - offset) // every + 1) * every
+
+
 def _create_serializer(fileName: Any, *args: Any) -> Any:  # noqa: N803 - PySyncObj's name
-    cls = _DurableSerializer if isinstance(fileName, _SnapshotPath) else Serializer
-    return cls(fileName, *args)
+    # SyncObj.__init__ builds its serializer by name: the same seam as createJournal.
+    if not isinstance(fileName, _SnapshotPath):
+        return Serializer(fileName, *args)
+    if isinstance(args[2], _SnapshotWriter):  # (batch, use_fork, serializer, ...)
+        return _BackgroundSerializer(fileName, *args)
+    return _DurableSerializer(fileName, *args)
 
 
 _pysyncobj_module.Serializer = _create_serializer
@@ -381,22 +502,59 @@ class RaftStatus:
     messages_sent_after_merge: int  # ...and how many left after coalescing
     truncations_below_commit: int
     suppressed_truncations: int
+    snapshots_written: int = 0  # compactions finished by this process...
+    snapshot_seconds_last: float = 0.0  # ...how long the last one took (freeze to rename)
+    snapshot_seconds_max: float = 0.0
+    tick_stall_max_10s: float = 0.0  # the longest tick-thread stall in the last 10 s
 
 
 def dump_snapshot(path: str, state: bytes, last: Any, prev: Any, cluster: list[str]) -> None:
     """Write a snapshot file with fsync (the caller renames it and fsyncs the dir)."""
-    body = msgpack.packb(
-        {"state": state, "last": list(last), "prev": list(prev), "cluster": cluster}, use_bin_type=True
+    write_snapshot(path, [state], last, prev, cluster)
+
+
+def write_snapshot(path: str, state: Iterable[bytes], last: Any, prev: Any, cluster: list[str]) -> None:
+    """Write a snapshot file from the state's encoding in pieces, with fsync, holding
+    about 1 MiB of it at a time (the caller renames it and fsyncs the dir). The file is
+    what ``load_snapshot`` reads: the lengths are filled in once the state is written."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head = b"".join(
+        [
+            packer.pack_map_header(4),
+            *(
+                packer.pack(k) + packer.pack(v)
+                for k, v in (("last", list(last)), ("prev", list(prev)), ("cluster", cluster))
+            ),
+            packer.pack("state"),
+        ]
     )
+    prefix = _SNAPSHOT_MAGIC + bytes(8) + head + b"\xc6" + bytes(4)  # msgpack bin 32, length later
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        data = _SNAPSHOT_MAGIC + struct.pack("<Q", len(body)) + body
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, prefix)
+        written = 0
+        buffer = bytearray()
+        for piece in state:
+            buffer += piece
+            if len(buffer) >= 1 << 20:
+                _write_all(fd, buffer)
+                written += len(buffer)
+                buffer.clear()
+        _write_all(fd, buffer)
+        written += len(buffer)
+        if written >= 1 << 32:
+            raise ValueError("a snapshot's state is at most 4 GiB")
+        os.pwrite(fd, struct.pack(">I", written), len(prefix) - 4)
+        os.pwrite(fd, struct.pack("<Q", len(head) + 5 + written), len(_SNAPSHOT_MAGIC))
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def load_snapshot(path: str) -> tuple[bytes, Any, Any, list[str]]:
@@ -482,9 +640,15 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
     (PySyncObj's read-only node; see ``rdb._raft_membership``).
 
     ``apply_fn(payload, index)`` runs on the tick thread for every committed command, in
-    log order, and must never raise. ``snapshot_fn()`` returns the state as bytes;
-    ``restore_fn(state, index)`` replaces it (a *load event*: snapshot install or
-    restart from a dump).
+    log order, and must never raise. ``snapshot_fn()`` runs on the tick thread and
+    returns the state's encoding as an iterable of byte pieces over a *frozen* copy: it is
+    consumed on the snapshot thread while later commands apply. ``restore_fn(state,
+    index)`` replaces it (a *load event*: snapshot install or restart from a dump).
+
+    Compaction: every ``compaction_entries`` applied entries, at a per-node offset (see
+    ``compaction_point``), after ``compaction_seconds`` (also offset per node), or once
+    the journal passes ``COMPACT_AT_BYTES``; the snapshot is encoded and written off the
+    tick thread (``_BackgroundSerializer``).
     """
 
     def __init__(
@@ -495,7 +659,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         *,
         password: str,
         apply_fn: Callable[[bytes, int], Any],
-        snapshot_fn: Callable[[], bytes],
+        snapshot_fn: Callable[[], Iterable[bytes]],
         restore_fn: Callable[[bytes, int], None],
         compaction_entries: int = 20_000,
         compaction_seconds: float = 300.0,
@@ -517,6 +681,14 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self.stale_acks_ignored = 0
         #: Called with the seconds each group-commit fdatasync took (tick thread).
         self.on_fsync: Callable[[float], None] | None = None
+        self.tick_stalls: deque[tuple[float, float]] = deque(maxlen=256)
+        self._compaction_entries = compaction_entries
+        # This node's place among the members: its compactions are offset by that share.
+        # A learner (no address of its own) takes the slot after the voters.
+        members = sorted(set(partner_addresses) | ({self_address} if self_address else set()))
+        rank = members.index(self_address) if self_address else len(members)
+        self._compaction_rank = (rank, len(members) + (0 if self_address else 1))
+        stagger = 1.0 + self._compaction_rank[0] / self._compaction_rank[1] / 2
         os.makedirs(data_dir, exist_ok=True)
         dump = _SnapshotPath(os.path.join(data_dir, "raft.snapshot"))
         journal_path = _JournalPath(os.path.join(data_dir, "raft.journal"))
@@ -525,7 +697,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             password=password,
             journalFile=journal_path,
             fullDumpFile=dump,
-            serializer=self._serialize_to,
+            serializer=_SnapshotWriter(self._prepare_snapshot),
             deserializer=self._deserialize_from,
             useFork=False,
             appendEntriesUseBatch=False,
@@ -545,10 +717,16 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             # Larger than any single entry (1 MiB values), so PySyncObj never takes its
             # buggy chunked-transmission path for one big entry.
             appendEntriesBatchSizeBytes=4 * 1024 * 1024,
-            logCompactionMinEntries=compaction_entries,
-            logCompactionMinTime=compaction_seconds,
+            # Entry counts are ours (staggered, in _persist_and_release); PySyncObj would
+            # have every node compact at the same index.
+            logCompactionMinEntries=2**62,
+            logCompactionMinTime=compaction_seconds * stagger,
             logCompactionSplit=False,
         )
+        # The snapshot thread (and a restore being checked) run Python for seconds; the
+        # tick thread, back from each system call, waits for the GIL up to the switch
+        # interval (5 ms by default), tick after tick. A shorter one keeps it on time.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         super().__init__(self_address, partner_addresses, conf=conf, transportClass=_HoldingTransport)
         disable_utility_membership(self._SyncObj__transport)
         self.addOnTickCallback(self._persist_and_release)
@@ -603,10 +781,29 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         if self._rdb_journal.sync() and self.on_fsync is not None:
             self.on_fsync(time.perf_counter() - started)
         self._SyncObj__transport.release_held()
-        # PySyncObj compacts by entry count only: big values must not grow the journal
-        # (held in memory too) without bound, so compact by size as well.
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Start a compaction when this node's next point is reached (tick thread). Runs
+        after PySyncObj's compaction step in the same tick, so a compaction that just
+        finished has already moved the journal's first index."""
+        serializer = self._SyncObj__serializer
+        if getattr(serializer, "busy", False):
+            return  # forcing now would start another one as soon as this one ends
         journal = self._rdb_journal
-        if journal.size_bytes > COMPACT_AT_BYTES and time.monotonic() - self._last_forced_compaction > 5.0:
+        if not len(journal):
+            return
+        rank, members = self._compaction_rank
+        # After a compaction the journal starts at the snapshot's prev entry; the
+        # snapshot covers the next one too.
+        due = compaction_point(journal[0][1] + 1, self._compaction_entries, rank, members)
+        if self.raftLastApplied >= due:
+            self.forceLogCompaction()
+            return
+        # Big values must not grow the journal (held in memory too) without bound.
+        if journal.size_bytes > COMPACT_AT_BYTES * (1 + rank / members) and (
+            time.monotonic() - self._last_forced_compaction > 5.0
+        ):
             self._last_forced_compaction = time.monotonic()
             self.forceLogCompaction()
 
@@ -615,7 +812,20 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         # durable before the leader's commit count below, which counts itself.
         if getattr(self, "_SyncObj__transport", None) is not None and self._SyncObj__transport.ready:
             self._persist_and_release()
+        # The longest wait between two ticks (a tick polls for up to timeToWait): what a
+        # stall of the tick thread looks like from outside, for /v1/status.
+        now = time.monotonic()
+        last = getattr(self, "_last_tick", now)
+        self._last_tick = now
+        if now - last > timeToWait + 0.05:
+            self.tick_stalls.append((now, now - last))
         super()._onTick(timeToWait)
+
+    def tick_stall_max(self, window: float = 10.0) -> float:
+        """The longest gap between ticks (beyond the poll wait) in the last ``window``
+        seconds. Safe from any thread."""
+        since = time.monotonic() - window
+        return max((gap for at, gap in list(self.tick_stalls) if at >= since), default=0.0)
 
     # ------------------------------------------------------------ truncation fix
 
@@ -727,10 +937,18 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
 
     # ------------------------------------------------------------ snapshots
 
-    def _serialize_to(self, tmp_path: str, raft_data: Any) -> None:
+    def _prepare_snapshot(self, raft_data: Any) -> Callable[[str], None]:
+        # Tick thread: only the freeze happens here; the returned writer runs on the
+        # snapshot thread.
         last, prev, cluster = raft_data
+        state = self._snapshot_fn()
         # A learner has no node of its own (None) in PySyncObj's cluster set.
-        dump_snapshot(tmp_path, self._snapshot_fn(), last, prev, sorted(n.id for n in cluster if n is not None))
+        members = sorted(n.id for n in cluster if n is not None)
+
+        def write(tmp_path: str) -> None:
+            write_snapshot(tmp_path, state, last, prev, members)
+
+        return write
 
     def _deserialize_from(self, path: str) -> tuple[Any, Any, Any]:
         # The file is durable already: ours since compaction, an installed one since
@@ -797,6 +1015,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         else:
             quorum = leader is not None and now - self.last_leader_contact < quorum_window
         journal = self._rdb_journal
+        serializer = self._SyncObj__serializer
         return RaftStatus(
             role=role,
             term=int(self.raftCurrentTerm),
@@ -814,6 +1033,10 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             messages_sent_after_merge=self._SyncObj__transport.sent_merged,
             truncations_below_commit=self.truncations_below_commit,
             suppressed_truncations=self.suppressed_truncations,
+            snapshots_written=getattr(serializer, "snapshots_written", 0),
+            snapshot_seconds_last=getattr(serializer, "last_seconds", 0.0),
+            snapshot_seconds_max=getattr(serializer, "max_seconds", 0.0),
+            tick_stall_max_10s=self.tick_stall_max(),
         )
 
     def _other_nodes(self) -> list[Any]:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pysyncobj.config import FAIL_REASON
@@ -40,6 +42,8 @@ from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 _RETRY_PAUSE = 0.05
 #: Read barriers pipelined at once: each read waits for the first one submitted after it.
 MAX_BARRIERS_IN_FLIGHT = 4
+#: Restore entries proposed ahead of the one awaited.
+RESTORE_WINDOW = 2
 T = TypeVar("T")
 log = logging.getLogger("rdb.store")
 #: The cluster-wide membership lease (see ``membership_lease``), in the reserved prefix.
@@ -89,6 +93,7 @@ class ReplicatedStore:
         self.load_count = 0
         self._load_listeners: list[Callable[[], None]] = []
         self.barriers_proposed = 0
+        self.last_restore: RestoreProgress | None = None  # the latest restore through this node
         #: (revision, wall time applied here): for commit-to-blade latency figures.
         self.commit_times: deque[tuple[int, float]] = deque(maxlen=20_000)
         #: ``timing(name, seconds)``, for metrics: "commit" (a write from ``propose`` to
@@ -156,6 +161,8 @@ class ReplicatedStore:
             result = self._sm.apply(payload, index)
             changed = self._sm.revision != before
             restored = self._sm.restores_applied != restores
+        if restored or "staged" in result:
+            _freeze_gc()
         if restored:
             self.load_count += 1
         if changed:
@@ -164,14 +171,18 @@ class ReplicatedStore:
             self._schedule_notify(load=restored)
         return result
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self) -> Iterator[bytes]:
+        # Tick thread: a frozen copy under the lock (pointer copies); the encoding runs
+        # on the snapshot thread, without the lock (see RaftNode).
         with self._lock:
-            return self._sm.snapshot()
+            source = self._sm.snapshot_source()
+        return source.chunks()
 
     def _restore(self, state: bytes, index: int) -> None:
         with self._lock:
             self._sm.restore(state, strict=False)  # our own snapshot: never refuse to start
             self.load_count += 1
+        _freeze_gc()
         self._schedule_notify(load=True)
 
     def _schedule_notify(self, load: bool = False) -> None:
@@ -320,23 +331,84 @@ class ReplicatedStore:
     async def snapshot(self) -> tuple[bytes, int]:
         """A linearizable backup: (snapshot bytes, the revision it holds)."""
         await self.linearizable_barrier()
-        return self.read(lambda sm: (sm.snapshot(), sm.revision))
+        # Frozen under the lock (pointer copies), encoded in a thread without it.
+        source = self.read(lambda sm: sm.snapshot_source())
+        data = await asyncio.to_thread(lambda: b"".join(source.chunks()))
+        return data, source.revision
 
-    async def restore(self, snapshot: bytes, *, keep_prefix: str = "", timeout: float | None = None) -> Result:
+    async def restore(
+        self,
+        snapshot: bytes | RestorePlan,
+        *,
+        keep_prefix: str = "",
+        timeout: float | None = None,
+        progress: Callable[[RestoreProgress], None] | None = None,
+    ) -> Result:
         """Replace the whole key space with ``snapshot`` on every node (a load event).
+
+        The snapshot is parsed, checked and cut into log entries of at most
+        ``RESTORE_ROWS_PER_ENTRY`` key-sorted rows in a worker thread; each entry is
+        checked again as it applies, and the commit swaps the staged state in, so no
+        apply holds the tick thread for long. ``progress`` (loop thread) gets a
+        ``RestoreProgress`` after each committed entry; ``last_restore`` keeps the latest.
 
         Raises ``InvalidCommand`` for a malformed snapshot (nothing proposed), or the
         ``propose`` errors; a failed upload leaves the current state untouched. Keys under
-        ``keep_prefix`` keep their current values.
+        ``keep_prefix`` keep their current values. ``snapshot`` may be a ``plan_restore``
+        result (the caller has parsed and checked it already).
         """
-        # Parsing and checking a large snapshot takes seconds: not on the event loop.
-        await asyncio.to_thread(snapshot_entries, snapshot, self._sm.references)
-        result: Result = {}
-        for payload in _commands.restore_commands(snapshot, _commands.new_request_id(), keep_prefix):
-            result = await self.propose(payload, timeout=timeout)
-            if result.get("status") != "ok":
-                raise InvalidCommand(str(result.get("message", "restore rejected")))
-        return result
+        started = time.monotonic()
+        report = RestoreProgress("checking", 0, 0, 0, 0, 0.0)
+        self.last_restore = report
+        try:
+            plan = (
+                snapshot if isinstance(snapshot, RestorePlan) else await asyncio.to_thread(self.plan_restore, snapshot)
+            )
+            rows = plan.rows
+            commands = await asyncio.to_thread(
+                _commands.restore_row_commands, rows, plan.revision, _commands.new_request_id(), keep_prefix
+            )
+            result: Result = {}
+            report = RestoreProgress("applying", len(rows), 0, len(commands), 0, time.monotonic() - started)
+            # Up to RESTORE_WINDOW entries in flight: they reach the log in the order they
+            # were proposed (one queue, one connection to the leader). Should a retry
+            # across a leader change land out of order, that entry answers "invalid" and
+            # the restore fails whole, changing nothing.
+            window: deque[asyncio.Task[Result]] = deque()
+            try:
+                for done in range(1, len(commands) + 1):
+                    while len(window) < RESTORE_WINDOW and done + len(window) <= len(commands):
+                        payload = commands[done + len(window) - 1]
+                        window.append(asyncio.ensure_future(self.propose(payload, timeout=timeout)))
+                        await asyncio.sleep(0)  # let it reach the Raft queue now, in order
+                    result = await window.popleft()
+                    if result.get("status") != "ok":
+                        raise InvalidCommand(str(result.get("message", "restore rejected")))
+                    staged = result.get("staged", report.rows_applied)
+                    report = RestoreProgress(
+                        "done" if done == len(commands) else "applying",
+                        len(rows),
+                        len(rows) if done == len(commands) else int(staged),
+                        len(commands),
+                        done,
+                        time.monotonic() - started,
+                    )
+                    self.last_restore = report
+                    if progress is not None:
+                        progress(report)
+            finally:
+                for task in window:
+                    task.cancel()
+            return result
+        except BaseException:
+            self.last_restore = dataclasses.replace(report, state="failed", seconds=time.monotonic() - started)
+            raise
+
+    def plan_restore(self, snapshot: bytes) -> RestorePlan:
+        """Parse and check ``snapshot`` for ``restore`` (as ``snapshot_entries`` does:
+        raises ``InvalidCommand``). CPU-heavy: any thread but the event loop's."""
+        self.last_restore = RestoreProgress("checking", 0, 0, 0, 0, 0.0)
+        return restore_plan(snapshot, self._sm.references)
 
     # ------------------------------------------------------------ linearizable reads
 
@@ -502,6 +574,17 @@ class ReplicatedStore:
         self._schedule_notify(load=True)
 
 
+def _freeze_gc() -> None:
+    """Move every object alive now out of the cyclic collector's reach (``gc.freeze``).
+
+    After a bulk load (a restore's parts, a snapshot load) the process holds millions of
+    long-lived entries; each full collection would scan all of them with the GIL held
+    (about 0.2 s per 100k keys here), stalling the tick thread into elections. Frozen
+    objects are still freed by reference counting; only cyclic garbage already alive
+    now is never collected, which the store does not make. Any thread."""
+    gc.freeze()
+
+
 class _Handoff:
     """Raft results handed from the tick thread to the loop in batches: one
     ``call_soon_threadsafe`` (a self-pipe write and a loop wake-up) for every result
@@ -549,6 +632,49 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[tuple[Any, i
 def _resolve(fut: asyncio.Future[tuple[Any, int]], value: tuple[Any, int]) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestoreProgress:
+    """Where a restore through this node stands. ``state``: checking (parsing and
+    checking the upload), applying, done or failed."""
+
+    state: str
+    rows_total: int
+    rows_applied: int
+    entries_total: int
+    entries_applied: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """A parsed, checked snapshot: its entries, as rows in key order, and its revision."""
+
+    entries: list[KeyValue]
+    rows: list[list[Any]]
+    revision: int
+
+
+def restore_plan(snapshot: bytes, references: Iterable[Reference] = ()) -> RestorePlan:
+    """Parse and check ``snapshot`` as ``snapshot_entries`` does (raises
+    ``InvalidCommand``). CPU-heavy: any thread but the event loop's."""
+    probe = StateMachine(references=references)
+    try:
+        probe.restore(snapshot)
+    except ValueError as exc:
+        raise InvalidCommand(str(exc)) from None
+    _freeze_gc()  # a million parsed rows must not be scanned by each full collection
+    dangling = probe.dangling_reference()
+    if dangling is not None:
+        raise InvalidCommand(f"the snapshot breaks a reference: {dangling}")
+    entries, _ = probe.range("")  # key order (sorted without one long GIL hold)
+    rows = []
+    for i, kv in enumerate(entries):
+        rows.append([kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version])
+        if i % 50_000 == 49_999:
+            _freeze_gc()
+    return RestorePlan(entries, rows, probe.revision)
 
 
 def snapshot_entries(snapshot: bytes, references: Iterable[Reference] = ()) -> list[KeyValue]:

@@ -31,11 +31,8 @@ COMPACTION = ["--compaction-entries", "25"]
 COMPACTION_STEPS = [
     "snapshot.before_rename",
     "snapshot.after_rename",
-    "journal.compact.before_rewrite",
-    "journal.compact.during_rewrite",
-    "journal.compact.before_rename",
-    "journal.compact.after_rename",
-    "journal.compact.after_rewrite",
+    "journal.compact.before_header",
+    "journal.compact.after_header",
 ]
 
 
@@ -167,7 +164,7 @@ def test_crash_at_each_compaction_step_loses_no_acknowledged_write(tmp_path: Any
 
 
 def test_enospc_in_the_journal_rewrite_stops_the_node_and_loses_nothing(tmp_path: Any) -> None:
-    c = _single(tmp_path, "journal.compact.during_rewrite=enospc@2")
+    c = _single(tmp_path, "journal.compact.before_header=enospc@2")
     try:
         stop = threading.Event()
         watcher = threading.Thread(target=lambda: (c.nodes["n1"].proc.wait(60), stop.set()))  # type: ignore[union-attr]
@@ -206,9 +203,8 @@ def test_enospc_in_group_commit_stops_the_node(tmp_path: Any, step: str) -> None
     "step",
     [
         "snapshot.after_rename",
-        "journal.compact.before_rewrite",
-        "journal.compact.during_rewrite",
-        "journal.compact.before_rename",
+        "journal.compact.before_header",
+        "journal.compact.after_header",
     ],
 )
 def test_cluster_crashing_in_compaction_then_killed_whole_loses_nothing(tmp_path: Any, step: str) -> None:
@@ -256,7 +252,7 @@ def test_cluster_with_every_journal_rewrite_failing_stops_and_loses_nothing(tmp_
     """ENOSPC on every node's journal rewrite: PySyncObj swallowed it, every node kept
     acknowledging with a snapshot ahead of its journal, and the restart after a power
     cut lost everything past each node's last snapshot. Each node must stop instead."""
-    env = {"RDBSYNC_FAILPOINTS": "journal.compact.during_rewrite=enospc@3+", "RDBSYNC_REQUEST_TIMEOUT": "2"}
+    env = {"RDBSYNC_FAILPOINTS": "journal.compact.before_header=enospc@3+", "RDBSYNC_REQUEST_TIMEOUT": "2"}
     c = Cluster(str(tmp_path), 3, env=env, extra_args=COMPACTION)
     c.start()
     try:

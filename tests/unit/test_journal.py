@@ -21,7 +21,15 @@ import pytest
 
 from rdb import _failpoints as failpoints
 from rdb._errors import StorageCorrupt
-from rdb._journal import _MAGIC, _RECORD, FAIL_STOP_EXIT, DurableJournal, fsync_directory, write_file_atomically
+from rdb._journal import (
+    _MAGIC,
+    _RECORD,
+    FAIL_STOP_EXIT,
+    HEADER_BYTES,
+    DurableJournal,
+    fsync_directory,
+    write_file_atomically,
+)
 
 Entry = tuple[bytes, int, int]
 
@@ -434,33 +442,36 @@ def test_delete_entries_to_includes_unsynced_entries(open_journal: Callable[[], 
     assert contents(open_journal()) == entries(3, 8)
 
 
-def test_delete_entries_to_fsyncs_dir_before_rewriting(
+def test_compaction_writes_the_header_only_after_the_dir_and_the_entries_are_durable(
     path: str, monkeypatch: pytest.MonkeyPatch, open_journal: Callable[[], DurableJournal]
 ) -> None:
     j = open_journal()
     add_all(j, entries(1, 5))
     j.sync()
+    add_all(j, entries(6, 7))  # pending: the new first record must be on disk first
     log: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_fdatasync, real_pwrite = os.fsync, os.fdatasync, os.pwrite
 
     def fsync(fd: int) -> None:
         log.append("fsync:" + os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    def replace(src: str, dst: str) -> None:
-        log.append(f"replace:{os.path.basename(src)}->{os.path.basename(dst)}")
-        real_replace(src, dst)
+    def fdatasync(fd: int) -> None:
+        log.append("fdatasync")
+        real_fdatasync(fd)
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        log.append(f"pwrite:{offset}:{len(data)}")
+        return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "pwrite", pwrite)
     j.deleteEntriesTo(3)
     directory = os.path.dirname(os.path.abspath(path))
-    assert log == [
-        f"fsync:{directory}",  # the snapshot rename that justified the compaction
-        f"fsync:{path}.tmp",
-        "replace:raft.journal.tmp->raft.journal",
-        f"fsync:{directory}",
-    ]
+    assert log[0] == f"fsync:{directory}"  # the snapshot rename that justified the compaction
+    assert log[-3] == "fdatasync"  # the pending entries...
+    assert log[-2:] == [f"pwrite:0:{HEADER_BYTES}", "fdatasync"]  # ...then the header: the commit point
     assert not os.path.exists(path + ".tmp")
 
 
@@ -716,9 +727,8 @@ def test_a_failed_fsync_after_truncation_is_fatal(fatal_journal: Any) -> None:
     [
         ("journal.sync.before_write=enospc", lambda j: (j.add(b"x", 7, 1), j.sync())),
         ("journal.sync.before_fsync=error", lambda j: (j.add(b"x", 7, 1), j.sync())),
-        ("journal.compact.before_rewrite=enospc", lambda j: j.deleteEntriesTo(3)),
-        ("journal.compact.during_rewrite=enospc", lambda j: j.deleteEntriesTo(3)),
-        ("journal.compact.before_rename=error", lambda j: j.deleteEntriesTo(3)),
+        ("journal.compact.before_header=enospc", lambda j: j.deleteEntriesTo(3)),
+        ("journal.compact.before_header=error", lambda j: j.deleteEntriesTo(3)),
         ("journal.reset.during_rewrite=enospc", lambda j: j.reset([(b"a", 9, 1), (b"b", 10, 1)])),
         ("journal.meta.before_write=enospc", lambda j: j.setCurrentTerm(5, None)),
         ("journal.meta.before_write=enospc", lambda j: (j.setRaftCommitIndex(4), j.onOneSecondTimer())),
@@ -740,7 +750,7 @@ def test_every_oserror_in_the_journal_is_fatal(path: str, fatal_journal: Any, sp
 
 def test_a_failed_compaction_keeps_the_old_journal(path: str, fatal_journal: Any) -> None:
     j, _ = fatal_journal
-    failpoints.arm("journal.compact.during_rewrite=enospc")
+    failpoints.arm("journal.compact.before_header=enospc")
     with pytest.raises(Fatal):
         j.deleteEntriesTo(3)
     assert contents(j) == entries(1, 6)
