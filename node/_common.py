@@ -10,7 +10,6 @@ import json
 import math
 import re
 import zlib
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -40,7 +39,6 @@ WATCH_KEEPALIVE_SECONDS = 10.0
 
 STORE = web.AppKey("store", ReplicatedStore)
 CONFIG = web.AppKey("config", NodeConfig)
-METRICS = web.AppKey("metrics", Counter)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 RUNTIME: web.AppKey[BladeRuntime] = web.AppKey("runtime")
 

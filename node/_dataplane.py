@@ -20,6 +20,7 @@ from aiohttp import web
 from fencing import corrupt_table
 from node._common import RUNTIME
 from node._exceptions import ApiError, BadRequest, Fenced
+from node._logging import log_event
 from node._runtime import BladeRuntime
 from node.app import App, BladeView, DataPlane
 
@@ -43,7 +44,9 @@ def decide(runtime: BladeRuntime, op: DataPlane, query: Mapping[str, str]) -> di
         raise ApiError(422, "bad_parameter", str(exc)) from None
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         if runtime.request_full_resync("corrupt_table"):
-            log.error("%s decision failed on a blade row: %r; resyncing every table in full", op.consumer, exc)
+            log_event(
+                log, logging.ERROR, "blade_row_unreadable", protocol=op.consumer, error=repr(exc), action="full_resync"
+            )
         fence = corrupt_table(runtime.policy, op.consumer, f"{type(exc).__name__}: {exc}", runtime.clock())
         raise Fenced(fence, runtime.clock_offset) from None
 

@@ -16,6 +16,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 
 from node._exceptions import ApiError, AppMismatch, Fenced
+from node._logging import log_event
 from rdb import (
     Compacted,
     InvalidCommand,
@@ -93,7 +94,7 @@ def translate(exc: BaseException, *, is_write: bool) -> ApiError:
         return ApiError(405, "method_not_allowed", f"method not allowed; allowed: {sorted(exc.allowed_methods)}")
     if isinstance(exc, web.HTTPException):
         return ApiError(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
-    log.exception("unexpected error while serving a request", exc_info=exc)
+    log_event(log, logging.ERROR, "request_failed", exc_info=exc, error=repr(exc))
     return ApiError(503, "internal", f"internal error: {type(exc).__name__}", applied="unknown" if is_write else None)
 
 

@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +27,6 @@ from node._common import (
     MAX_BODY_BYTES,
     MAX_LIST_LIMIT,
     MEMBERS_PREFIX,
-    METRICS,
     RESERVED_PREFIX,
     RUNTIME,
     STORE,
@@ -56,10 +54,12 @@ from node._members import (
 )
 from node._mgmt import add_routes, check_row
 from node._models import PutBody, TxnBody
+from node._observability import install_observability
 from node._openapi import openapi
 from node._runtime import BladeRuntime
 from node._sinks import FileSink
 from node._tables import TABLE_PREFIX, TableRegistry, key_problem
+from node._ui import ui_auth_exempt
 from rdb import Compacted, InvalidCommand, KeyValue, ReplicatedStore, check_key, check_value
 
 log = logging.getLogger("node.http")
@@ -74,7 +74,6 @@ _WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     is_write = request.method in _WRITE_METHODS
-    metrics = request.app[METRICS]
     try:
         response = await handler(request)
     except asyncio.CancelledError:
@@ -82,7 +81,6 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ConnectionError:
         # The client went away mid-answer: nobody to answer, nothing to log as an error.
         log.debug("client %s went away during %s %s", request.remote, request.method, request.path)
-        metrics['http_responses_total{code="499"}'] += 1
         return web.Response(status=499)
     except Exception as exc:  # noqa: BLE001 - the one translation point
         err = translate(exc, is_write=is_write)
@@ -91,7 +89,6 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
             response.force_close()  # the rest of a stalled body is not waited for
         if isinstance(exc, web.HTTPMethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-    metrics[f'http_responses_total{{code="{response.status}"}}'] += 1
     if not response.prepared and "X-Rdb-Revision" not in response.headers:
         response.headers["X-Rdb-Revision"] = str(request.app[STORE].revision)
     return response
@@ -100,7 +97,7 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[CONFIG].api_token
-    if token and request.path != "/healthz":
+    if token and request.path != "/healthz" and not ui_auth_exempt(request, token):
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
@@ -515,67 +512,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True})
 
 
-async def metrics(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    st = store.status()
-    lines = [
-        "# TYPE rdb_revision gauge",
-        f"rdb_revision {store.revision}",
-        "# TYPE rdb_raft_term gauge",
-        f"rdb_raft_term {st.term}",
-        "# TYPE rdb_raft_commit_index gauge",
-        f"rdb_raft_commit_index {st.commit_index}",
-        "# TYPE rdb_raft_applied_index gauge",
-        f"rdb_raft_applied_index {st.applied_index}",
-        "# TYPE rdb_raft_is_leader gauge",
-        f"rdb_raft_is_leader {int(st.role == 'leader')}",
-        "# TYPE rdb_quorum gauge",
-        f"rdb_quorum {int(st.quorum)}",
-        "# TYPE rdb_journal_syncs_total counter",
-        f"rdb_journal_syncs_total {st.journal_syncs}",
-        "# TYPE rdb_truncations_below_commit_total counter",
-        f"rdb_truncations_below_commit_total {st.truncations_below_commit}",
-        "# TYPE rdb_read_barriers_total counter",
-        f"rdb_read_barriers_total {store.barriers_proposed}",
-    ]
-    runtime = request.app[RUNTIME]
-    lines.append("# TYPE rdb_blade_applied_revision gauge")
-    lines += [
-        f'rdb_blade_applied_revision{{table="{n}"}} {st.applied_revision}' for n, st in runtime.engine.status.items()
-    ]
-    lines.append("# TYPE rdb_blade_lag_revisions gauge")
-    lines += [
-        f'rdb_blade_lag_revisions{{table="{n}"}} {max(0, store.revision - st.applied_revision)}'
-        for n, st in runtime.engine.status.items()
-    ]
-    lines.append("# TYPE rdb_blade_drift_total counter")
-    lines += [f'rdb_blade_drift_total{{table="{n}"}} {st.drift_count}' for n, st in runtime.engine.status.items()]
-    lines.append("# TYPE rdb_blade_in_sync gauge")
-    lines += [
-        f'rdb_blade_in_sync{{table="{n}"}} {int(st.state == "in_sync")}' for n, st in runtime.engine.status.items()
-    ]
-    lines.append("# TYPE rdb_resync_runs_total counter")
-    lines += [f'rdb_resync_runs_total{{run="{k}"}} {v}' for k, v in sorted(runtime.decisions.items())]
-    fenced = {f["protocol"] for f in runtime.fences()}
-    lines.append("# TYPE rdb_protocol_fenced gauge")
-    lines += [
-        f'rdb_protocol_fenced{{protocol="{p}",kind="{runtime.policy.kind(p)}"}} {int(p in fenced)}'
-        for p in runtime.policy.consumers()
-    ]
-    lines.append("# TYPE rdb_fence_events_total counter")
-    lines += [f'rdb_fence_events_total{{type="{k}"}} {v}' for k, v in sorted(runtime.event_counts.items())]
-    agents = runtime.agents.status()
-    lines.append("# TYPE rdb_agent_applied_revision gauge")
-    lines += [f'rdb_agent_applied_revision{{agent="{n}"}} {a["applied_revision"]}' for n, a in agents.items()]
-    lines.append("# TYPE rdb_agent_lag_revisions gauge")
-    lines += [f'rdb_agent_lag_revisions{{agent="{n}"}} {a["lag_revisions"] or 0}' for n, a in agents.items()]
-    lines.append("# TYPE rdb_agent_ok gauge")
-    lines += [f'rdb_agent_ok{{agent="{n}"}} {int(a["state"] == "ok")}' for n, a in agents.items()]
-    lines.append("# TYPE http_responses_total counter")
-    lines += [f"{name} {value}" for name, value in sorted(request.app[METRICS].items())]
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
-
-
 MAX_RESTORE_BYTES = 512 * 1024 * 1024
 
 
@@ -684,7 +620,6 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app[STORE] = store
     app[CONFIG] = config
     init_removal(app)
-    app[METRICS] = Counter()
     app[RUNTIME] = runtime or BladeRuntime(
         config.id,
         store,
@@ -721,13 +656,13 @@ def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime 
     app.router.add_post("/v1/cluster/removed", removed_notice)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/v1/events", events)
     app.router.add_get("/v1/snapshot", get_snapshot)
     app.router.add_post("/v1/restore", post_restore)
     add_routes(app)
     add_agent_routes(app)
+    install_observability(app)  # /metrics, /ui, structured start-up log
     if config.fault_injection:
         add_debug_routes(app)
     return app

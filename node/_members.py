@@ -31,6 +31,7 @@ from aiohttp import web
 
 from node._common import CLIENT, CONFIG, MEMBERS_PREFIX, STORE, json_body, members_registry
 from node._exceptions import ApiError
+from node._logging import log_event
 from node._models import MemberBody
 from rdb import caught_up, check_new_member
 
@@ -62,7 +63,7 @@ def init_removal(app: web.Application) -> None:
         with open(path, encoding="utf-8") as f:
             removal.reason = f.read().strip() or "removed from the cluster"
         removal.removed, removal.at = True, os.path.getmtime(path)
-        log.warning("this node was removed from the cluster (%s); remove %s to rejoin", removal.reason, path)
+        log_event(log, logging.WARNING, "node_removed_earlier", reason=removal.reason, rejoin=f"remove {path}")
     except FileNotFoundError:
         pass
     app[REMOVAL] = removal
@@ -86,13 +87,13 @@ async def mark_removed(app: web.Application, reason: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        log.error("cannot write %s (%s): a restart would not know this node was removed", path, exc)
-    log.warning("node %s was removed from the cluster: %s; it no longer serves", app[CONFIG].id, reason)
+        log_event(log, logging.ERROR, "removal_marker_not_written", path=path, error=str(exc))
+    log_event(log, logging.WARNING, "node_removed", reason=reason, serving=False)
     for hook in removal.on_removed:
         try:
             await hook()
-        except Exception:
-            log.exception("a removal hook failed")
+        except Exception as exc:  # noqa: BLE001 - logged; the other hooks still run
+            log_event(log, logging.ERROR, "removal_hook_failed", exc_info=exc, error=repr(exc))
 
 
 @web.middleware
@@ -141,7 +142,7 @@ async def add_member(request: web.Request) -> web.Response:
         # The change is over once the new member votes (its learner restarted as a
         # voter): only then may the next one start.
         voting = await _wait_for_voter(app, body)
-    log.info("added %s (%s) as a voting member (voting: %s)", body.id, body.raft_address, voting)
+    log_event(log, logging.INFO, "member_added", member=body.id, raft_address=body.raft_address, voting=voting)
     return _answer({"added": body.model_dump(), "voting": voting}, store.revision)
 
 
@@ -246,7 +247,7 @@ async def remove_member(request: web.Request) -> web.Response:
     async with store.membership_lease(cfg.id, f"remove {member_id} {address}"):
         await store.change_membership("remove", address)
         await store.delete(MEMBERS_PREFIX + member_id)
-    log.info("removed %s (%s)", member_id, address)
+    log_event(log, logging.INFO, "member_removed", member=member_id, raft_address=address)
     told = await _tell_removed(app, registry[address])
     return _answer({"removed": member_id, "told": told}, store.revision)
 
@@ -266,7 +267,7 @@ async def _tell_removed(app: web.Application, member: dict[str, str]) -> bool:
         ) as resp:
             return resp.status == 200
     except Exception as exc:  # noqa: BLE001 - it may be down: it learns on its next removal check
-        log.info("could not tell %s that it was removed: %s", member.get("id"), exc)
+        log_event(log, logging.INFO, "removed_member_not_told", member=member.get("id"), error=str(exc))
         return False
 
 

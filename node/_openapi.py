@@ -415,14 +415,15 @@ def _operation(method: str, op: Op) -> dict[str, Any]:
 
 def routes(app: web.Application) -> Iterable[tuple[str, str]]:
     """(method, path template) of every route registered in ``app``; HEAD, which aiohttp
-    adds to every GET, is left out (it answers like the GET, without a body)."""
+    adds to every GET, is left out (it answers like the GET, without a body), and so is
+    the dashboard under /ui."""
     seen = set()
     for route in app.router.routes():
         method = route.method.upper()
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("formatter") or info.get("path")
-        if method in ("HEAD", "*") or not path:
-            continue
+        if method in ("HEAD", "*") or not path or path == "/ui" or path.startswith("/ui/"):
+            continue  # /ui is the dashboard (node._ui: a page and its own data), not the API
         if (method, path) not in seen:
             seen.add((method, path))
             yield method, path

@@ -47,6 +47,7 @@ from node._agents import DEFAULT_HEARTBEAT_TIMEOUT, AgentHub, with_agents
 from node._blades import ProjectedTable, build_blades
 from node._exceptions import AppMismatch, Fenced
 from node._loading import DEFAULT_APP, app_identity, load_app, policy_of
+from node._logging import RuntimeLog, log_event
 from node._tables import TableRegistry
 from node.app import App
 from rdb import ReplicatedStore
@@ -106,6 +107,10 @@ class BladeRuntime:
         self.event_counts: Counter[str] = Counter()
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_SIZE)
         self._event_seq = 0
+        #: Logs the policy's events, and the start-up as one ``node_ready`` line.
+        self.log = RuntimeLog(node_id)
+        #: Called with every resync outcome, on the loop (the metrics' run durations).
+        self.outcome_listeners: list[Callable[[TableOutcome], None]] = []
         self.engine = ResyncEngine(
             store,
             list(self.tables.values()),
@@ -141,11 +146,17 @@ class BladeRuntime:
             fields = event.to_dict(self.clock_offset)
             self.events.append({"seq": self._event_seq, "at": now + self.clock_offset, "node": self.node_id, **fields})
             self.event_counts[event.type] += 1
-            level = logging.WARNING if event.type in ("fenced", "resync_failed", "quorum_lost") else logging.INFO
-            log.log(level, "%s %s", event.type, {k: v for k, v in fields.items() if k != "type"})
+        self.log.record(
+            decision.events,
+            caught_up=self.fence_state.caught_up,
+            fences=self.fence_state.fences,
+            clock_offset=self.clock_offset,
+        )
 
     def _on_resync_outcome(self, outcome: TableOutcome) -> None:
         self.decisions[f"{outcome.kind}:{outcome.decision}"] += 1
+        for listener in self.outcome_listeners:
+            listener(outcome)
         if outcome.dry_run:
             return
         if outcome.ok:
@@ -228,8 +239,8 @@ class BladeRuntime:
                 self._wake.clear()  # before the work: a wake-up during it is not lost
                 try:
                     await self._iteration(loop_state)
-                except Exception:
-                    log.exception("resync worker iteration failed")
+                except Exception as exc:  # noqa: BLE001 - logged; the worker loop must go on
+                    log_event(log, logging.ERROR, "resync_worker_failed", exc_info=exc, error=repr(exc))
                 await _wait_any(changed, self._wake, timeout=0.1)
         finally:
             heartbeat.cancel()
@@ -328,7 +339,10 @@ class BladeRuntime:
     async def _write_app_record(self, prev_revision: int) -> None:
         try:
             await self.store.put(APP_KEY, dict(self.identity), prev_revision=prev_revision)
-            log.info("recorded the cluster's app: %s", _describe(self.identity))
+            # The first record is part of a new cluster's start-up (its line is node_ready);
+            # a changed one (a rolling upgrade completed) is news.
+            level = logging.INFO if prev_revision else logging.DEBUG
+            log_event(log, level, "cluster_app_recorded", app=_describe(self.identity))
             self._wake.set()
         except Exception as exc:  # noqa: BLE001 - no quorum, lost the race: the next iteration retries
             log.debug("recording the cluster's app failed: %s", exc)

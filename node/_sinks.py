@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from node._logging import log_event
+
 if TYPE_CHECKING:
     from node._runtime import BladeRuntime
 
@@ -156,8 +158,8 @@ class FileSink:
         while True:
             try:
                 await self._run()
-            except Exception:
-                log.exception("sink %s: iteration failed", self.spec.name)
+            except Exception as exc:  # noqa: BLE001 - logged; the sink must go on
+                log_event(log, logging.ERROR, "sink_failed", exc_info=exc, agent=self.spec.name, error=repr(exc))
                 await asyncio.sleep(0.5)
 
     async def _run(self) -> None:
@@ -189,7 +191,7 @@ class FileSink:
                     self.failed = True
                     if isinstance(exc, CommandFailed) and exc.what == "check":
                         self.rendered = None  # the daemon died: reload it once it is back
-                    log.warning("sink %s: %s", self.spec.name, exc)
+                    log_event(log, logging.WARNING, "sink_step_failed", agent=self.spec.name, error=str(exc))
                     self._report({"state": "failed", "applied_revision": revision, "error": str(exc)})
             await hub.wait_tick(0.1)
 
@@ -259,7 +261,7 @@ class FileSink:
             try:
                 await self._command("on_fence" if now_fenced else "on_unfence", command, 0, names)
             except CommandFailed as exc:
-                log.warning("sink %s: %s", self.spec.name, exc)
+                log_event(log, logging.WARNING, "sink_hook_failed", agent=self.spec.name, error=str(exc))
 
 
 def _read(path: str) -> str | None:

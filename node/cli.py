@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
 import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from node._config import NodeConfig, add_node_arguments, parse_node_config, policy_relaxations
 from node._exceptions import AppError, ConfigError
 from node._http import build_app, make_runner
 from node._loading import load_app
+from node._logging import log_event, setup_logging
 from node._members import REMOVAL
 from node._tables import TableRegistry
 from node.launcher import add_run_arguments, run_local_cluster
@@ -38,48 +34,6 @@ log = logging.getLogger("node")
 #: Exit status of a node whose data files cannot be used safely (EX_DATAERR): wipe its
 #: data directory and start it again to rejoin.
 EXIT_STORAGE_CORRUPT = 65
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        node_id = getattr(record, "node", None) or os.environ.get("RDBSYNC_LOG_NODE")
-        if node_id:
-            doc["node"] = node_id
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def _not_a_client_protocol_error(record: logging.LogRecord) -> bool:
-    """Drop aiohttp's tracebacks for requests its parser rejects (garbage, an 8 KiB
-    request line): the client got its 400; the server did nothing wrong."""
-    exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, HttpProcessingError | RequestPayloadError)
-
-
-def setup_logging(fmt: str, node_id: str = "") -> None:
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
-    if use_json:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        prefix = f"{node_id} " if node_id else ""
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    if node_id:
-        os.environ["RDBSYNC_LOG_NODE"] = node_id
-    # PySyncObj logs every reconnect attempt at warning; keep its errors only.
-    logging.getLogger("pysyncobj").setLevel(logging.ERROR)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(_not_a_client_protocol_error)
 
 
 def _reuseport_socket(address: str) -> socket.socket:
@@ -96,7 +50,7 @@ def _reuseport_socket(address: str) -> socket.socket:
 def _leave_address(site: web.SockSite, address: str) -> Callable[[], Awaitable[None]]:
     async def leave() -> None:
         await site.stop()  # closes the listening socket: new connections go to the members
-        log.warning("stopped listening on the cluster address %s", address)
+        log_event(log, logging.WARNING, "cluster_address_left", cluster_address=address)
 
     return leave
 
@@ -131,22 +85,16 @@ async def serve_node(config: NodeConfig) -> None:
             shared = web.SockSite(runner, _reuseport_socket(config.cluster_address))
             await shared.start()
             app[REMOVAL].on_removed.append(_leave_address(shared, config.cluster_address))
-        log.info(
-            "node %s up: http %s, raft %s, cluster address %s, data %s",
-            config.id,
-            config.http_url,
-            config.raft_address,
-            config.cluster_address or "-",
-            config.data_dir,
-        )
+        # Debug only: the line at start-up is node_ready, once the node serves.
+        log_event(log, logging.DEBUG, "node_listening", http=config.http_url, raft=config.raft_address)
         for note in policy_relaxations(config.fence_policy):
-            log.warning("fencing policy relaxes 'never serve from config that failed to sync': %s", note)
+            log_event(log, logging.WARNING, "fencing_policy_relaxed", note=note)
         await stop.wait()
-        log.info("node %s stopping", config.id)
+        log_event(log, logging.INFO, "node_stopping")
     finally:
         await runner.cleanup()
         await loop.run_in_executor(None, store.close)
-        log.info("node %s stopped", config.id)
+        log_event(log, logging.INFO, "node_stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.critical("node %s refuses to start: %s", config.id, exc)
         return EXIT_STORAGE_CORRUPT
     except OSError as exc:
-        log.error("node %s cannot start: %s", config.id, exc)
+        log_event(log, logging.ERROR, "node_start_failed", error=str(exc))
         return 1
     return 0
 

@@ -74,7 +74,12 @@ def fail_stop(what: str, exc: BaseException) -> NoReturn:
 
     For broken durability invariants (an fsync or a rewrite failed): carrying on could
     acknowledge what is not on disk. Safe from any thread."""
-    log.critical("%s failed (%s); stopping this node, restart it once the disk is fixed", what, exc)
+    log.critical(  # the text says it all too: this may run before any logging is set up
+        "%s failed (%s); stopping this node, restart it once the disk is fixed",
+        what,
+        exc,
+        extra={"event": "durability_fail_stop", "fields": {"operation": what, "error": str(exc)}},
+    )
     logging.shutdown()
     os._exit(FAIL_STOP_EXIT)
 

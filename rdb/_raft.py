@@ -197,7 +197,10 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
             os.chmod(tmp, 0o600)
             problem = check_snapshot_file(tmp)
             if problem is not None:
-                log.error("discarding the snapshot received from the leader: %s", problem)
+                log.error(
+                    "discarding the snapshot received from the leader",
+                    extra={"event": "snapshot_discarded", "fields": {"problem": problem}},
+                )
                 os.unlink(tmp)
                 return False
             failpoint("snapshot.install.before_rename")
@@ -346,7 +349,10 @@ def _frame_length_ok(conn: Any, buf: bytearray) -> bool:
     (length,) = _FRAME_HEADER.unpack_from(buf, 0)
     if 0 <= length <= MAX_FRAME_BYTES:
         return True
-    log.warning("dropping a Raft connection: it announced a %d-byte frame (limit %d)", length, MAX_FRAME_BYTES)
+    log.warning(
+        "dropping a Raft connection: its frame is too large",
+        extra={"event": "raft_frame_too_large", "fields": {"bytes": length, "limit": MAX_FRAME_BYTES}},
+    )
     conn.disconnect()
     return False
 
@@ -673,6 +679,8 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self._last_forced_compaction = 0.0
         self._wake_pending = False
         self.stale_acks_ignored = 0
+        #: Called with the seconds each group-commit fdatasync took (tick thread).
+        self.on_fsync: Callable[[float], None] | None = None
         self.tick_stalls: deque[tuple[float, float]] = deque(maxlen=256)
         self._compaction_entries = compaction_entries
         # This node's place among the members: its compactions are offset by that share.
@@ -769,7 +777,9 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
     def _persist_and_release(self) -> None:
         # An fsync that fails ends the process (DurableJournal's fail_stop): PySyncObj
         # would retry the tick forever, and what was acknowledged may not be on disk.
-        self._rdb_journal.sync()
+        started = time.perf_counter()
+        if self._rdb_journal.sync() and self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - started)
         self._SyncObj__transport.release_held()
         self._maybe_compact()
 
@@ -916,7 +926,13 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             return
         if fromIDx <= self.raftCommitIndex:
             self.truncations_below_commit += 1
-            log.critical("truncating committed entries from %d (commit %d)", fromIDx, self.raftCommitIndex)
+            log.critical(
+                "truncating committed entries",
+                extra={
+                    "event": "committed_entries_truncated",
+                    "fields": {"from_index": fromIDx, "commit_index": self.raftCommitIndex},
+                },
+            )
         super()._SyncObj__deleteEntriesFrom(fromIDx)
 
     # ------------------------------------------------------------ snapshots

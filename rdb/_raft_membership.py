@@ -28,7 +28,10 @@ DISABLED_UTILITY_COMMANDS = ("add", "remove")
 
 def _refuse_utility(args: Any, callback: Any) -> None:
     """Answers a disabled utility command with FAIL (tick thread)."""
-    log.warning("refused a membership utility command over the Raft port: %r", args)
+    log.warning(
+        "refused a membership utility command over the Raft port",
+        extra={"event": "membership_utility_refused", "fields": {"command": str(args)}},
+    )
     callback(None, FAIL_REASON.REQUEST_DENIED)
 
 
@@ -76,11 +79,17 @@ class MembershipRules:
         pending = self.membership_pending()
         if pending is not None:
             self.last_membership_refusal = "membership_change_pending"
-            log.info("refused membership change %r: entry %d is not committed yet", request[:2], pending)
+            log.info(
+                "refused a membership change: the previous one is not committed yet",
+                extra={
+                    "event": "membership_change_refused",
+                    "fields": {"change": [str(x) for x in request[:2]], "pending_index": pending},
+                },
+            )
             return False
         if request[0] == "rem" and raft.selfNode is not None and request[1] == raft.selfNode.id:
             self.last_membership_refusal = "leader_removal"
-            log.info("asked to remove this leader: handing the leadership over first")
+            log.info("handing the leadership over before this leader is removed", extra={"event": "leader_transfer"})
             raft.transferLeadership(None, None)
             return False
         done = bool(raft._SyncObj__doChangeCluster(request))

@@ -96,6 +96,11 @@ class ReplicatedStore:
         self.last_restore: RestoreProgress | None = None  # the latest restore through this node
         #: (revision, wall time applied here): for commit-to-blade latency figures.
         self.commit_times: deque[tuple[int, float]] = deque(maxlen=20_000)
+        #: ``timing(name, seconds)``, for metrics: "commit" (a write from ``propose`` to
+        #: its committed result; loop thread), "read_barrier" (a linearizable read's wait;
+        #: loop thread), "fsync" (one group-commit fdatasync; Raft tick thread). It must be
+        #: quick, thread-safe and must not raise. None: nothing is measured.
+        self.timing: Callable[[str, float], None] | None = None
         self._handoff = _Handoff()
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,7 +114,7 @@ class ReplicatedStore:
             self._promotion = loop.create_task(self._promote_when_added())
 
     def _new_raft(self, self_address: str | None) -> RaftNode:
-        return RaftNode(
+        raft = RaftNode(
             self_address,
             self._partners,
             self._data_dir,
@@ -120,6 +125,13 @@ class ReplicatedStore:
             election_timeout=self._election_timeout,
             compaction_entries=self._compaction_entries,
         )
+        raft.on_fsync = self._observe_fsync
+        return raft
+
+    def _observe_fsync(self, seconds: float) -> None:
+        timing = self.timing
+        if timing is not None:
+            timing("fsync", seconds)
 
     def close(self) -> None:
         """Stop the tick thread and flush the journal. Blocks until the thread exits."""
@@ -237,16 +249,18 @@ class ReplicatedStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def propose(self, payload: bytes, *, timeout: float | None = None) -> Result:
+    async def propose(self, payload: bytes, *, timeout: float | None = None, timing: str | None = "commit") -> Result:
         """Commit ``payload`` and return the state machine's result.
 
         Retries MISSING_LEADER / NOT_LEADER / DISCARDED / QUEUE_FULL (not applied), and
         LEADER_CHANGED / UNKNOWN_OUTCOME (maybe applied: safe only because writes carry a
         request id), until the deadline. Raises ``NoQuorum`` (its ``applied`` is False
         when nothing can still apply, "unknown" otherwise) or ``NotApplied`` (denied).
+        A committed proposal is reported to ``self.timing`` under the name ``timing``.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
+        started = loop.time()
+        deadline = started + (self.request_timeout if timeout is None else timeout)
         maybe_applied = False
         last_reason = "none"
         while True:
@@ -270,6 +284,8 @@ class ReplicatedStore:
                     "the proposal was not committed within the deadline (no quorum?)", "timeout", applied="unknown"
                 ) from None
             if reason == FAIL_REASON.SUCCESS:
+                if timing is not None and self.timing is not None:
+                    self.timing(timing, loop.time() - started)
                 return dict(result) if isinstance(result, dict) else {"status": "ok"}
             last_reason = REASON_NAMES.get(reason, str(reason))
             if reason not in NOT_APPLIED_REASONS:
@@ -402,6 +418,7 @@ class ReplicatedStore:
         Raises ``NoQuorum`` (``applied`` False: a barrier changes nothing) on timeout.
         """
         loop = asyncio.get_running_loop()
+        started = loop.time()
         fut: asyncio.Future[None] = loop.create_future()
         self._barrier_waiting.append(fut)
         if self._barriers_in_flight < MAX_BARRIERS_IN_FLIGHT:
@@ -410,6 +427,8 @@ class ReplicatedStore:
             await asyncio.wait_for(asyncio.shield(fut), self.request_timeout if timeout is None else timeout)
         except TimeoutError:
             raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
+        if self.timing is not None:
+            self.timing("read_barrier", loop.time() - started)
 
     def _launch_barrier(self, timeout: float | None) -> None:
         # The batch is exactly the reads that arrived before this barrier was submitted.
@@ -422,7 +441,7 @@ class ReplicatedStore:
 
     async def _one_barrier(self, batch: list[asyncio.Future[None]], timeout: float | None) -> None:
         try:
-            await self.propose(_commands.barrier(), timeout=timeout)
+            await self.propose(_commands.barrier(), timeout=timeout, timing=None)
         except (NoQuorum, NotApplied, OutcomeUnknown) as exc:
             err = NoQuorum(str(exc), exc.reason, applied=False)
             for fut in batch:
@@ -484,7 +503,10 @@ class ReplicatedStore:
             try:
                 await self.delete(MEMBERSHIP_LEASE_KEY, prev_revision=revision)
             except ProposalFailed as exc:  # it expires on its own
-                log.warning("membership lease not released (%s); it expires in %.0fs", exc, ttl)
+                log.warning(
+                    "membership lease not released; it expires on its own",
+                    extra={"event": "membership_lease_kept", "fields": {"error": str(exc), "expires_in": ttl}},
+                )
 
     async def change_membership(self, action: str, raft_address: str, *, timeout: float | None = None) -> None:
         """Add or remove one voting member; the leader decides (a follower's request is
@@ -539,7 +561,10 @@ class ReplicatedStore:
 
     def _promote(self) -> None:
         old = self.raft
-        log.info("added to the cluster as %s: restarting Raft as a voting member", self._raft_address)
+        log.info(
+            "restarting Raft as a voting member",
+            extra={"event": "learner_promoted", "fields": {"raft_address": self._raft_address}},
+        )
         old.destroy_synchronous()
         _write_marker(os.path.join(self._data_dir, VOTER_MARKER))
         with self._lock:

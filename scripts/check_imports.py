@@ -5,6 +5,7 @@ apps import only node's public app API, node.app (users import no underscore mod
 rdbsync (the client and CLI) imports none of ours and no aiohttp, except that its CLI hands
 `rdbsync node|run|chaos` to node.cli. node/launcher.py imports only the standard library, and
 is the one module of node the chaos harness may use (it starts processes; it checks nothing).
+prometheus_client is node's too: rdb and resync report timings through callbacks.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ ALLOWED = {
 MODULE_RULES: dict[str, set[str] | None] = {"node/launcher.py": None, "rdbsync/cli.py": {"node"}}
 # package -> the one module of another package it may import
 ONLY_MODULE = {("chaos", "node"): "node.launcher", ("rdbsync", "node"): "node.cli", ("apps", "node"): "node.app"}
-OWNED_THIRD_PARTY = {"pysyncobj": "rdb", "aiohttp": "node", "httpx": "rdbsync", "click": "rdbsync", "rich": "rdbsync"}
+OWNED_THIRD_PARTY = {
+    "pysyncobj": "rdb",
+    "aiohttp": "node",
+    "prometheus_client": "node",
+    "httpx": "rdbsync",
+    "click": "rdbsync",
+    "rich": "rdbsync",
+}
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.integration.cluster import Cluster, http, put_through_failover, running_cluster, wait_for
+from tests.metrics import value
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def test_injected_failure_fences_only_dependents_on_that_node_then_unfences(clus
     readyz = http("GET", f"{c.url('n2')}/readyz")
     assert readyz.status == 503 and any("nfs fenced" in r for r in readyz.body["error"]["details"]["reasons"])
     metrics = str(http("GET", f"{c.url('n2')}/metrics").body)
-    assert 'rdb_protocol_fenced{protocol="nfs",kind="protocol"} 1' in metrics
+    assert value(metrics, "rdb_protocol_fenced", protocol="nfs", kind="protocol") == 1
     # Clearing the fault: the backoff retry resyncs and unfences by itself.
     assert http("DELETE", f"{c.url('n2')}/v1/debug/faults").status == 200
     wait_for(lambda: nfs(c, "n2").status == 200, 10, "nfs served again on n2")
@@ -321,7 +322,7 @@ def test_a_policy_file_scopes_fences_per_vserver_and_fences_client_applications(
         body = http("GET", f"{url}/v1/guard/backup").body
         assert body["error"]["code"] == "fenced" and body["error"]["details"]["kind"] == "application"
         metrics = str(http("GET", f"{url}/metrics").body)
-        assert 'rdb_protocol_fenced{protocol="backup",kind="application"} 1' in metrics
+        assert value(metrics, "rdb_protocol_fenced", protocol="backup", kind="application") == 1
         assert http("GET", f"{c.url('n1')}/v1/guard/backup").status == 200  # only n2 failed
         assert http("DELETE", f"{url}/v1/debug/faults").status == 200
         wait_for(lambda: http("GET", f"{url}/v1/guard/backup").status == 200, 10, "backup unfenced on n2")
