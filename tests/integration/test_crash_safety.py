@@ -184,10 +184,12 @@ def test_enospc_in_the_journal_rewrite_stops_the_node_and_loses_nothing(tmp_path
 
 @pytest.mark.parametrize("step", ["journal.sync.before_write", "journal.sync.before_fsync"])
 def test_enospc_in_group_commit_stops_the_node(tmp_path: Any, step: str) -> None:
-    c = _single(tmp_path, f"{step}=enospc@5")
+    # @25: start-up itself commits a few entries (the app record, member registrations),
+    # so an earlier hit can fire before the node is ready; the writes outnumber 25 syncs
+    c = _single(tmp_path, f"{step}=enospc@25")
     try:
         stop = threading.Event()
-        acked = _write_until(c, ["n1"], stop, writers=1, per_writer=10)
+        acked = _write_until(c, ["n1"], stop, writers=1, per_writer=80)
         wait_for(lambda: not _alive(c, "n1"), 15, "the node to stop")
         assert c.nodes["n1"].proc.returncode == 74  # type: ignore[union-attr]
         _restart_clean(c, ["n1"])
