@@ -8,6 +8,7 @@ standing in for one.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 from node.launcher import REPO, LocalCluster, Node, free_ports, http, wait_for
 from node.launcher import Reply as Response
+from rdb import ReplicatedStore
 
 __all__ = [
     "REPO",
@@ -102,3 +104,17 @@ def running_cluster(base_dir: str, size: int = 3, **kwargs: Any) -> Iterator[Clu
         yield c
     finally:
         c.close()
+
+
+async def in_process_stores(tmp_path: Any) -> list[ReplicatedStore]:
+    """Three ReplicatedStores of one cluster in this process, started on the running loop
+    (for tests that reach into the Raft layer; the caller closes them)."""
+    loop = asyncio.get_running_loop()
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    stores = [
+        ReplicatedStore(a, [b for b in addrs if b != a], os.path.join(str(tmp_path), f"s{i}"), password="pw")
+        for i, a in enumerate(addrs)
+    ]
+    for s in stores:
+        s.start(loop)
+    return stores

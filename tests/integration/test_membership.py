@@ -17,8 +17,7 @@ import pytest
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.utility import TcpUtility
 
-from rdb import ReplicatedStore
-from tests.integration.cluster import Cluster, NodeProc, free_ports, http, running_cluster, wait_for
+from tests.integration.cluster import Cluster, NodeProc, free_ports, http, in_process_stores, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,20 +92,8 @@ def test_concurrent_adds_through_different_nodes_exactly_one_wins(cluster: Clust
     assert can_write(cluster, "n3", "after-second-add")
 
 
-async def _three_stores(tmp_path: Any) -> list[ReplicatedStore]:
-    loop = asyncio.get_running_loop()
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-    stores = [
-        ReplicatedStore(a, [b for b in addrs if b != a], os.path.join(str(tmp_path), f"s{i}"), password="pw")
-        for i, a in enumerate(addrs)
-    ]
-    for s in stores:
-        s.start(loop)
-    return stores
-
-
 async def test_the_leader_refuses_a_change_while_another_is_uncommitted(tmp_path: Any) -> None:
-    stores = await _three_stores(tmp_path)
+    stores = await in_process_stores(tmp_path)
     try:
         await stores[0].put("warm", 1, timeout=15)  # a leader that committed in its term
         leader = next(s for s in stores if s.status().role == "leader")

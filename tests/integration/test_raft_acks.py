@@ -8,7 +8,6 @@ PySyncObj would deliver them.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,21 +16,9 @@ import pytest
 
 from rdb import ReplicatedStore
 from rdb._raft import RaftNode
-from tests.integration.cluster import free_ports
+from tests.integration.cluster import free_ports, in_process_stores
 
 pytestmark = pytest.mark.integration
-
-
-async def _stores(tmp_path: Any) -> list[ReplicatedStore]:
-    loop = asyncio.get_running_loop()
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-    stores = [
-        ReplicatedStore(a, [b for b in addrs if b != a], os.path.join(str(tmp_path), f"s{i}"), password="pw")
-        for i, a in enumerate(addrs)
-    ]
-    for s in stores:
-        s.start(loop)
-    return stores
 
 
 def _on_tick(raft: RaftNode, fn: Callable[[], Any]) -> Any:
@@ -62,7 +49,7 @@ async def _leader(stores: list[ReplicatedStore]) -> ReplicatedStore:
 
 
 async def test_the_leader_ignores_an_acknowledgement_of_another_term(tmp_path: Any) -> None:
-    stores = await _stores(tmp_path)
+    stores = await in_process_stores(tmp_path)
     try:
         leader = await _leader(stores)
         raft = leader.raft
@@ -93,7 +80,7 @@ async def test_the_leader_ignores_an_acknowledgement_of_another_term(tmp_path: A
 
 
 async def test_followers_stamp_acknowledgements_with_their_term(tmp_path: Any) -> None:
-    stores = await _stores(tmp_path)
+    stores = await in_process_stores(tmp_path)
     try:
         leader = await _leader(stores)
         seen: list[Any] = []
@@ -116,7 +103,7 @@ async def test_followers_stamp_acknowledgements_with_their_term(tmp_path: Any) -
 
 
 async def test_a_matching_tail_with_a_membership_change_is_not_truncated(tmp_path: Any) -> None:
-    stores = await _stores(tmp_path)
+    stores = await in_process_stores(tmp_path)
     try:
         leader = await _leader(stores)
         ghost = f"127.0.0.1:{free_ports(1)[0]}"  # a fourth member that never answers
