@@ -128,3 +128,31 @@ def caught_up(learner_applied: int, leader_commit: int, max_lag: int = CATCH_UP_
     """Whether a learner that applied ``learner_applied`` is close enough to the leader's
     ``leader_commit`` to become a voter."""
     return leader_commit - learner_applied <= max_lag
+
+
+def may_promote(
+    in_membership: bool,
+    newest_change: tuple[int, str] | None,
+    last_index: int,
+    commit_index: int,
+    leader_commit_index: int | None,
+) -> bool:
+    """Whether a learner may restart as a voter.
+
+    ``in_membership``: its address is in its current member set (snapshot plus log).
+    ``newest_change``: ``(index, "add" | "rem")`` of the newest membership entry for its
+    address in its log, or None. ``last_index``: its log's last index; ``commit_index``:
+    its own; ``leader_commit_index``: what the leader's last message said (None before).
+
+    A learner must first hold every entry the leader had committed: a node wiped and
+    rejoining gets the leader's snapshot first, which may predate the removal of its old
+    incarnation and so still list its address; promoting on that stale view makes a
+    "voter" the cluster does not count, and the add it waits for never comes. Then the
+    newest change for the address decides: a committed add. With none in the log, the
+    add is in the snapshot, hence committed."""
+    if not in_membership or leader_commit_index is None or last_index < leader_commit_index:
+        return False
+    if newest_change is None:
+        return True
+    index, action = newest_change
+    return action == "add" and index <= commit_index

@@ -17,7 +17,7 @@ from typing import Any
 
 from pysyncobj.config import FAIL_REASON
 
-from rdb._membership import pending_change_index
+from rdb._membership import may_promote, pending_change_index
 
 log = logging.getLogger("rdb.membership")
 
@@ -104,28 +104,26 @@ class MembershipRules:
         return getattr(self, "selfNode", None) is None
 
     def promotion_ready(self, address: str) -> bool:
-        """True once a learner that will vote as ``address`` sees a committed entry
-        that adds it: it may then restart as a voter. Safe from any thread."""
+        """True once a learner that will vote as ``address`` holds every entry the
+        leader committed and the newest change for it is a committed add: it may then
+        restart as a voter (``rdb._membership.may_promote``). Safe from any thread."""
         raft: Any = self
         if not self.is_learner:
             return False
+        newest: tuple[int, str] | None = None
         try:
             members = {n.id for n in list(raft._SyncObj__otherNodes)}
-        except RuntimeError:  # the tick thread swapped the set: ask again later
-            return False
-        if address not in members:
-            return False
-        log_ = raft._SyncObj__raftLog
-        commit = int(raft.raftCommitIndex)
-        parse = raft._SyncObj__parseChangeClusterRequest
-        try:
+            log_ = raft._SyncObj__raftLog
             first = log_[0][1]
             last = log_[-1][1]
+            parse = raft._SyncObj__parseChangeClusterRequest
             for index in range(last, first - 1, -1):
                 request = parse(log_[index - first][0])
                 if request is not None and request[1] == address:
-                    return request[0] == "add" and index <= commit
-        except (IndexError, RuntimeError):
+                    newest = (index, str(request[0]))
+                    break
+        except (IndexError, RuntimeError):  # the tick thread changed the log or the set: ask again later
             return False
-        # The entry is below the log's start: it is in the snapshot, hence committed.
-        return True
+        return may_promote(
+            address in members, newest, last, int(raft.raftCommitIndex), raft._SyncObj__leaderCommitIndex
+        )

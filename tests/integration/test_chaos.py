@@ -21,26 +21,16 @@ pytestmark = pytest.mark.integration
 
 def run_chaos(tmp_path: Any, *args: str, timeout: float, app: str = "apps.ontap:app") -> dict[str, Any]:
     report = tmp_path / "report"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chaos",
-            "--app",
-            app,
-            *args,
-            "--report",
-            str(report),
-            "--workdir",
-            str(tmp_path / "work"),
-            "--check-time-limit",
-            "30",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    argv = [sys.executable, "-m", "chaos", "--app", app, *args, "--report", str(report)]
+    argv += ["--workdir", str(tmp_path / "work"), "--check-time-limit", "30"]
+    try:
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        # Say where the run stood, and what each node logged last, before failing.
+        print(_text(exc.output)[-6000:], _text(exc.stderr)[-4000:])
+        for log in sorted((tmp_path / "work").glob("*/cluster/*.log")):
+            print(f"--- {log.name} (last lines)", *log.read_text(errors="replace").splitlines()[-15:], sep="\n")
+        raise
     print(proc.stdout[-6000:], proc.stderr[-4000:])
     summary: dict[str, Any] = json.loads((report / "report.json").read_text())
     assert os.path.getsize(report / "report.html") > 1000
@@ -58,6 +48,10 @@ def run_chaos(tmp_path: Any, *args: str, timeout: float, app: str = "apps.ontap:
 @pytest.mark.parametrize(("app", "duration"), [("apps.ontap:app", "45"), ("apps.proxy:app", "30")])
 def test_short_seeded_chaos_run_passes(tmp_path: Any, app: str, duration: str) -> None:
     run_chaos(tmp_path, "--seed", "7", "--duration", duration, timeout=170, app=app)
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 def injected(summary: dict[str, Any], kind: str) -> int:

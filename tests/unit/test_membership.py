@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rdb import CATCH_UP_MAX_LAG, InvalidMember, caught_up, check_new_member, normalize_address
-from rdb._membership import pending_change_index, resolve
+from rdb._membership import may_promote, pending_change_index, resolve
 from rdb._store import lease_held
 
 HOSTS = {
@@ -102,3 +102,24 @@ def test_lease_held() -> None:
     assert not lease_held({"expires_at": 10.0}, 10.0)
     assert not lease_held({"holder": "n1"}, 0.0)
     assert not lease_held(None, 0.0)
+
+
+def test_a_learner_promotes_only_on_a_committed_add_once_it_holds_what_the_leader_committed() -> None:
+    # The add is the newest change for it, committed, and the log covers the leader's commit.
+    assert may_promote(True, (40, "add"), 50, 45, 45)
+    assert not may_promote(True, (40, "add"), 50, 39, 39)  # the add is not committed yet
+    assert not may_promote(True, (40, "rem"), 50, 45, 45)  # removed since
+    assert not may_promote(False, (40, "add"), 50, 45, 45)  # not in the member set
+    assert not may_promote(True, (40, "add"), 50, 45, None)  # no word from a leader yet
+    # The add is in the snapshot: the log has no entry for it, and covers the leader's commit.
+    assert may_promote(True, None, 50, 50, 50)
+
+
+def test_a_wiped_node_never_promotes_on_a_snapshot_older_than_its_removal() -> None:
+    # Found by the five-node chaos run: n3 was removed at index 120 and rejoined wiped;
+    # the leader's snapshot (index 100) still listed n3, and the learner restarted as a
+    # voter before the entries after the snapshot (with the removal) arrived. Its log
+    # ends at the snapshot, below what the leader had committed: it must wait.
+    assert not may_promote(True, None, 100, 100, 130)
+    # Once the entries arrive, the newest change for it is the removal: still a learner.
+    assert not may_promote(True, (120, "rem"), 130, 130, 130)
