@@ -196,8 +196,37 @@ function renderTables(ov) {
     }
     table.append(tbody);
     card.append(el("div", { class: "scroll" }, table));
+    const agents = agentTable(st.agents || {});
+    if (agents) card.append(el("h4", { text: `${st.id} agents and file sinks` }), el("div", { class: "scroll" }, agents));
     box.append(card);
   }
+}
+
+// Daemons in their own process (agents) and file sinks, which the node treats like its
+// blade tables: state in words, applied revision, lag, last report, failure, fences.
+const AGENT_CLASS = { ok: "ok", loading: "warn", missing: "warn", lost: "bad", failed: "bad" };
+
+function agentTable(agents) {
+  const names = Object.keys(agents).sort();
+  if (!names.length) return null;
+  const table = el("table", { class: "agents" });
+  table.append(el("thead", {}, el("tr", {}, ...["Agent", "Tables", "State", "Applied rev", "Lag", "Last report", "Error", "Fences"].map(
+    (h) => el("th", { scope: "col", text: h })))));
+  const tbody = el("tbody", {});
+  for (const name of names) {
+    const a = agents[name];
+    const age = a.last_report_age;
+    const fenced = a.fenced || [];
+    tbody.append(el("tr", { "data-agent": name, "data-state": a.state },
+      el("td", { text: name }), el("td", { text: (a.tables || []).join(", ") }),
+      el("td", { class: AGENT_CLASS[a.state] || "warn" }, el("strong", { text: a.state === "ok" ? "in sync" : a.state })),
+      el("td", { text: a.applied_revision }), el("td", { text: a.lag_revisions ?? "-" }),
+      el("td", { text: age === null || age === undefined ? "never" : `${age.toFixed(1)} s ago` }),
+      el("td", { text: a.error || "-" }),
+      el("td", { class: fenced.length ? "bad" : "" }, fenced.length ? el("strong", { text: `fenced: ${fenced.join(", ")}` }) : "none")));
+  }
+  table.append(tbody);
+  return table;
 }
 
 function renderEvents(ov) {

@@ -253,3 +253,42 @@ def test_with_a_token_nothing_under_ui_answers_without_it(tmp_path: Any, browser
         until(browser, lambda: browser.find_elements(By.ID, "token"), 5, "the login form after signing out")
     finally:
         c.close()
+
+
+def test_agents_and_file_sinks_show_with_their_state_and_fences(tmp_path: Any, browser: WebDriver) -> None:
+    # One node expecting agent "edge" (it holds blade table routes, on which consumer proxy
+    # depends): no daemon runs; the test speaks the agent protocol's report itself.
+    args = ["--app", "apps.proxy:app", "--agent", "edge=routes", "--agent-timeout", "30"]
+    c = Cluster(str(tmp_path), 1, extra_args=args)
+    c.start()
+    try:
+        url = c.url("n1")
+        wait_for(lambda: http("GET", url + "/v1/status").status == 200, 20, "n1 answers")
+        browser.get(url + "/ui/")
+        row = '#tables-nodes [data-node="n1"] tr[data-agent="edge"]'
+
+        def agent_row(state: str) -> str | None:
+            # The row's text, read in one step: the page redraws it every second.
+            script = "const r = document.querySelector(arguments[0]); return r ? r.innerText : null"
+            text: str | None = browser.execute_script(script, f'{row}[data-state="{state}"]')
+            return text
+
+        # Declared, never heard from: "missing" in words, and its consumer fenced.
+        missing = until(browser, lambda: agent_row("missing"), 10, "agent edge shown missing")
+        assert "routes" in missing and "never" in missing and "fenced: proxy" in missing
+        shot(browser, tmp_path, "20-agent-missing")
+
+        def report(body: dict[str, Any]) -> None:
+            assert http("POST", f"{url}/v1/agents/edge/report", body).status == 200
+
+        revision = int(http("GET", url + "/v1/status").body["tables"]["routes"]["applied_revision"])
+        report({"state": "ok", "applied_revision": revision})
+        ok = until(browser, lambda: agent_row("ok"), 5, "agent edge shown in sync")
+        assert "in sync" in ok and "fenced" not in ok and "s ago" in ok
+
+        report({"state": "failed", "applied_revision": revision, "error": "nginx -t said no"})
+        failed = until(browser, lambda: agent_row("failed"), 5, "agent edge shown failed")
+        assert "nginx -t said no" in failed and "fenced: proxy" in failed
+        shot(browser, tmp_path, "21-agent-failed")
+    finally:
+        c.close()
