@@ -290,5 +290,8 @@ def test_agents_and_file_sinks_show_with_their_state_and_fences(tmp_path: Any, b
         failed = until(browser, lambda: agent_row("failed"), 5, "agent edge shown failed")
         assert "nginx -t said no" in failed and "fenced: proxy" in failed
         shot(browser, tmp_path, "21-agent-failed")
+        # The charts draw a line from what the node recorded (its start-up commits at least).
+        until(browser, lambda: rows(browser, "#chart-writes polyline"), 5, "a write-rate line")
+        until(browser, lambda: rows(browser, "#chart-latency polyline"), 5, "a commit -> blade latency line")
     finally:
         c.close()
