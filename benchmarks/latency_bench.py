@@ -6,7 +6,11 @@
 2. injected resync failure -> first 503 from the data plane, and fault cleared -> first
    200 again, p50/p99 over --trials trials.
 
-    scripts/bench-latency [--writes 500] [--trials 50]
+    scripts/bench-latency [--writes 500] [--trials 50] [--app ontap|proxy]
+
+``--app`` picks the app the nodes load and so the rows written and the data-plane call
+probed: ONTAP writes vservers (on every node's N-blade) and fences nfs through
+export_rules; the proxy app writes pools (on every node) and fences proxy through routes.
 """
 
 from __future__ import annotations
@@ -17,12 +21,63 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import BenchError, LocalCluster, fresh_cluster, http, pct, progress
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the benchmark writes and probes for one app."""
+
+    spec: str  # --app
+    latency_table: str  # a table every node's blade tables project
+    latency_row: Any  # i -> (key, row)
+    setup: list[tuple[str, str, dict[str, Any]]]  # rows that make the probe answer 200 on n2
+    probe: str  # data-plane path and query, on n2
+    fault_table: str  # the blade table whose injected failure fences the probed consumer
+
+
+PROFILES = {
+    "ontap": Profile(
+        "apps.ontap:app",
+        "vservers",
+        lambda i: (f"lat{i}", {"name": f"lat{i}", "protocols": ["nfs"]}),
+        [
+            ("vservers", "fv", {"name": "fv", "protocols": ["nfs"]}),
+            ("aggregates", "fa", {"name": "fa", "home_node": "n2", "size_mb": 1}),
+            (
+                "volumes",
+                "fvol",
+                {"name": "fvol", "vserver": "fv", "aggregate": "fa", "size_mb": 1, "junction_path": "/fvol"},
+            ),
+            (
+                "export_rules",
+                "fv:default:1",
+                {"vserver": "fv", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "rw"},
+            ),
+        ],
+        "/v1/data/nfs/mount?vserver=fv&path=/fvol&client=10.0.0.1",
+        "export_rules",
+    ),
+    "proxy": Profile(
+        "apps.proxy:app",
+        "pools",
+        lambda i: (f"lat{i}", {"name": f"lat{i}"}),
+        [
+            ("listeners", "l1", {"name": "l1", "address": "127.0.0.1", "port": 8080, "home_node": "n2"}),
+            ("pools", "p1", {"name": "p1"}),
+            ("pool_members", "p1:m1", {"pool": "p1", "name": "m1", "address": "127.0.0.1", "port": 9000}),
+            ("routes", "l1:r1", {"listener": "l1", "name": "r1", "pool": "p1"}),
+        ],
+        "/v1/data/proxy/route?listener=l1&host=example.com&path=/",
+        "routes",
+    ),
+}
 
 
 def put_row(url: str, table: str, key: str, row: dict[str, Any]) -> int:
@@ -32,7 +87,7 @@ def put_row(url: str, table: str, key: str, row: dict[str, Any]) -> int:
     return int(body["revision"])
 
 
-def commit_to_blade(cluster: LocalCluster, writes: int, writers: int) -> list[float]:
+def commit_to_blade(cluster: LocalCluster, writes: int, writers: int, profile: Profile) -> list[float]:
     urls = [n.url for n in cluster.nodes]
     start_revision = max(int(http("GET", f"{u}/v1/status")[1]["revision"]) for u in urls)
     counter = iter(range(writes))
@@ -45,7 +100,8 @@ def commit_to_blade(cluster: LocalCluster, writes: int, writers: int) -> list[fl
                 i = next(counter, None)
             if i is None:
                 return
-            rev = put_row(urls[w % 3], "vservers", f"lat{i}", {"name": f"lat{i}", "protocols": ["nfs"]})
+            key, row = profile.latency_row(i)
+            rev = put_row(urls[w % 3], profile.latency_table, key, row)
             with lock:
                 revisions.append(rev)
 
@@ -81,24 +137,12 @@ def commit_to_blade(cluster: LocalCluster, writes: int, writers: int) -> list[fl
     return samples
 
 
-def fence_trials(cluster: LocalCluster, trials: int) -> tuple[list[float], list[float]]:
+def fence_trials(cluster: LocalCluster, trials: int, profile: Profile) -> tuple[list[float], list[float]]:
     url = cluster.nodes[1].url
     admin = cluster.nodes[0].url
-    put_row(admin, "vservers", "fv", {"name": "fv", "protocols": ["nfs"]})
-    put_row(admin, "aggregates", "fa", {"name": "fa", "home_node": "n2", "size_mb": 1})
-    put_row(
-        admin,
-        "volumes",
-        "fvol",
-        {"name": "fvol", "vserver": "fv", "aggregate": "fa", "size_mb": 1, "junction_path": "/fvol"},
-    )
-    put_row(
-        admin,
-        "export_rules",
-        "fv:default:1",
-        {"vserver": "fv", "policy": "default", "index": 1, "client_match": "0.0.0.0/0", "access": "rw"},
-    )
-    mount = f"{url}/v1/data/nfs/mount?vserver=fv&path=/fvol&client=10.0.0.1"
+    for table, key, row in profile.setup:
+        put_row(admin, table, key, row)
+    mount = url + profile.probe
 
     def first(status: int, since: float, limit: float = 40.0) -> float:
         while True:
@@ -113,7 +157,7 @@ def fence_trials(cluster: LocalCluster, trials: int) -> tuple[list[float], list[
     fence, unfence = [], []
     for trial in range(trials):
         t0 = time.perf_counter()
-        code, body = http("POST", f"{url}/v1/debug/faults", {"table": "export_rules", "mode": "error"})
+        code, body = http("POST", f"{url}/v1/debug/faults", {"table": profile.fault_table, "mode": "error"})
         if code != 200:
             raise BenchError(f"cannot inject a fault: {code} {body}")
         fence.append(first(503, t0))
@@ -130,12 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=500)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--app", choices=sorted(PROFILES), default="ontap")
     args = parser.parse_args(argv)
-    with fresh_cluster("rdbsync-latency-", fault_injection=True) as cluster:
-        progress(f"commit -> blade: {args.writes} table writes from {args.writers} writers")
-        lat = commit_to_blade(cluster, args.writes, args.writers)
-        progress(f"fence/unfence: {args.trials} trials on n2 (export_rules -> nfs)")
-        fence, unfence = fence_trials(cluster, args.trials)
+    profile = PROFILES[args.app]
+    with fresh_cluster("rdbsync-latency-", fault_injection=True, node_args=["--app", profile.spec]) as cluster:
+        progress(
+            f"{args.app}: commit -> blade: {args.writes} {profile.latency_table} writes from {args.writers} writers"
+        )
+        lat = commit_to_blade(cluster, args.writes, args.writers, profile)
+        progress(f"fence/unfence: {args.trials} trials on n2 ({profile.fault_table} -> {profile.probe.split('?')[0]})")
+        fence, unfence = fence_trials(cluster, args.trials, profile)
     rows = [
         ("commit -> blade applied on all 3 nodes", lat, "p99 <= 50 ms", pct(lat, 0.99) <= 0.050),
         ("injected failure -> first 503", fence, "p99 <= 100 ms", pct(fence, 0.99) <= 0.100),

@@ -194,3 +194,39 @@ def test_a_restore_makes_every_agent_reload_and_converge(cluster: tuple[Cluster,
         wait_for(lambda nid=nid: c.status(nid)["agents"]["edge"]["loads"] > loads[nid], 15, f"{nid} agent reloaded")
         wait_for(lambda nid=nid: converged(c, d, nid), 15, f"agent on {nid} converged after the restore")
     assert "ln1:late" not in d.state("n1")["rows"]["routes"]
+
+
+def test_node_pause_past_its_grace_agent_never_serves_the_config_from_before(
+    cluster: tuple[Cluster, Daemons],
+) -> None:
+    # A pause shorter than the consumer's quorum grace (the node's default, 5 s) may keep
+    # serving last-known config (guarantee 5); a longer one must not: when the node wakes,
+    # neither it nor its agent may answer from the config it had before the pause.
+    c, d = cluster
+    configure(c)
+    wait_for(lambda: converged(c, d, "n1"), 15, "agent on n1 converged")
+    paused = time.monotonic()
+    c.signal("n1", signal.SIGSTOP)
+    try:
+        # Its node answers nothing (the connection stays open): the daemon stops serving
+        # by itself within its grace.
+        wait_for(lambda: d.state("n1")["serving"] is False, 5, "agent on n1 fails closed while n1 is paused")
+        r = http(
+            "PUT", f"{c.url('n2')}/v1/tables/routes/ln1:paused", {"listener": "ln1", "name": "paused", "pool": "api"}
+        )
+        assert r.status == 200, r.body
+        time.sleep(max(0.0, paused + 6.5 - time.monotonic()))  # the fault: a pause of 6.5 s
+        assert d.state("n1")["serving"] is False
+    finally:
+        c.signal("n1", signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = d.state("n1")
+        if st["serving"]:
+            # The first answer after the pause already has the row written during it.
+            assert "ln1:paused" in st["rows"]["routes"], st
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the agent never served again after its node woke up")
+    wait_for(lambda: converged(c, d, "n1"), 10, "agent on n1 converged after the pause")
