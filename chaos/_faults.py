@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -398,9 +399,28 @@ def _end_disk_full(r: FaultRunner, record: FaultRecord) -> None:
     record.detail["ready_after"] = c.wait_ready(60, [node.id])
 
 
+#: rdb's journal header (read here, not imported: the harness never imports the product):
+#: magic, the file offset of the first live record, the first index, a CRC.
+_JOURNAL_V2_MAGIC = b"RDBJ\x00\x02\n\x00"
+_JOURNAL_HEADER = struct.Struct("<8sQQI4x")
+
+
+def _live_records_start(journal: str, size: int) -> int:
+    """The offset of the journal's first live record: compaction only moves the header's
+    pointer, and the records before it (covered by the snapshot) are never read again,
+    so damage there is no damage. 0 if the header cannot say."""
+    with open(journal, "rb") as f:
+        head = f.read(_JOURNAL_HEADER.size)
+    if len(head) < _JOURNAL_HEADER.size:
+        return 0
+    magic, start, _first, _crc = _JOURNAL_HEADER.unpack(head)
+    return int(start) if magic == _JOURNAL_V2_MAGIC and start < size else 0
+
+
 def _corrupt(node: ChaosNode, choice: int) -> dict[str, Any]:
     """Damage the stopped node's snapshot (cut in half) or journal (one byte flipped a
-    third of the way in: CRC-framed records, below the commit index it recorded)."""
+    third of the way into its live records: CRC-framed records, below the commit index
+    it recorded). The node must refuse to start on either."""
     snapshot = os.path.join(node.data_dir, SNAPSHOT_FILE)
     journal = os.path.join(node.data_dir, JOURNAL_FILE)
     have_snapshot = os.path.exists(snapshot) and os.path.getsize(snapshot) > 16
@@ -411,7 +431,8 @@ def _corrupt(node: ChaosNode, choice: int) -> dict[str, Any]:
         return {"file": SNAPSHOT_FILE, "damage": f"truncated from {size} to {size // 2} bytes"}
     if have_journal:
         size = os.path.getsize(journal)
-        offset = size // 3
+        start = _live_records_start(journal, size)
+        offset = start + (size - start) // 3
         with open(journal, "r+b") as f:
             f.seek(offset)
             byte = f.read(1)

@@ -773,3 +773,30 @@ def test_fail_stop_exits_the_process(path: str) -> None:
     assert proc.returncode == FAIL_STOP_EXIT, proc
     assert "still running" not in proc.stdout
     assert "journal sync" in proc.stderr and "No space left on device" in proc.stderr
+
+
+def test_the_chaos_harness_damages_a_live_record_which_the_node_must_refuse(
+    path: str, open_journal: Callable[[], DurableJournal]
+) -> None:
+    # Found by a 20-minute chaos run: the harness flipped a byte a third of the way into
+    # the whole file, which after compactions (the header moves, the dead prefix stays)
+    # lands among records the snapshot covers; the node rightly started, and the
+    # harness called that "started on corrupt data". It must damage a live record.
+    from types import SimpleNamespace
+
+    from chaos._faults import _corrupt
+
+    j = open_journal()
+    add_all(j, entries(1, 300))
+    j.sync()
+    j.setRaftCommitIndex(300)
+    j.deleteEntriesTo(200)  # compaction: a snapshot covers 1..200
+    j.onOneSecondTimer()
+    start = j._start
+    crash(j)
+    damage = _corrupt(SimpleNamespace(data_dir=os.path.dirname(path)), 1)
+    assert damage["file"] == "raft.journal"
+    flipped = int(damage["damage"].split()[1])
+    assert flipped > start
+    with pytest.raises(StorageCorrupt):
+        DurableJournal(path, covered_index=200)
