@@ -129,7 +129,8 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
     blades = sorted(runtime.blades)
     blade_tables = sorted(runtime.tables)
     consumers = sorted(runtime.policy.consumers())
-    table = _path("table", {"type": "string", "enum": list(_table_registry(app))}, example="vservers")
+    tables = list(_table_registry(app))
+    table = _path("table", {"type": "string", "enum": tables}, example=tables[0] if tables else None)
     table_errors = {404: "no such table, or no such row", 422: "bad parameter"}
     write = {409: "compare-and-set conflict, or a row still referred to", 422: "invalid, or a missing reference"}
     return {
@@ -245,15 +246,12 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             (table, LIMIT, _q("start_after", {"type": "string"}), CONSISTENCY),
             errors=table_errors,
         ),
-        ("GET", "/v1/tables/{table}/{key}"): Op(
-            "one row", (table, _path("key", example="vs1"), CONSISTENCY), errors=table_errors
-        ),
+        ("GET", "/v1/tables/{table}/{key}"): Op("one row", (table, _path("key"), CONSISTENCY), errors=table_errors),
         ("PUT", "/v1/tables/{table}/{key}"): Op(
             "write a row (the body must name the URL's key)",
-            (table, _path("key", example="vs2"), PREV, WAIT, TIMEOUT, IDEM),
+            (table, _path("key"), PREV, WAIT, TIMEOUT, IDEM),
             body="TableRow",
             ok="RevisionAnswer",
-            example={"name": "vs2", "protocols": ["nfs"]},
             errors={**table_errors, **write, 504: "committed, not applied everywhere within timeout"},
         ),
         ("DELETE", "/v1/tables/{table}/{key}"): Op(
@@ -278,33 +276,10 @@ def _ops(app: web.Application) -> dict[tuple[str, str], Op]:
             ),
             errors={404: "no such blade table", 422: "bad parameter", 503: "a resync failed, or unavailable"},
         ),
-        ("GET", "/v1/data/nfs/mount"): Op(
-            "may this client mount this path (from blade tables only)",
-            (
-                _q("vserver", NONEMPTY, required=True, example="vs1"),
-                _q("path", NONEMPTY, required=True, example="/vol1"),
-                _q(
-                    "client",
-                    {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
-                    required=True,
-                    example="10.1.2.3",
-                ),
-            ),
-            errors={422: "bad parameter", 503: "fenced, or unavailable"},
-        ),
-        ("GET", "/v1/data/cifs/connect"): Op(
-            "may this user connect to this share (from blade tables only)",
-            (
-                _q("vserver", NONEMPTY, required=True, example="vs1"),
-                _q("share", NONEMPTY, required=True, example="share1"),
-                _q("user", OPTIONAL, example="alice"),
-            ),
-            errors={422: "bad parameter", 503: "fenced, or unavailable"},
-        ),
         ("GET", "/v1/guard/{consumer}"): Op(
             "may this consumer serve",
             (
-                _path("consumer", {"type": "string", "enum": consumers}, example="nfs"),
+                _path("consumer", {"type": "string", "enum": consumers}, example=consumers[0] if consumers else None),
                 _q("vserver", OPTIONAL, example="vs1"),
             ),
             errors={404: "no such consumer", 503: "fenced, or unavailable"},
@@ -335,15 +310,34 @@ def _table_registry(app: web.Application) -> Mapping[str, Any]:
 
 
 def _data_plane_ops(app: web.Application) -> dict[tuple[str, str], Op]:
-    """The loaded app's data-plane operations (its declarations: required parameters)."""
-    return {
-        ("GET", f"/v1/data/{d.consumer}/{d.operation}"): Op(
-            f"{d.consumer} {d.operation}, answered from blade tables only",
-            tuple(_q(p, NONEMPTY, required=True) for p in d.params),
+    """The loaded app's data-plane operations, from its declarations: the required
+    parameters (a non-empty string unless documented otherwise), then the optional ones
+    it documents."""
+    ops = {}
+    for d in app[RUNTIME].app.data_plane:
+        docs = {q.name: q for q in d.docs}
+        params = [
+            _q(
+                name,
+                dict(q.schema) if q is not None and q.schema is not None else NONEMPTY,
+                q.description if q is not None else "",
+                required=True,
+                example=q.example if q is not None else None,
+            )
+            for name in d.params
+            for q in [docs.get(name)]
+        ]
+        params += [
+            _q(q.name, dict(q.schema) if q.schema is not None else OPTIONAL, q.description, example=q.example)
+            for q in d.docs
+            if q.name not in d.params
+        ]
+        ops[("GET", f"/v1/data/{d.consumer}/{d.operation}")] = Op(
+            d.summary or f"{d.consumer} {d.operation}, answered from blade tables only",
+            tuple(params),
             errors={422: "bad parameter", 503: "fenced, or unavailable"},
         )
-        for d in app[RUNTIME].app.data_plane
-    }
+    return ops
 
 
 def _schemas(app: web.Application) -> dict[str, Any]:

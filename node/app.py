@@ -46,6 +46,7 @@ __all__ = [
     "Consumer",
     "Context",
     "DataPlane",
+    "QueryParam",
     "Table",
     "UndeclaredRead",
     "homed_on_node",
@@ -143,6 +144,18 @@ class Consumer:
 
 
 @dataclass(frozen=True)
+class QueryParam:
+    """How the API document describes one query parameter of a data-plane operation:
+    ``schema`` (JSON Schema; None: a non-empty string), an ``example``, a
+    ``description``. Documentation only: the handler still checks its input."""
+
+    name: str
+    schema: Mapping[str, Any] | None = None
+    example: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class DataPlane:
     """``GET /v1/data/<consumer>/<operation>``: ``handler(blade_tables, query)`` answers
     from the blade tables in ``reads`` (all of them must be among the consumer's tables).
@@ -151,7 +164,11 @@ class DataPlane:
     vserver-scoped fence applies to (None: node-wide only). The node runs the guard
     first, then the handler, and adds ``revision``. A handler raises ``BadRequest`` for
     bad input; any other KeyError/TypeError/ValueError means a blade row it cannot read:
-    the node fences the request (``corrupt_table``) and resyncs in full."""
+    the node fences the request (``corrupt_table``) and resyncs in full.
+
+    For the API document (``/v1/openapi.json``): ``summary``, and ``docs``: a
+    ``QueryParam`` for any required parameter worth more than "a non-empty string",
+    and one for each optional parameter the handler reads."""
 
     consumer: str
     operation: str
@@ -159,6 +176,8 @@ class DataPlane:
     reads: frozenset[str]
     params: tuple[str, ...] = ()
     scope: str | None = None
+    summary: str = ""
+    docs: tuple[QueryParam, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -256,6 +275,9 @@ def _first_problem(app: App) -> str | None:
             )
         if not d.reads:
             return f"data-plane operation {d.consumer}/{d.operation} reads no blade table"
+        documented = [q.name for q in d.docs]
+        if len(set(documented)) != len(documented):
+            return f"data-plane operation {d.consumer}/{d.operation} documents a query parameter twice"
     return None
 
 

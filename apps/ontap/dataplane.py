@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from node.app import BadRequest, BladeView, DataPlane
+from node.app import BadRequest, BladeView, DataPlane, QueryParam
 
 Decision = dict[str, Any]
 
@@ -121,7 +121,35 @@ def _cifs(tables: Mapping[str, BladeView], query: Mapping[str, str]) -> Decision
     return cifs_connect(tables, query["vserver"], query["share"], query.get("user") or "Everyone")
 
 
+_IP = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+
 DATA_PLANE: tuple[DataPlane, ...] = (
-    DataPlane("nfs", "mount", _nfs, DATA_PLANE_READS["nfs"], params=("vserver", "path", "client"), scope="vserver"),
-    DataPlane("cifs", "connect", _cifs, DATA_PLANE_READS["cifs"], params=("vserver", "share"), scope="vserver"),
+    DataPlane(
+        "nfs",
+        "mount",
+        _nfs,
+        DATA_PLANE_READS["nfs"],
+        params=("vserver", "path", "client"),
+        scope="vserver",
+        summary="may this client mount this path (from blade tables only)",
+        docs=(
+            QueryParam("vserver", example="vs1"),
+            QueryParam("path", example="/vol1"),
+            QueryParam("client", _IP, example="10.1.2.3"),
+        ),
+    ),
+    DataPlane(
+        "cifs",
+        "connect",
+        _cifs,
+        DATA_PLANE_READS["cifs"],
+        params=("vserver", "share"),
+        scope="vserver",
+        summary="may this user connect to this share (from blade tables only)",
+        docs=(
+            QueryParam("vserver", example="vs1"),
+            QueryParam("share", example="share1"),
+            QueryParam("user", example="alice", description="the user (empty or left out: Everyone)"),
+        ),
+    ),
 )

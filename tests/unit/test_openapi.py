@@ -3,6 +3,9 @@ the routes the app registers, with the models the handlers validate with."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from node._config import NodeConfig
 from node._http import build_app
 from node._openapi import openapi, routes, undocumented
 from node._runtime import BladeRuntime
+from node.app import AppError, QueryParam
 from tests.ontap import TABLES
 
 
@@ -141,3 +145,28 @@ def test_the_document_follows_the_loaded_app() -> None:
     rows = {name for name in doc["components"]["schemas"] if name.startswith("Row_")}
     assert rows == {"Row_listeners", "Row_pools", "Row_pool_members", "Row_routes"}
     assert undocumented(app) == []
+
+
+def test_data_plane_parameters_are_documented_from_the_app_and_node_knows_no_app() -> None:
+    """The ONTAP data plane's richer docs (an IP-address client, an optional user) come
+    from the app's own declarations (``QueryParam``); node/ names no app's consumer."""
+    doc = openapi(app_for())
+    mount = {p["name"]: p for p in doc["paths"]["/v1/data/nfs/mount"]["get"]["parameters"]}
+    assert mount["client"]["required"] and mount["client"]["example"] == "10.1.2.3"
+    assert mount["client"]["schema"]["anyOf"] == [{"format": "ipv4"}, {"format": "ipv6"}]
+    assert mount["vserver"]["schema"] == {"type": "string", "minLength": 1} and mount["vserver"]["example"] == "vs1"
+    connect = doc["paths"]["/v1/data/cifs/connect"]["get"]
+    assert connect["summary"].startswith("may this user connect")
+    user = next(p for p in connect["parameters"] if p["name"] == "user")
+    assert user["required"] is False and "Everyone" in user["description"]
+    source = (Path(__file__).resolve().parents[2] / "node" / "_openapi.py").read_text()
+    assert not re.search(r"\bnfs\b|\bcifs\b|vservers", source)
+
+
+def test_an_app_documenting_a_parameter_twice_is_refused() -> None:
+    from apps.proxy import app as proxy_app
+
+    route = proxy_app.data_plane[0]
+    twice = dataclasses.replace(route, docs=(QueryParam("host"), QueryParam("host")))
+    with pytest.raises(AppError, match="documents a query parameter twice"):
+        dataclasses.replace(proxy_app, data_plane=(twice,))
