@@ -96,6 +96,19 @@ def converged(c: Cluster, d: Daemons, nid: str) -> bool:
     return bool(st["serving"]) and st["rows"] is not None and st["rows"].get("routes", {}) == blade
 
 
+def first_answer_holds(d: Daemons, nid: str, route: str, within: float = 30.0) -> None:
+    """Poll the daemon on ``nid`` until it serves again; its first serving answer must
+    already hold ``route`` (written while its node was away)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        st = d.state(nid)
+        if st["serving"]:
+            assert route in st["rows"]["routes"], st
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the agent on {nid} never served again")
+
+
 def test_agents_converge_and_wait_applied_counts_them(cluster: tuple[Cluster, Daemons]) -> None:
     c, d = cluster
     configure(c)
@@ -164,16 +177,8 @@ def test_node_kill_and_restart_agent_stops_serving_and_converges(cluster: tuple[
     assert r.status == 200, r.body
     assert d.state("n1")["serving"] is False
     c.start("n1")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        st = d.state("n1")
-        if st["serving"]:
-            # Never serving from the old config: once it serves, it has the row written while its node was down.
-            assert "ln1:late" in st["rows"]["routes"], st
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the agent never served again after its node came back")
+    # Never serving from the old config: once it serves, it has the row written while its node was down.
+    first_answer_holds(d, "n1", "ln1:late")
     wait_for(lambda: converged(c, d, "n1"), 10, "agent on n1 converged after the restart")
 
 
@@ -219,14 +224,5 @@ def test_node_pause_past_its_grace_agent_never_serves_the_config_from_before(
         assert d.state("n1")["serving"] is False
     finally:
         c.signal("n1", signal.SIGCONT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        st = d.state("n1")
-        if st["serving"]:
-            # The first answer after the pause already has the row written during it.
-            assert "ln1:paused" in st["rows"]["routes"], st
-            break
-        time.sleep(0.02)
-    else:
-        raise AssertionError("the agent never served again after its node woke up")
+    first_answer_holds(d, "n1", "ln1:paused")  # the first answer after the pause has the row written during it
     wait_for(lambda: converged(c, d, "n1"), 10, "agent on n1 converged after the pause")
