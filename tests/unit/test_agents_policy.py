@@ -49,3 +49,41 @@ def test_bad_agent_declarations_name_the_problem(specs: list[str], problem: str)
     with pytest.raises(ValueError, match=problem):
         parse_agents(specs)
     assert parse_agents(["edge=routes, listeners"]) == {"edge": frozenset({"routes", "listeners"})}
+
+
+async def test_a_stream_behind_the_compacted_change_log_is_told_to_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node keeps a bounded change log for its agents; a stream whose cursor fell
+    below it gets ``reload`` (reason ``cursor_compacted``), never an error or a gap, and
+    the agent then loads afresh (the same path as a snapshot install)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    import node._agents as agents_module
+    from node._agents import AgentHub
+
+    monkeypatch.setattr(agents_module, "LOG_LIMIT", 5)
+    routes = SimpleNamespace(on_change=None)
+    engine = SimpleNamespace()
+
+    async def wait_idle(timeout: float) -> bool:
+        return True
+
+    engine.wait_idle = wait_idle
+    runtime: Any = SimpleNamespace(
+        tables={"routes": routes},
+        store=SimpleNamespace(add_load_listener=lambda listener: None),
+        engine=engine,
+        settle_timeout=1.0,
+        fence_state=SimpleNamespace(tables={}),
+        applied_revision=lambda tables: 7,
+        policy=SimpleNamespace(dependencies={}, scoped={}),
+        fences=lambda: [],
+    )
+    hub = AgentHub(runtime, {"edge": frozenset({"routes"})})
+    for i in range(11):  # past twice the limit: the oldest entries are dropped
+        routes.on_change("routes", f"k{i}", {"i": i})
+    assert hub.since(0, frozenset({"routes"})) is None
+    assert [key for _, _, key, _ in hub.since(hub.seq - 2, frozenset({"routes"})) or []] == ["k9", "k10"]
+    frames = [frame async for frame in hub.stream("edge", cursor=0, epoch=hub.epoch)]
+    assert len(frames) == 1 and frames[0].startswith(b"event: reload\n")
+    assert b'"reason":"cursor_compacted"' in frames[0]
