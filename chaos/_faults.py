@@ -17,6 +17,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from chaos._apps import ONTAP, AppModel
 from chaos._cluster import REPO, ChaosCluster, ChaosNode, http
 from chaos._disk import SmallDisk
@@ -403,6 +405,7 @@ def _end_disk_full(r: FaultRunner, record: FaultRecord) -> None:
 #: magic, the file offset of the first live record, the first index, a CRC.
 _JOURNAL_V2_MAGIC = b"RDBJ\x00\x02\n\x00"
 _JOURNAL_HEADER = struct.Struct("<8sQQI4x")
+_JOURNAL_RECORD = struct.Struct("<IIQQ")  # payload length, crc32, index, term; the payload follows
 
 
 def _live_records_start(journal: str, size: int) -> int:
@@ -417,10 +420,37 @@ def _live_records_start(journal: str, size: int) -> int:
     return int(start) if magic == _JOURNAL_V2_MAGIC and start < size else 0
 
 
+def _committed_live_records(journal: str, size: int) -> list[tuple[int, int]] | None:
+    """``(offset, payload length)`` of the journal's live records at or below the commit
+    index the node recorded in its meta file: damage there must make it refuse to start
+    (damage above it is a torn tail, cut by design). None if the file has no header.
+    Reads rdb's record framing (payload length, crc32, index, term) and msgpack meta."""
+    start = _live_records_start(journal, size)
+    if start == 0:
+        return None
+    try:
+        with open(journal + ".meta", "rb") as f:
+            meta = msgpack.unpackb(f.read(), raw=False)
+        commit = int(meta.get("commit_index", 0)) if isinstance(meta, dict) else 0
+    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        commit = 0
+    records: list[tuple[int, int]] = []
+    with open(journal, "rb") as f:
+        offset = start
+        while offset + _JOURNAL_RECORD.size <= size:
+            f.seek(offset)
+            length, _crc, index, _term = _JOURNAL_RECORD.unpack(f.read(_JOURNAL_RECORD.size))
+            if index > commit or offset + _JOURNAL_RECORD.size + length > size:
+                break
+            records.append((offset, length))
+            offset += _JOURNAL_RECORD.size + length
+    return records
+
+
 def _corrupt(node: ChaosNode, choice: int) -> dict[str, Any]:
-    """Damage the stopped node's snapshot (cut in half) or journal (one byte flipped a
-    third of the way into its live records: CRC-framed records, below the commit index
-    it recorded). The node must refuse to start on either."""
+    """Damage the stopped node's snapshot (cut in half) or journal (one byte flipped in
+    the middle live record at or below the commit index it recorded). The node must
+    refuse to start on either."""
     snapshot = os.path.join(node.data_dir, SNAPSHOT_FILE)
     journal = os.path.join(node.data_dir, JOURNAL_FILE)
     have_snapshot = os.path.exists(snapshot) and os.path.getsize(snapshot) > 16
@@ -431,8 +461,14 @@ def _corrupt(node: ChaosNode, choice: int) -> dict[str, Any]:
         return {"file": SNAPSHOT_FILE, "damage": f"truncated from {size} to {size // 2} bytes"}
     if have_journal:
         size = os.path.getsize(journal)
-        start = _live_records_start(journal, size)
-        offset = start + (size - start) // 3
+        records = _committed_live_records(journal, size)
+        if records is None:  # no header to read: a third of the way in
+            offset = size // 3
+        elif not records:
+            return {"file": None, "damage": "no live journal record at or below the recorded commit index"}
+        else:
+            record, length = records[len(records) // 2]
+            offset = record + _JOURNAL_RECORD.size + length // 2 if length else record + 4  # payload, else its crc
         with open(journal, "r+b") as f:
             f.seek(offset)
             byte = f.read(1)

@@ -778,10 +778,12 @@ def test_fail_stop_exits_the_process(path: str) -> None:
 def test_the_chaos_harness_damages_a_live_record_which_the_node_must_refuse(
     path: str, open_journal: Callable[[], DurableJournal]
 ) -> None:
-    # Found by a 20-minute chaos run: the harness flipped a byte a third of the way into
+    # Found by 20-minute chaos runs: the harness flipped a byte a third of the way into
     # the whole file, which after compactions (the header moves, the dead prefix stays)
-    # lands among records the snapshot covers; the node rightly started, and the
-    # harness called that "started on corrupt data". It must damage a live record.
+    # lands among records the snapshot covers; then a third of the way into the live
+    # records, which can be above the commit index the node recorded (a torn tail, cut by
+    # design). Either way the node rightly started and the harness called that "started
+    # on corrupt data". It must damage a live record at or below the recorded commit.
     from types import SimpleNamespace
 
     from chaos._faults import _corrupt
@@ -789,14 +791,33 @@ def test_the_chaos_harness_damages_a_live_record_which_the_node_must_refuse(
     j = open_journal()
     add_all(j, entries(1, 300))
     j.sync()
-    j.setRaftCommitIndex(300)
+    j.setRaftCommitIndex(220)  # recorded: 221..300 may be cut as a torn tail
     j.deleteEntriesTo(200)  # compaction: a snapshot covers 1..200
     j.onOneSecondTimer()
-    start = j._start
+    offsets = dict(zip(range(201, 301), j._offsets, strict=True))
     crash(j)
     damage = _corrupt(SimpleNamespace(data_dir=os.path.dirname(path)), 1)
     assert damage["file"] == "raft.journal"
     flipped = int(damage["damage"].split()[1])
-    assert flipped > start
+    assert offsets[201] < flipped < offsets[221]
     with pytest.raises(StorageCorrupt):
         DurableJournal(path, covered_index=200)
+
+
+def test_the_chaos_harness_injects_nothing_when_no_live_record_is_committed(
+    path: str, open_journal: Callable[[], DurableJournal]
+) -> None:
+    from types import SimpleNamespace
+
+    from chaos._faults import _corrupt
+
+    j = open_journal()
+    add_all(j, entries(1, 300))
+    j.sync()
+    j.setRaftCommitIndex(200)
+    j.deleteEntriesTo(200)
+    j.onOneSecondTimer()
+    crash(j)
+    before = Path(path).read_bytes()
+    assert _corrupt(SimpleNamespace(data_dir=os.path.dirname(path)), 1)["file"] is None
+    assert Path(path).read_bytes() == before
