@@ -47,15 +47,15 @@ def plan(desired: Mapping[str, Row], actual: Mapping[str, Row], keys: Iterable[s
         removes = [key for key in actual if key not in desired]
     else:
         for key in set(keys):
-            want = desired.get(key)
-            have = actual.get(key)
-            if want is None:
-                if have is not None:
+            wanted = desired.get(key)
+            present = actual.get(key)
+            if wanted is None:
+                if present is not None:
                     removes.append(key)
-            elif have is None:
-                adds.append((key, want))
-            elif _differ(want, have):
-                modifies.append((key, want))
+            elif present is None:
+                adds.append((key, wanted))
+            elif _differ(wanted, present):
+                modifies.append((key, wanted))
     removes.sort()
     modifies.sort(key=_first)
     adds.sort(key=_first)
