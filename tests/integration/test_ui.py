@@ -281,10 +281,19 @@ def test_agents_and_file_sinks_show_with_their_state_and_fences(tmp_path: Any, b
         def report(body: dict[str, Any]) -> None:
             assert http("POST", f"{url}/v1/agents/edge/report", body).status == 200
 
-        revision = int(http("GET", url + "/v1/status").body["tables"]["routes"]["applied_revision"])
-        report({"state": "ok", "applied_revision": revision})
-        ok = until(browser, lambda: agent_row("ok"), 5, "agent edge shown in sync")
-        assert "in sync" in ok and "fenced" not in ok and "s ago" in ok
+        def routes_revision() -> int:
+            return int(http("GET", url + "/v1/status").body["tables"]["routes"]["applied_revision"])
+
+        def in_sync_and_fencing_nothing() -> str | None:
+            # Report what a live agent would: the node's current revision of its table (a
+            # node just started may still move it, and an agent behind it stays fenced).
+            report({"state": "ok", "applied_revision": routes_revision()})
+            text = agent_row("ok")
+            return text if text is not None and "fenced" not in text else None
+
+        ok = until(browser, in_sync_and_fencing_nothing, 10, "agent edge shown in sync, fencing nothing")
+        assert "in sync" in ok and "s ago" in ok
+        revision = routes_revision()
 
         report({"state": "failed", "applied_revision": revision, "error": "nginx -t said no"})
         failed = until(browser, lambda: agent_row("failed"), 5, "agent edge shown failed")
