@@ -458,9 +458,16 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
         here only AppendEntries is taken from such a node (its RequestVote is ignored,
         so a removed server cannot disrupt the cluster), until the configuration names
         it (``addNode``). The peer has passed the cluster secret's handshake already."""
-        known = message in self._nodeAddrToNode or message == "readonly"
+        # Only a str can name a node: the handshake's key is bytes, a utility command a
+        # list (unhashable: test for str before looking it up).
         handshaking = self._syncObj.encryptor and not conn.sendRandKey
-        if handshaking or known or not isinstance(message, str) or not _is_member_address(message):
+        if (
+            handshaking
+            or not isinstance(message, str)
+            or message == "readonly"
+            or message in self._nodeAddrToNode
+            or not _is_member_address(message)
+        ):
             super()._onIncomingMessageReceived(conn, message)
             return
         node = TCPNode(message)
