@@ -564,10 +564,14 @@ def _live(c: ChaosCluster, exclude: set[str]) -> list[str]:
 
 
 def _members(c: ChaosCluster, exclude: set[str]) -> set[str] | None:
-    """The member ids as a live node (with a leader) reports them; None if none answers."""
+    """The member ids as the leader reports them; None if no live node is the leader.
+    Not a follower's view: PySyncObj applies a membership entry when it is appended, so
+    a follower may list a change that a new leader then drops (an add answered 503
+    ``applied: unknown`` was taken for done, and the rejoin waited for a voter that
+    never came)."""
     for nid in _live(c, exclude):
         status, body = http("GET", c.nodes[nid].url + "/v1/status", timeout=2)
-        if status == 200 and body.get("leader"):
+        if status == 200 and body.get("role") == "leader":
             return {str(m["id"]) for m in body["members"]}
     return None
 
