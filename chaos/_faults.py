@@ -564,15 +564,10 @@ def _live(c: ChaosCluster, exclude: set[str]) -> list[str]:
 
 
 def _members(c: ChaosCluster, exclude: set[str]) -> set[str] | None:
-    """The member ids as the leader reports them (the node being added or removed may be
-    the leader itself, so it is asked too); None if no live node is the leader.
-    Not a follower's view: PySyncObj applies a membership entry when it is appended, so
-    a follower may list a change that a new leader then drops (an add answered 503
-    ``applied: unknown`` was taken for done, and the rejoin waited for a voter that
-    never came)."""
+    """The member ids as a live node (with a leader) reports them; None if none answers."""
     for nid in _live(c, exclude):
         status, body = http("GET", c.nodes[nid].url + "/v1/status", timeout=2)
-        if status == 200 and body.get("role") == "leader":
+        if status == 200 and body.get("leader"):
             return {str(m["id"]) for m in body["members"]}
     return None
 
@@ -582,7 +577,7 @@ def remove_member(c: ChaosCluster, nid: str, *, avoid: set[str], deadline: float
     ``deadline`` (monotonic); a 409 (another change holds the lease) or 503 is retried."""
     answers: list[Any] = []
     while time.monotonic() < deadline:
-        members = _members(c, avoid)
+        members = _members(c, avoid | {nid})
         if members is not None and nid not in members:
             return {"removed": True, "answers": answers[-5:]}
         for via in _live(c, avoid | {nid})[:1] or []:
@@ -600,7 +595,7 @@ def add_member(c: ChaosCluster, nid: str, *, avoid: set[str], deadline: float) -
     answers: list[Any] = []
     voting: Any = None
     while time.monotonic() < deadline:
-        members = _members(c, avoid)
+        members = _members(c, avoid | {nid})
         if members is not None and nid in members:
             return {"added": True, "voting": voting, "answers": answers[-5:]}
         for via in _live(c, avoid | {nid})[:1]:
