@@ -775,6 +775,20 @@ def test_fail_stop_exits_the_process(path: str) -> None:
     assert "journal sync" in proc.stderr and "No space left on device" in proc.stderr
 
 
+def _compacted_journal(open_journal: Callable[[], DurableJournal], commit: int) -> dict[int, int]:
+    """Entries 1..300, ``commit`` recorded, compacted to 201..300 (a snapshot covers
+    1..200), closed as a crash leaves it; returns the live records' offsets by index."""
+    j = open_journal()
+    add_all(j, entries(1, 300))
+    j.sync()
+    j.setRaftCommitIndex(commit)
+    j.deleteEntriesTo(200)
+    j.onOneSecondTimer()
+    offsets = dict(zip(range(201, 301), j._offsets, strict=True))
+    crash(j)
+    return offsets
+
+
 def test_the_chaos_harness_damages_a_live_record_which_the_node_must_refuse(
     path: str, open_journal: Callable[[], DurableJournal]
 ) -> None:
@@ -788,14 +802,7 @@ def test_the_chaos_harness_damages_a_live_record_which_the_node_must_refuse(
 
     from chaos._faults import _corrupt
 
-    j = open_journal()
-    add_all(j, entries(1, 300))
-    j.sync()
-    j.setRaftCommitIndex(220)  # recorded: 221..300 may be cut as a torn tail
-    j.deleteEntriesTo(200)  # compaction: a snapshot covers 1..200
-    j.onOneSecondTimer()
-    offsets = dict(zip(range(201, 301), j._offsets, strict=True))
-    crash(j)
+    offsets = _compacted_journal(open_journal, commit=220)  # 221..300 may be cut as a torn tail
     damage = _corrupt(SimpleNamespace(data_dir=os.path.dirname(path)), 1)
     assert damage["file"] == "raft.journal"
     flipped = int(damage["damage"].split()[1])
@@ -811,13 +818,7 @@ def test_the_chaos_harness_injects_nothing_when_no_live_record_is_committed(
 
     from chaos._faults import _corrupt
 
-    j = open_journal()
-    add_all(j, entries(1, 300))
-    j.sync()
-    j.setRaftCommitIndex(200)
-    j.deleteEntriesTo(200)
-    j.onOneSecondTimer()
-    crash(j)
+    _compacted_journal(open_journal, commit=200)
     before = Path(path).read_bytes()
     assert _corrupt(SimpleNamespace(data_dir=os.path.dirname(path)), 1)["file"] is None
     assert Path(path).read_bytes() == before
