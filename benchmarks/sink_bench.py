@@ -4,7 +4,8 @@ three-node cluster running the proxy app.
     scripts/bench-sink [--trials 30]
 
 Every node renders its proxy blade tables into its own nginx (Debian's package,
-installed when missing as root) through a file sink: ``apps/proxy/nginx.conf.j2``,
+installed when missing as root; the set-up is tests/nginx.py's, shared with
+tests/integration/test_nginx.py) through a file sink: ``apps/proxy/nginx.conf.j2``,
 ``nginx -t`` to verify, ``nginx -s reload`` to reload. Each trial commits one new route
 per node (a new path prefix on the node's listener, to a second pool) and times, for
 each, from the write's acknowledgement to the first request through that node's nginx
@@ -18,96 +19,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.nginx: the test's nginx set-up
 
-from bench import REPO, BenchError, LocalCluster, http, pct, progress
+from bench import BenchError, LocalCluster, http, pct, progress
 
 from node.launcher import port_block
-
-NGINX_CONF = """
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    include {d}/conf.d/*.conf;
-}}
-"""
-
-SINK = """
-[[sink]]
-name = "nginx"
-tables = ["listeners", "routes", "pools", "members"]
-path = "conf.d/rdbsync.conf"
-template = "{template}"
-verify = "{nginx} -t -q -p {d} -c {d}/nginx.conf"
-reload = "{nginx} -s reload -p {d} -c {d}/nginx.conf"
-check = "kill -0 $(cat {d}/nginx.pid)"
-check_interval = 0.2
-"""
+from tests.nginx import backend, find_nginx, through
+from tests.nginx import start as start_nginx
+from tests.nginx import stop as stop_nginx
 
 
 def nginx_binary() -> str:
-    """nginx's path, installing Debian's nginx-light when missing (as root)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        progress("installing nginx-light")
-        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "-qq", "update"], env=env, capture_output=True)
-        subprocess.run(
-            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "-qq", "install", "-y", "nginx-light"],
-            env=env,
-            capture_output=True,
-        )
-        found = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else shutil.which("nginx")
+    found, problem = find_nginx()
     if found is None:
-        raise BenchError("nginx is not installed and cannot be installed here (needs root and apt-get)")
+        raise BenchError(f"nginx is not installed and cannot be installed here: {problem}")
     return found
-
-
-def backend(name: str, port: int) -> ThreadingHTTPServer:
-    """An HTTP server on loopback answering ``backend=<name>``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"backend={name}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def through(port: int, path: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return str(resp.read().decode())
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def put(url: str, table: str, key: str, row: dict[str, Any]) -> None:
@@ -131,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=30)
     args = parser.parse_args(argv)
     nginx = nginx_binary()
-    template = os.path.join(REPO, "apps", "proxy", "nginx.conf.j2")
     with tempfile.TemporaryDirectory(prefix="rdbsync-sink-") as tmp:
         cluster = LocalCluster(os.path.join(tmp, "c"), node_args=["--app", "apps.proxy:app"])
         os.makedirs(cluster.base_dir, exist_ok=True)
@@ -142,13 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for node in cluster.nodes:
                 d = os.path.join(tmp, f"nginx-{node.id}")
-                for sub in ("conf.d", "tmp", "logs"):
-                    os.makedirs(os.path.join(d, sub))
-                Path(d, "nginx.conf").write_text(NGINX_CONF.format(d=d))
-                Path(d, "sink.toml").write_text(SINK.format(d=d, nginx=nginx, template=template))
-                subprocess.run([nginx, "-p", d, "-c", f"{d}/nginx.conf"], check=True, capture_output=True)
+                sink = start_nginx(d, nginx)
                 dirs[node.id] = d
-                node.extra_args = [*node.extra_args, "--sink-config", os.path.join(d, "sink.toml")]
+                node.extra_args = [*node.extra_args, "--sink-config", sink]
             cluster.start()
             cluster.wait_ready(30)
             url = cluster.nodes[0].url
@@ -181,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers:
                 server.shutdown()
             for d in dirs.values():
-                subprocess.run([nginx, "-s", "stop", "-p", d, "-c", f"{d}/nginx.conf"], capture_output=True)
+                stop_nginx(d, nginx)
     print(f"\n{'figure':<52} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
     print(
         f"{'commit acknowledged -> nginx on its node serves it':<52} {len(samples):>5} "

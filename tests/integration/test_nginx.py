@@ -7,60 +7,25 @@ reload. Requests through nginx follow committed config; a config nginx rejects f
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.integration.cluster import REPO, Cluster, free_ports, http, wait_for
+from tests.integration.cluster import Cluster, free_ports, http, wait_for
+from tests.nginx import backend, find_nginx, through
+from tests.nginx import start as start_nginx
+from tests.nginx import stop as stop_nginx
 
 pytestmark = pytest.mark.integration
 
-NGINX_CONF = """
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    include {d}/conf.d/*.conf;
-}}
-"""
-
-SINK = """
-[[sink]]
-name = "nginx"
-tables = ["listeners", "routes", "pools", "members"]
-path = "conf.d/rdbsync.conf"
-template = "{template}"
-verify = "{nginx} -t -q -p {d} -c {d}/nginx.conf"
-reload = "{nginx} -s reload -p {d} -c {d}/nginx.conf"
-check = "kill -0 $(cat {d}/nginx.pid)"
-check_interval = 0.2
-"""
-
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "-qq", "update"], ["apt-get", "-qq", "install", "-y", "nginx-light"]):
-            subprocess.run([*cmd[:1], "-o", "DPkg::Lock::Timeout=300", *cmd[1:]], env=env, capture_output=True)
-        found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    found, problem = find_nginx()
     if found is None:
-        pytest.skip("nginx is not installed and cannot be installed here (needs root and apt-get)")
+        pytest.skip(f"nginx is not installed and cannot be installed here: {problem}")
     return found
 
 
@@ -69,38 +34,12 @@ class Backends:
 
     def __init__(self, names: list[str]) -> None:
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        self.servers = []
-        for name, port in self.ports.items():
-
-            class Handler(BaseHTTPRequestHandler):
-                backend = name
-
-                def do_GET(self) -> None:
-                    body = f"backend={self.backend}".encode()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-
-                def log_message(self, *_: Any) -> None:
-                    pass
-
-            server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            self.servers.append(server)
+        self.servers = [backend(name, port) for name, port in self.ports.items()]
 
     def close(self) -> None:
         for s in self.servers:
             s.shutdown()
             s.server_close()
-
-
-def through(port: int, path: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return str(resp.read().decode())
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 @pytest.fixture
@@ -109,17 +48,9 @@ def setup(tmp_path: Any) -> Iterator[tuple[Cluster, dict[str, int], dict[str, st
     c = Cluster(str(tmp_path), 3, extra_args=["--app", "apps.proxy:app"])
     listen = dict(zip(c.nodes, free_ports(len(c.nodes)), strict=True))
     dirs = {}
-    template = os.path.join(REPO, "apps", "proxy", "nginx.conf.j2")
     for nid, node in c.nodes.items():
         d = str(tmp_path / f"nginx-{nid}")
-        for sub in ("conf.d", "tmp", "logs"):
-            os.makedirs(os.path.join(d, sub))
-        with open(os.path.join(d, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF.format(d=d))
-        with open(os.path.join(d, "sink.toml"), "w") as f:
-            f.write(SINK.format(d=d, nginx=nginx, template=template))
-        subprocess.run([nginx, "-p", d, "-c", f"{d}/nginx.conf"], check=True, capture_output=True)
-        node.extra_args = ["--sink-config", os.path.join(d, "sink.toml")]
+        node.extra_args = ["--sink-config", start_nginx(d, nginx)]
         dirs[nid] = d
     backends = Backends(["a1", "s1"])
     c.start()
@@ -130,7 +61,7 @@ def setup(tmp_path: Any) -> Iterator[tuple[Cluster, dict[str, int], dict[str, st
         c.close()
         backends.close()
         for d in dirs.values():
-            subprocess.run([nginx, "-s", "stop", "-p", d, "-c", f"{d}/nginx.conf"], capture_output=True)
+            stop_nginx(d, nginx)
 
 
 def put(c: Cluster, table: str, key: str, row: dict[str, Any]) -> None:
