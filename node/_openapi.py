@@ -316,28 +316,24 @@ def _data_plane_ops(app: web.Application) -> dict[tuple[str, str], Op]:
     ops = {}
     for d in app[RUNTIME].app.data_plane:
         docs = {q.name: q for q in d.docs}
-        params = [
-            _q(
-                name,
-                dict(q.schema) if q is not None and q.schema is not None else NONEMPTY,
-                q.description if q is not None else "",
-                required=True,
-                example=q.example if q is not None else None,
-            )
-            for name in d.params
-            for q in [docs.get(name)]
-        ]
-        params += [
-            _q(q.name, dict(q.schema) if q.schema is not None else OPTIONAL, q.description, example=q.example)
-            for q in d.docs
-            if q.name not in d.params
-        ]
+        required = [_data_param(name, docs.get(name), required=True) for name in d.params]
+        optional = [_data_param(q.name, q, required=False) for q in d.docs if q.name not in d.params]
+        params = required + optional
         ops[("GET", f"/v1/data/{d.consumer}/{d.operation}")] = Op(
             d.summary or f"{d.consumer} {d.operation}, answered from blade tables only",
             tuple(params),
             errors={422: "bad parameter", 503: "fenced, or unavailable"},
         )
     return ops
+
+
+def _data_param(name: str, doc: Any, *, required: bool) -> dict[str, Any]:
+    """A data-plane query parameter from the app's ``QueryParam`` (or None: a bare name)."""
+    default = NONEMPTY if required else OPTIONAL
+    if doc is None:
+        return _q(name, default, required=required)
+    schema = dict(doc.schema) if doc.schema is not None else default
+    return _q(name, schema, doc.description, required=required, example=doc.example)
 
 
 def _schemas(app: web.Application) -> dict[str, Any]:
