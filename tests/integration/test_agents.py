@@ -73,7 +73,9 @@ def cluster(tmp_path: Any) -> Iterator[tuple[Cluster, Daemons]]:
 
 
 def put(c: Cluster, table: str, key: str, row: dict[str, Any]) -> Any:
-    r = http("PUT", f"{c.url('n2')}/v1/tables/{table}/{key}?wait=applied&timeout=10", row)
+    # The client waits longer than the server's wait=applied timeout, so a slow node shows
+    # as the server's 504 naming the laggard, not as a client-side socket timeout.
+    r = http("PUT", f"{c.url('n2')}/v1/tables/{table}/{key}?wait=applied&timeout=10", row, timeout=20)
     assert r.status == 200, r.body
     return r.body
 
