@@ -8,6 +8,7 @@ import html
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 _OUTCOME_COLOR = {"ok": "#2a9d4b", "fail": "#d62828", "unknown": "#f4a300"}
@@ -32,8 +33,16 @@ def _fault_color(kind: str) -> str:
     return "#adb5bd"
 
 
-def write_report(directory: str, summary: dict[str, Any], ops: list[dict[str, Any]]) -> tuple[str, str]:
+def write_report(
+    directory: str, summary: dict[str, Any], ops: list[dict[str, Any]], config_log: Sequence[dict[str, Any]] = ()
+) -> tuple[str, str]:
+    """Write report.json, history.jsonl, config_log.jsonl (the watched changes the
+    data-plane checker judged against, each with the node that delivered it) and
+    report.html into ``directory``; returns the JSON and HTML paths."""
     os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config_log.jsonl"), "w") as f:
+        for event in config_log:
+            f.write(json.dumps(event, default=str) + "\n")
     json_path = os.path.join(directory, "report.json")
     with open(json_path, "w") as f:
         json.dump({**summary, "history_size": len(ops)}, f, indent=2, default=str)

@@ -110,13 +110,13 @@ def watch_config(cluster: ChaosCluster, log: ConfigLog, history: History, stop: 
                         if " 200 " not in status_line:
                             break
                         header_done = True
-                    buf = _consume_sse(buf, log, history)
+                    buf = _consume_sse(buf, log, history, node.id)
         except OSError:
             pass
         stop.wait(0.1)
 
 
-def _consume_sse(buf: bytes, log: ConfigLog, history: History) -> bytes:
+def _consume_sse(buf: bytes, log: ConfigLog, history: History, source: str) -> bytes:
     while b"\n\n" in buf:
         block, buf = buf.split(b"\n\n", 1)
         fields: dict[str, str] = {}
@@ -137,6 +137,7 @@ def _consume_sse(buf: bytes, log: ConfigLog, history: History) -> bytes:
                     "at": history.now(),
                     "key": data["kv"]["key"],
                     "row": data["kv"]["value"] if fields["event"] == "put" else None,
+                    "from": source,
                 }
             )
             log.next_revision = revision + 1
@@ -482,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
         "config_log": {"events": len(config_log.events), "complete": config_log.complete, "error": config_log.error},
         "checkers": [r.to_dict() for r in results],
     }
-    paths = write_report(args.report, summary, history.ops)
+    paths = write_report(args.report, summary, history.ops, list(config_log.events))
     for r in results:
         progress(
             f"checker {r.name}: {r.status.upper()}" + (f" ({len(r.violations)} violation(s))" if r.violations else "")

@@ -173,6 +173,12 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
             fail_stop(f"renaming the snapshot {tmp} into place", exc)
         self._Serializer__pid = -1  # PySyncObj's "done, in memory" state: SUCCESS next tick
 
+    def drop_incoming(self) -> None:
+        """Close a snapshot still being received (the node is stopping; tick thread)."""
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            incoming.close()
+
     def setTransmissionData(self, data: Any) -> bool:  # noqa: N802 - PySyncObj's name
         if data is None:
             return False
@@ -807,6 +813,12 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             self._last_forced_compaction = time.monotonic()
             self.forceLogCompaction()
 
+    def _doDestroy(self) -> None:  # noqa: N802 - PySyncObj's name
+        serializer = self._SyncObj__serializer
+        if isinstance(serializer, _DurableSerializer):
+            serializer.drop_incoming()
+        super()._doDestroy()
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - PySyncObj's name
         # Entries added while polling (a new leader's no-op, follower appends) become
         # durable before the leader's commit count below, which counts itself.
@@ -866,6 +878,8 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             self.last_leader_contact = time.monotonic()
             if "prevLogIdx" in message and "transmission" not in message:
                 message = self._rewrite_append(message)
+            elif message.get("transmission") != "finish":
+                return self._receive_unverifying_append(node, message)
         if mtype == "next_node_idx" and message.get("success") and not message.get("reset"):
             next_index = self._SyncObj__raftNextIndex
             before = next_index.get(node)
@@ -877,6 +891,25 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             super()._SyncObj__onMessageReceived(node, message)
         finally:
             self._suppress_truncation = False
+
+    def _receive_unverifying_append(self, node: Any, message: dict[str, Any]) -> None:
+        """An AppendEntries that checks none of our log: a snapshot chunk (``serialized``)
+        or the start of a large entry sent in parts. PySyncObj still adopts its commit
+        index up to our last entry, which after a term change can be a deposed leader's
+        tail that no majority ever held: the node then applied, served and streamed to
+        watchers writes that were never committed. The commit index is capped at what
+        this leader has verified (``_rewrite_append``); a snapshot that installs sets its
+        own. The leader's raw commit index is kept for status and promotion."""
+        term = message["term"]
+        verified = self._verified_index if term == self._verified_term else 0
+        raw = message.get("commit_index", 0)
+        capped = dict(message, commit_index=min(raw, verified))
+        try:
+            super()._SyncObj__onMessageReceived(node, capped)
+        finally:
+            self._suppress_truncation = False
+        if self.raftCurrentTerm == term:
+            self._SyncObj__leaderCommitIndex = raw
 
     def _rewrite_append(self, message: dict[str, Any]) -> dict[str, Any]:
         term = message["term"]

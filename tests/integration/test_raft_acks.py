@@ -150,3 +150,54 @@ async def test_a_matching_tail_with_a_membership_change_is_not_truncated(tmp_pat
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.parametrize("serialized", [None, (b"part of a snapshot", True, False)], ids=["empty", "first_chunk"])
+async def test_a_snapshot_chunk_never_commits_the_followers_unverified_tail(tmp_path: Any, serialized: Any) -> None:
+    """A deposed leader's log can end in entries no majority ever held. A message of the
+    new leader that verifies none of our log (a snapshot being sent, chunk by chunk) must
+    not let us adopt its commit index over that tail: PySyncObj did, and the node applied
+    (and served, and streamed to watchers) a write that was never committed."""
+    from pysyncobj import pickle as raft_pickle
+
+    from rdb import _commands
+
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader = await _leader(stores)
+        assert (await leader.put("before", 1))["status"] == "ok"
+        follower = next(s for s in stores if s is not leader)
+        raft = follower.raft
+        for _ in range(200):  # bounded: the follower applies what the leader committed
+            if follower.get("before") is not None:
+                break
+            await asyncio.sleep(0.05)
+        leader_node = next(n for n in raft._other_nodes() if n.id == leader._raft_address)
+
+        def stale_tail_then_chunk() -> tuple[int, int, int]:
+            log_ = raft._SyncObj__raftLog
+            last, term = int(log_[-1][1]), int(log_[-1][2])
+            # A replicated call as PySyncObj logs it, holding a put nobody committed.
+            template = next(e[0] for e in reversed(list(log_)) if e[0][:1] == bytes([0]) and len(e[0]) > 1)
+            func = raft_pickle.loads(template[1:])[0]
+            phantom = _commands.put("phantom", 1, request_id="phantom-1")
+            raft._SyncObj__raftLog.add(bytes([0]) + raft_pickle.dumps((func, (phantom,))), last + 1, term)
+            commit_before = int(raft.raftCommitIndex)
+            message = {
+                "type": "append_entries",
+                "term": raft.raftCurrentTerm + 1,
+                "commit_index": last + 1,
+                "serialized": serialized,
+            }
+            raft._SyncObj__onMessageReceived(leader_node, message)
+            return commit_before, int(raft.raftCommitIndex), last + 1
+
+        commit_before, commit_after, phantom_index = _on_tick(raft, stale_tail_then_chunk)
+        assert commit_before < phantom_index
+        assert commit_after < phantom_index, "the unverified tail was committed"
+        for _ in range(5):  # a few ticks: nothing applies the phantom entry
+            _on_tick(raft, lambda: None)
+        assert follower.get("phantom") is None
+    finally:
+        for s in stores:
+            s.close()
