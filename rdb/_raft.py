@@ -136,6 +136,9 @@ class _SnapshotPath(str):
     """Marks a snapshot path that must get a ``_DurableSerializer``."""
 
 
+_ALL = object()
+
+
 class _DurableSerializer(Serializer):  # type: ignore[misc]
     """PySyncObj's ``Serializer`` for our file case (custom serializer, no fork), made
     durable and fail-stop:
@@ -149,6 +152,10 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
     Runs on the tick thread. Passes the ``snapshot.*`` failpoints."""
 
     _incoming: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sending: dict[Any, Any] = {}  # node -> the snapshot file being sent to it
 
     def serialize(self, data: Any, id: Any) -> None:
         if getattr(self, "_Serializer__pid") != 0:  # noqa: B009 - the base class's private name
@@ -173,11 +180,36 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
             fail_stop(f"renaming the snapshot {tmp} into place", exc)
         self._Serializer__pid = -1  # PySyncObj's "done, in memory" state: SUCCESS next tick
 
-    def drop_incoming(self) -> None:
-        """Close a snapshot still being received (the node is stopping; tick thread)."""
+    def close_files(self) -> None:
+        """Close the snapshot files still being sent or received (the node is stopping;
+        tick thread). PySyncObj drops its open send files without closing them."""
         incoming, self._incoming = self._incoming, None
         if incoming is not None:
             incoming.close()
+        self._close_transmissions()
+
+    def _close_transmissions(self, only: Any = _ALL) -> None:
+        transmissions: dict[Any, Any] = self._Serializer__transmissions
+        for node in list(self._sending) if only is _ALL else [only]:
+            transmissions.pop(node, None)
+            sending = self._sending.pop(node, None)
+            if sending is not None:
+                sending.close()
+        if only is _ALL:
+            transmissions.clear()
+
+    def getTransmissionData(self, transmissionID: Any) -> Any:  # noqa: N802,N803 - PySyncObj's names
+        # PySyncObj forgets the file it sends from when the send ends, unclosed.
+        data = super().getTransmissionData(transmissionID)
+        sending = self._Serializer__transmissions.get(transmissionID)
+        if sending is not None and sending.get("file") is not None:
+            self._sending[transmissionID] = sending["file"]
+        else:
+            self._close_transmissions(transmissionID)
+        return data
+
+    def cancelTransmisstion(self, id: Any) -> None:  # noqa: N802 - PySyncObj's names (sic)
+        self._close_transmissions(id)
 
     def setTransmissionData(self, data: Any) -> bool:  # noqa: N802 - PySyncObj's name
         if data is None:
@@ -307,7 +339,7 @@ class _BackgroundSerializer(_DurableSerializer):
             fsync_directory(os.path.dirname(os.path.abspath(self._file_name)))
         except OSError as exc:
             fail_stop(f"renaming the snapshot {tmp} into place", exc)
-        self._Serializer__transmissions: dict[Any, Any] = {}
+        self._close_transmissions()  # a newer snapshot: sends of the old one restart
         gc.freeze()  # what survived this long is long-lived: keep it out of full collections
         self.snapshots_written += 1
         self.compacted_at.append(int(current))
@@ -816,7 +848,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
     def _doDestroy(self) -> None:  # noqa: N802 - PySyncObj's name
         serializer = self._SyncObj__serializer
         if isinstance(serializer, _DurableSerializer):
-            serializer.drop_incoming()
+            serializer.close_files()
         super()._doDestroy()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802,N803 - PySyncObj's name

@@ -82,6 +82,10 @@ class ReplicatedStore:
         self.request_timeout = request_timeout
         self._lock = threading.Lock()
         self._sm = StateMachine(history_limit=history_limit, references=references)
+        # After a learner's promotion: the state the restarted Raft node replays into,
+        # served once it has applied index ``_rebuild_through`` (see ``_promote``).
+        self._rebuild: StateMachine | None = None
+        self._rebuild_through = 0
         self._raft: RaftNode | None = None
         self._promotion: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -156,31 +160,54 @@ class ReplicatedStore:
 
     def _apply(self, payload: bytes, index: int) -> Result:
         with self._lock:
-            before = self._sm.revision
-            restores = self._sm.restores_applied
-            result = self._sm.apply(payload, index)
-            changed = self._sm.revision != before
-            restored = self._sm.restores_applied != restores
-        if restored or "staged" in result:
+            # Entries up to ``_rebuild_through`` that change no state (membership) never
+            # come here: a later entry means the rebuild holds everything through it.
+            swapped = self._rebuild is not None and index > self._rebuild_through and self._end_rebuild()
+            sm = self._rebuild if self._rebuild is not None else self._sm
+            before = sm.revision
+            restores = sm.restores_applied
+            result = sm.apply(payload, index)
+            changed = sm.revision != before
+            restored = sm.restores_applied != restores
+            if sm is self._rebuild:
+                changed = restored = False  # what the node serves did not change
+                swapped = index >= self._rebuild_through and self._end_rebuild()
+        if restored or swapped or "staged" in result:
             _freeze_gc()
-        if restored:
+        if restored or swapped:
             self.load_count += 1
         if changed:
             self.commit_times.append((result.get("revision", 0), time.time()))
-        if changed or restored:
-            self._schedule_notify(load=restored)
+        if changed or restored or swapped:
+            self._schedule_notify(load=restored or swapped)
         return result
+
+    def _end_rebuild(self) -> bool:
+        """Serve the rebuilt state machine from now on (under ``_lock``); True."""
+        assert self._rebuild is not None
+        self._sm, self._rebuild = self._rebuild, None
+        log.info(
+            "the restarted Raft node caught up with the state it replaced",
+            extra={"event": "rebuild_done", "fields": {"index": self._rebuild_through, "revision": self._sm.revision}},
+        )
+        return True
 
     def _snapshot(self) -> Iterator[bytes]:
         # Tick thread: a frozen copy under the lock (pointer copies); the encoding runs
-        # on the snapshot thread, without the lock (see RaftNode).
+        # on the snapshot thread, without the lock (see RaftNode). The state is the Raft
+        # node's own, at its applied index: the one being rebuilt, if any.
         with self._lock:
-            source = self._sm.snapshot_source()
+            source = (self._rebuild if self._rebuild is not None else self._sm).snapshot_source()
         return source.chunks()
 
     def _restore(self, state: bytes, index: int) -> None:
         with self._lock:
-            self._sm.restore(state, strict=False)  # our own snapshot: never refuse to start
+            sm = self._rebuild if self._rebuild is not None else self._sm
+            sm.restore(state, strict=False)  # our own snapshot: never refuse to start
+            if sm is self._rebuild:
+                if index < self._rebuild_through:
+                    return  # still older than what the node serves
+                self._end_rebuild()
             self.load_count += 1
         _freeze_gc()
         self._schedule_notify(load=True)
@@ -568,10 +595,13 @@ class ReplicatedStore:
         old.destroy_synchronous()
         _write_marker(os.path.join(self._data_dir, VOTER_MARKER))
         with self._lock:
-            # The new node replays the journal from its snapshot: start from empty state.
-            self._sm = StateMachine(history_limit=self._history_limit, references=self._sm.references)
+            # The new node replays the journal from its snapshot into a state machine of
+            # its own; the learner's (at ``applied``) is served until the replay has
+            # reached it. Swapping at once served an older state: a read whose barrier
+            # completed before the restart answered from it (chaos, 2026-12-07).
+            self._rebuild = StateMachine(history_limit=self._history_limit, references=self._sm.references)
+            self._rebuild_through = int(old.raftLastApplied)
         self._raft = self._new_raft(self._raft_address)
-        self._schedule_notify(load=True)
 
 
 def _freeze_gc() -> None:
