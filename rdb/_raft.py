@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import logging
 import os
@@ -59,6 +60,7 @@ from pysyncobj import tcp_connection as _pysyncobj_tcp
 from pysyncobj.config import FAIL_REASON, SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 from pysyncobj.serializer import Serializer
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from rdb._append import coalesce_outgoing, plan_append
@@ -455,11 +457,23 @@ def _no_flush() -> None:
     """Stands in for a connection's flush while ``release_held`` fills its buffer."""
 
 
+_CONNECTED = CONNECTION_STATE.CONNECTED
+
+
+def _is_member_address(text: str) -> bool:
+    """``host:port`` with a numeric port: what a member names itself with."""
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536)
+
+
 class _HoldingTransport(TCPTransport):  # type: ignore[misc]
     """TCP transport that holds every outgoing message while the journal is dirty."""
 
     def __init__(self, sync_obj: Any, self_node: Any, other_nodes: Any) -> None:
         self._held: list[tuple[Any, Any]] = []
+        #: Connections from members this node's configuration does not list yet (see
+        #: ``_onIncomingMessageReceived``), by node; they carry AppendEntries only.
+        self._foreign: set[Any] = set()
         #: Forwarded commands and their answers gathered during one drain of the command
         #: queue (``batch_forwards``), per destination; None outside a drain.
         self._forwards: dict[Any, list[Any]] | None = None
@@ -467,6 +481,65 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
         self.sent_held = 0  # messages held back for a group commit...
         self.sent_merged = 0  # ...and how many actually left after coalescing
         super().__init__(sync_obj, self_node, other_nodes)
+
+    # ------------------------------------------------------------ members we do not know yet
+
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:  # noqa: N802 - PySyncObj's name
+        """Accept a connection from a member this node's configuration does not list yet
+        (tick thread).
+
+        PySyncObj drops it. A node that was down while members were added restarts with
+        its old configuration; if one of the new members is now the leader, it dials
+        this node (the higher address dials) and is dropped every time, so this node
+        never hears of the change and campaigns forever (found by a 20-minute five-node
+        chaos run). Raft has servers answer RPCs without consulting their configuration;
+        here only AppendEntries is taken from such a node (its RequestVote is ignored,
+        so a removed server cannot disrupt the cluster), until the configuration names
+        it (``addNode``). The peer has passed the cluster secret's handshake already."""
+        # Only a str can name a node: the handshake's key is bytes, a utility command a
+        # list (unhashable: test for str before looking it up).
+        handshaking = self._syncObj.encryptor and not conn.sendRandKey
+        if (
+            handshaking
+            or not isinstance(message, str)
+            or message == "readonly"
+            or message in self._nodeAddrToNode
+            or not _is_member_address(message)
+        ):
+            super()._onIncomingMessageReceived(conn, message)
+            return
+        node = TCPNode(message)
+        self._unknownConnections.discard(conn)
+        old = self._connections.get(node)
+        if old is not None and old is not conn:
+            old.disconnect()
+        self._connections[node] = conn
+        self._foreign.add(node)
+        conn.setOnMessageReceivedCallback(functools.partial(self._from_foreign, node))
+
+    def _from_foreign(self, node: Any, message: Any) -> None:
+        if node not in self._foreign:  # the configuration names it now: everything counts
+            self._onMessageReceived(node, message)
+        elif isinstance(message, dict) and message.get("type") == "append_entries":
+            self._onMessageReceived(node, message)
+
+    def addNode(self, node: Any) -> None:  # noqa: N802 - PySyncObj's name
+        """A member joins the configuration; if it had already reached us as a foreign
+        node, its connection becomes a member's (tick thread)."""
+        super().addNode(node)
+        if node in self._foreign:
+            self._foreign.discard(node)
+            conn = self._connections.get(node)
+            if conn is not None and conn.state == _CONNECTED:
+                self._onNodeConnected(node)
+
+    def _onDisconnected(self, conn: Any) -> None:  # noqa: N802 - PySyncObj's name
+        node = self._connToNode(conn)
+        if node is not None and node in self._foreign:
+            self._foreign.discard(node)
+            self._connections.pop(node, None)
+            return
+        super()._onDisconnected(conn)
 
     def send(self, node: Any, message: Any) -> bool:
         if self._forwards is not None and message.get("type") in _FORWARDS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -372,3 +373,66 @@ def test_five_nodes_add_and_remove_members_under_kills_lose_no_acknowledged_writ
             values = {kv["key"]: kv["value"] for kv in listing["kvs"]}
             lost = {k: v for k, v in writer.acked.items() if values.get(k) != v}
             assert not lost, f"{nid} lost {len(lost)} acknowledged writes, e.g. {sorted(lost)[:5]}"
+
+
+def _raft_port(c: Cluster, nid: str) -> int:
+    return int(c.nodes[nid].raft.rpartition(":")[2])
+
+
+def test_a_node_down_while_a_member_came_back_follows_it_as_leader(tmp_path: Any) -> None:
+    # Found by a 20-minute five-node chaos run (member_cycle under kill_leader): a member
+    # is removed, the leader (which saw the removal) is killed, the member rejoins and is
+    # added back and leads; the old leader restarts with a configuration without it.
+    # PySyncObj dropped every connection from an address it does not know, and the
+    # higher address dials, so the restarted node never heard from its leader and
+    # campaigned forever. The others' election timeouts are long and the rejoining
+    # member's short, so that it wins the election after the leader is killed.
+    names = ("n1", "n2", "n3", "n4", "n5")
+    args = ["--election-timeout", "2,4", "--compaction-entries", "20"]
+    with running_cluster(str(tmp_path), 5, extra_args=args) as c:
+        by_port = sorted(names, key=lambda n: _raft_port(c, n))
+        stale, back = by_port[0], by_port[-1]  # the rejoining member dials the stale node
+        others = [n for n in names if n not in (stale, back)]
+        _remove_through_elections(c, others[0], back)
+        wait_for(lambda: back not in members(c, stale), 10, f"{stale} saw {back} removed")
+        # ... and compacts after it: its snapshot holds the configuration without it (a
+        # restart takes the configuration from the snapshot, not from the command line).
+        written = c.status(stale)["snapshots"]["written"]
+        for i in range(60):
+            assert http("PUT", f"{c.url(others[0])}/v1/kv/before{i}", {"value": i}, timeout=10).status == 200
+        wait_for(lambda: c.status(stale)["snapshots"]["written"] > written, 10, f"{stale} compacted")
+        c.signal(back, signal.SIGKILL)
+        shutil.rmtree(c.nodes[back].data_dir)
+        os.makedirs(c.nodes[back].data_dir)
+        c.signal(stale, signal.SIGKILL)
+        # The member comes back as a learner on empty data and is added again.
+        c.nodes[back].extra_args = ["--join", "--election-timeout", "0.3,0.5"]
+        c.start(back)
+        wait_learner(c, back)
+        added = http("POST", f"{c.url(others[0])}/v1/cluster/members", member_body(c.nodes[back]), timeout=30)
+        assert added.status == 200, added.body
+        c.wait_ready(30, [back])
+        leader = c.leader(among=[back, *others], timeout=30)
+        if leader != back:
+            killed = leader
+            c.signal(killed, signal.SIGKILL)
+            live = [back, *(n for n in others if n != killed)]
+            leader = wait_for(
+                lambda: (found := c.leader(among=live, timeout=5)) != killed and found, 30, "a new leader"
+            )
+        assert leader == back, f"{back} was meant to win the election, {leader} did"
+        assert http("PUT", f"{c.url(leader)}/v1/kv/after", {"value": 1}, timeout=10).status == 200
+        config = members(c, leader)
+        # The stale node restarts with a long election timeout: it must learn of the change
+        # from its leader, not by forcing an election with a term the others never saw.
+        c.nodes[stale].extra_args = ["--election-timeout", "20,40"]
+        c.start(stale)
+
+        def follows_the_new_leader() -> bool:
+            st = c.status(stale)
+            known = {m["id"] for m in st["members"]} == config
+            return st["role"] == "follower" and st["leader"] == back and known
+
+        wait_for(follows_the_new_leader, 20, f"{stale} follows {back}, a member it did not know")
+        c.wait_ready(30, [stale])
+        assert http("GET", f"{c.url(stale)}/v1/kv/after").body["value"] == 1
