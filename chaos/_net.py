@@ -8,6 +8,7 @@ Only what this module created is ever touched: names carry a per-run tag, and
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 from collections.abc import Iterable
 
 BENCHMARK_RANGE = "198.18.0.0/15"  # RFC 2544: never routed off the machine
+SUBNET_LOCK = "/tmp/rdbsync-chaos-subnet.lock"  # serialises picking a free /24 across runs
 
 
 def free_subnet_prefix() -> str:
@@ -92,11 +94,15 @@ class NetLab:
         self.check_available()
         self.remove_stale()
         try:
-            self.subnet_prefix = free_subnet_prefix()
-            self.address = {nid: f"{self.subnet_prefix}{i + 2}" for i, nid in enumerate(self.nodes)}
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
-            self.bridge_created = True
-            _run("ip", "addr", "add", self.subnet_prefix + "1/24", "dev", self.bridge)
+            # Pick and claim the subnet under a host-wide lock: two runs started at once
+            # both saw the same /24 free and talked to each other's nodes.
+            with open(SUBNET_LOCK, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self.subnet_prefix = free_subnet_prefix()
+                self.address = {nid: f"{self.subnet_prefix}{i + 2}" for i, nid in enumerate(self.nodes)}
+                _run("ip", "link", "add", self.bridge, "type", "bridge")
+                self.bridge_created = True
+                _run("ip", "addr", "add", self.subnet_prefix + "1/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
             for nid in self.nodes:
                 ns = self.namespace(nid)

@@ -121,3 +121,47 @@ disk.teardown()
     proc.stdout.close()
     assert lines == ["1", "True", "ENOSPC", "written after free"], lines
     assert str(tmp_path / "disk") not in host_mounts
+
+
+_LAB = """
+import sys
+from chaos._net import NetLab
+lab = NetLab(["n1", "n2"])
+sys.stdin.readline()  # go
+try:
+    lab.setup()
+    print(lab.subnet_prefix, flush=True)
+    sys.stdin.readline()  # done
+finally:
+    lab.teardown()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_chaos_runs_started_at_once_get_subnets_of_their_own() -> None:
+    """Two runs that looked for a free /24 at the same instant took the same one and
+    sent requests to each other's nodes (the set checker saw the other run's writes)."""
+    labs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LAB], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    try:
+        for lab in labs:
+            assert lab.stdin is not None
+            lab.stdin.write("go\n")
+            lab.stdin.flush()
+        prefixes = []
+        for lab in labs:
+            assert lab.stdout is not None
+            prefixes.append(lab.stdout.readline().strip())
+        assert all(prefixes), prefixes
+        assert len(set(prefixes)) == len(prefixes), prefixes
+    finally:
+        for lab in labs:
+            if lab.stdin is not None:
+                lab.stdin.close()
+            lab.wait(timeout=60)
+            if lab.stdout is not None:
+                lab.stdout.close()

@@ -76,6 +76,16 @@ async def test_promotion_never_serves_an_older_state_than_the_learner_had(tmp_pa
         assert (await learner.put("after", 1, timeout=10))["status"] == "ok"
         assert learner.get("after") is not None and learner.get("k0") is not None
         assert learner.load_count == loads + 1, "one load: when the rebuilt state took over"
+        leader_view, _ = stores[0].range("")
+        for _ in range(200):  # bounded: the voter has applied "after" too
+            if stores[0].get("after") is not None:
+                break
+            await asyncio.sleep(0.05)
+        mine, _ = learner.range("")
+        theirs, _ = stores[0].range("")
+        assert [(kv.key, kv.version, kv.mod_revision) for kv in mine] == [
+            (kv.key, kv.version, kv.mod_revision) for kv in theirs
+        ], "the rebuilt state differs from the voters'"
     finally:
         for s in [*stores, learner]:
             s.close()
