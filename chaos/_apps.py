@@ -50,6 +50,8 @@ class AppModel:
     tamper_targets: tuple[tuple[str, str], ...]
     #: answers depend on the node (so probes go to a named node, never the shared address).
     per_node_answers: bool = False
+    #: the blade table the data-plane daemons of ``--agents`` hold (``chaos._agents``).
+    agent_table: str = ""
 
     @property
     def blade_tables(self) -> tuple[str, ...]:
@@ -129,6 +131,7 @@ ONTAP = AppModel(
     churn=_ontap_churn,
     probe=_ontap_probe,
     tamper_targets=(("vservers", "vs0"), ("export_rules", "vs0:default:1"), ("vldb", "vol0")),
+    agent_table="volumes",  # per node: the volumes on aggregates homed there
 )
 
 
@@ -229,6 +232,7 @@ PROXY = AppModel(
     probe=_proxy_probe,
     tamper_targets=(("pools", "p0"), ("members", "p0:m0"), ("routes", "l0:r0")),
     per_node_answers=True,
+    agent_table="routes",
 )
 
 MODELS: dict[str, AppModel] = {m.spec: m for m in (ONTAP, PROXY)}

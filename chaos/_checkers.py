@@ -29,7 +29,7 @@ import math
 import time
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -716,13 +716,12 @@ class _Timeline:
         i = bisect_right(self.seen_at, t)
         return self.seen_max[i - 1] if i else 0
 
-    def decide_many(self, wanted: Mapping[int, Collection[tuple[str, ...]]]) -> dict[tuple[int, tuple[str, ...]], Any]:
-        """Decisions for ``{index: {query}}``, replaying the log forward once.
-        Each value is a list of acceptable decisions, or an error text."""
+    def configs(self, indexes: Iterable[int]) -> Iterator[tuple[int, Mapping[str, Mapping[str, Any]]]]:
+        """``(index, config)`` for each distinct index, ascending, replaying the log
+        forward once. The config is one object changed in place: use it before the next."""
         config: dict[str, dict[str, Any]] = {t: {} for t in self.model.management_tables}
         applied = 0
-        out: dict[tuple[int, tuple[str, ...]], Any] = {}
-        for index in sorted(wanted):
+        for index in sorted(set(indexes)):
             while applied < index:
                 for key, row in self.changes[applied]:
                     where = _split(self.model, key)
@@ -732,6 +731,13 @@ class _Timeline:
                         else:
                             config[where[0]][where[1]] = dict(row)
                 applied += 1
+            yield index, config
+
+    def decide_many(self, wanted: Mapping[int, Collection[tuple[str, ...]]]) -> dict[tuple[int, tuple[str, ...]], Any]:
+        """Decisions for ``{index: {query}}``. Each value is a list of acceptable
+        decisions, or an error text."""
+        out: dict[tuple[int, tuple[str, ...]], Any] = {}
+        for index, config in self.configs(wanted):
             for query in wanted[index]:
                 out[(index, query)] = _decide(self.model, config, query)
         return out
@@ -963,6 +969,138 @@ def check_dataplane(
         "log_complete_through": timeline.through if timeline else None,
     }
     return found.result()
+
+
+def check_agents(
+    ops: Iterable[Op],
+    config_log: Sequence[Mapping[str, Any]],
+    fault_windows: Iterable[Mapping[str, Any]],
+    *,
+    table: str,
+    staleness_bound_s: float = 5.0,
+    fence_slack_s: float = 1.0,
+    log_complete_through: int | None = None,
+    drift_windows: Iterable[Mapping[str, Any]] = (),
+    model: AppModel = ONTAP,
+) -> CheckResult:
+    """Does every daemon serve exactly its node's projection of committed config, fresh
+    enough, and never while its node's table has failed?
+
+    ``ops``: the "agent" ops (``chaos._agents.AgentProbe``); an ok op's ``result`` is
+    ``{"revision", "rows"}``: the rows of blade table ``table`` the daemon serves and the
+    revision they are exactly at. ``config_log``, ``log_complete_through``,
+    ``fault_windows`` and ``drift_windows`` as for ``check_dataplane``.
+
+    Violations:
+    - ``wrong_rows``: the rows are not ``model.project_table`` of the config at their
+      revision for that node (outside a drift window on the node);
+    - ``stale_rows``: right for their revision R, but R is older than the highest revision
+      observed at or before ``invoke - staleness_bound_s`` and the projection at that
+      revision differs;
+    - ``served_while_failed``: served within ``[start + fence_slack_s, end]`` of a fault
+      window on the node's ``table`` (the node fences the consumers that depend on the
+      agent; the daemon hears of it within a stream heartbeat);
+    - ``malformed_answer``: an ok op without rows and an integer revision.
+    """
+    found = _Findings("agents")
+    windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for w in fault_windows:
+        start, end = _time(w.get("start")), _time(w.get("end"))
+        if start is not None and w.get("table") == table:
+            windows[str(w.get("node"))].append((start, _INF if end is None else end))
+    drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for w in drift_windows:
+        start, end = _time(w.get("start")), _time(w.get("end"))
+        if start is not None:
+            drift[str(w.get("node"))].append((start, _INF if end is None else end))
+    timeline, log_problem = _build_timeline(config_log, log_complete_through, model)
+    stats: dict[str, Any] = defaultdict(int)
+    pending: list[tuple[Op, Mapping[str, Any], int, int]] = []
+    for op in ops:
+        if op.get("kind") != "agent":
+            continue
+        stats["probes"] += 1
+        stats[f"outcome_{op.get('outcome')}"] += 1
+        if op.get("outcome") != "ok":
+            continue
+        answer = op.get("result")
+        revision = answer.get("revision") if isinstance(answer, Mapping) else None
+        invoke = _time(op.get("invoke"))
+        if (
+            not isinstance(answer, Mapping)
+            or not isinstance(answer.get("rows"), Mapping)
+            or not isinstance(revision, int)
+            or isinstance(revision, bool)
+            or invoke is None
+        ):
+            found.violation("malformed_answer", op=_brief(op))
+            continue
+        node = str(op.get("node"))
+        for start, end in windows.get(node, []):
+            if start + fence_slack_s <= invoke <= end:
+                found.violation(
+                    "served_while_failed",
+                    node=node,
+                    table=table,
+                    window={"start": start, "end": None if end == _INF else end},
+                    op=_brief(op),
+                )
+                break
+        if timeline is None or log_problem is not None:
+            stats["unchecked_no_log"] += 1
+            continue
+        if revision > timeline.through:
+            stats["unchecked_beyond_log"] += 1
+            continue
+        reference = timeline.observed_by(invoke - staleness_bound_s)
+        ref_index = timeline.index(reference) if reference > revision else -1
+        pending.append((op, answer, timeline.index(revision), ref_index))
+        stats["checked"] += 1
+    if log_problem is not None and stats["outcome_ok"]:
+        found.unsure(f"config_log unusable, {stats['unchecked_no_log']} answer(s) unchecked: {log_problem}")
+    if stats["unchecked_beyond_log"]:
+        found.unsure(f"{stats['unchecked_beyond_log']} answer(s) beyond the complete config log")
+    if timeline is not None and pending:
+        wanted = {i for _, _, index, ref in pending for i in (index, ref) if i >= 0}
+        nodes = {str(op.get("node")) for op, _, _, _ in pending}
+        projected = {
+            (index, node): {k: _canon(r) for k, r in model.project_table(config, node, table).items()}
+            for index, config in timeline.configs(wanted)
+            for node in nodes
+        }
+        for op, answer, index, ref_index in pending:
+            node = str(op.get("node"))
+            rows = {k: _canon(r) for k, r in answer["rows"].items()}
+            want = projected[(index, node)]
+            if rows != want:
+                if any(start <= float(op["invoke"]) <= end for start, end in drift.get(node, [])):
+                    stats["excused_wrong_rows"] += 1
+                    continue
+                found.violation(
+                    "wrong_rows",
+                    node=node,
+                    revision=answer["revision"],
+                    diff=_row_diff(_uncanon(want), answer["rows"]),
+                    op=_brief(op),
+                )
+                continue
+            if ref_index >= 0:
+                stats["older_than_bound"] += 1
+                if projected[(ref_index, node)] != rows:
+                    found.violation(
+                        "stale_rows",
+                        node=node,
+                        revision=answer["revision"],
+                        required_revision=timeline.revisions[ref_index - 1],
+                        diff=_row_diff(_uncanon(projected[(ref_index, node)]), answer["rows"]),
+                        op=_brief(op),
+                    )
+    found.stats = dict(stats) | {"table": table, "fault_windows": sum(len(w) for w in windows.values())}
+    return found.result()
+
+
+def _uncanon(rows: Mapping[str, str]) -> dict[str, Any]:
+    return {k: json.loads(v) for k, v in rows.items()}
 
 
 def _report_wrong(

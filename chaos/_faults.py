@@ -391,8 +391,13 @@ def _end_disk_full(r: FaultRunner, record: FaultRecord) -> None:
     assert r.disk is not None
     c = r.cluster
     node = c.nodes[record.target[0]]
-    # Writes never stop in a chaos run, so a node with a full disk must stop soon.
-    record.detail["stopped"] = _wait_exit(node, 10.0) == "exited"
+    # Writes never stop in a chaos run, so a node with a full disk must stop soon. Space
+    # the node frees meanwhile (an older snapshot replaced by a newer one) goes back to
+    # the ballast: a follower once wrote 10 s of entries into it and looked unharmed.
+    deadline = time.monotonic() + 10.0
+    while (outcome := _wait_exit(node, 0.5)) == "running" and time.monotonic() < deadline:
+        record.detail["filled_bytes"] += r.disk.fill()
+    record.detail["stopped"] = outcome == "exited"
     record.detail["exit_code"] = _exit_code(node)
     record.detail["said_why"] = FAIL_STOP_MESSAGE in _log_since(node, record.detail.pop("log_offset"))
     c.kill(node.id)

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from chaos._agents import AgentFleet, AgentProbe
+from chaos._agents import node_flags as agent_node_flags
 from chaos._apps import MODELS, ONTAP, AppModel
 from chaos._checkers import (
     CheckResult,
+    check_agents,
     check_convergence,
     check_dataplane,
     check_fault_outcomes,
@@ -285,8 +288,10 @@ def run(args: argparse.Namespace) -> int:
             network_note = f"network namespaces unavailable ({exc}); running process and resync faults only"
     progress(network_note)
     compaction = args.compaction_entries or compaction_entries(args.seed)
-    node_args = ("--compaction-entries", str(compaction)) if compaction else ()
+    node_args: tuple[str, ...] = ("--compaction-entries", str(compaction)) if compaction else ()
     model = MODELS[args.app]
+    if args.agents:
+        node_args += tuple(agent_node_flags(model.agent_table))
     app_flag = None if args.app == ONTAP.spec else args.app
     cluster = ChaosCluster(os.path.join(base, "cluster"), args.nodes, net=net, app=app_flag, node_args=node_args)
     disk: SmallDisk | None = None
@@ -327,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
     snapshots = SnapshotWatch(cluster, history, stop)
     workloads: list[Workload] = []
     results: list[CheckResult] = []
+    fleet = AgentFleet(cluster, model.agent_table, os.path.join(base, "cluster")) if args.agents else None
     t0_wall = time.time()
     interrupted = False
 
@@ -340,6 +346,12 @@ def run(args: argparse.Namespace) -> int:
             f"seed {args.seed}, {args.nodes} nodes, {args.duration:.0f}s, {len(plan)} planned faults; data in {base}"
         )
         cluster.start_all()
+        if fleet is not None:
+            # A node that expects an agent is not ready until its daemon has loaded.
+            fleet.start_all()
+            if not fleet.wait_answering(30):
+                raise ChaosAbort("the agent daemons did not answer within 30 s")
+            progress(f"agents: a daemon per node holding {model.agent_table} (chaos.agent_daemon, batch callbacks)")
         if not cluster.wait_ready(60):
             raise ChaosAbort("the cluster did not become ready within 60 s")
         load_config(cluster, model)
@@ -363,6 +375,11 @@ def run(args: argparse.Namespace) -> int:
         workloads.append(
             ConfigChurn("churn", 300, seed * 1000 + 300, history, targets, stop, nodes=node_ids, model=model)
         )
+        if fleet is not None:
+            for p in range(2):
+                workloads.append(
+                    AgentProbe("agent", 400 + p, seed * 1000 + 400 + p, history, targets, stop, fleet=fleet)
+                )
         for w in workloads:
             w.thread.start()
         faults.thread.start()
@@ -384,6 +401,8 @@ def run(args: argparse.Namespace) -> int:
         progress(f"aborted: {exc}")
         stop.set()
         faults.heal_all()
+        if fleet is not None:
+            fleet.stop_all()
         cluster.stop_all()
         if net is not None:
             net.teardown()
@@ -443,10 +462,24 @@ def run(args: argparse.Namespace) -> int:
                 model=model,
             )
         )
+        if fleet is not None:
+            results.append(
+                check_agents(
+                    [o for o in ops if o["kind"] == "agent"],
+                    log_events,
+                    faults.fault_windows,
+                    table=model.agent_table,
+                    log_complete_through=state["revision"] if config_log.complete else 0,
+                    drift_windows=drift_windows,
+                    model=model,
+                )
+            )
         events = fence_events(cluster, t0_wall)
     finally:
         stop.set()
         watch_stop.set()
+        if fleet is not None:
+            fleet.stop_all()
         cluster.stop_all()
         if net is not None:
             net.teardown()
@@ -464,6 +497,7 @@ def run(args: argparse.Namespace) -> int:
         "repeat": f"scripts/chaos --seed {args.seed} --duration {args.duration:g} --nodes {args.nodes}"
         + ("" if app_flag is None else f" --app {app_flag}")
         + (f" --faults {args.faults}" if args.faults else "")
+        + (" --agents" if args.agents else "")
         + (f" --compaction-entries {args.compaction_entries}" if args.compaction_entries else ""),
         "operations": _op_counts(history.ops),
         "faults": {
@@ -584,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the nodes' --compaction-entries (default: chosen by the seed, small in two seeds of three)",
     )
     parser.add_argument("--no-disk", action="store_true", help="no small filesystem, no disk_full faults")
+    parser.add_argument(
+        "--agents",
+        action="store_true",
+        help="run a data-plane daemon (rdbsync.agent) beside every node and check what it serves",
+    )
     parser.add_argument("--disk-mb", type=int, default=256, help="size of the small filesystem (MiB, default 256)")
     parser.add_argument(
         "--app",

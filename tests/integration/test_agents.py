@@ -1,4 +1,4 @@
-"""Agents: real daemon processes (tests/integration/agent_daemon.py, embedding
+"""Agents: real daemon processes (chaos/agent_daemon.py, embedding
 ``rdbsync.agent.Agent``) against a real three-node cluster running ``apps.proxy``.
 
 Each node expects agent ``edge`` holding blade table ``routes`` (``--agent edge=routes``):
@@ -33,7 +33,7 @@ class Daemons:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, nid: str) -> None:
-        argv = [sys.executable, "-m", "tests.integration.agent_daemon", "--node", self.c.url(nid)]
+        argv = [sys.executable, "-m", "chaos.agent_daemon", "--node", self.c.url(nid)]
         argv += ["--name", "edge", "--tables", "routes", "--port", str(self.ports[nid]), "--grace", "1"]
         if self.fail_key:
             argv += ["--fail-key", self.fail_key]

@@ -45,9 +45,21 @@ def run_chaos(tmp_path: Any, *args: str, timeout: float, app: str = "apps.ontap:
     return summary
 
 
-@pytest.mark.parametrize(("app", "duration"), [("apps.ontap:app", "45"), ("apps.proxy:app", "30")])
-def test_short_seeded_chaos_run_passes(tmp_path: Any, app: str, duration: str) -> None:
-    run_chaos(tmp_path, "--seed", "7", "--duration", duration, timeout=170, app=app)
+@pytest.mark.parametrize(
+    ("app", "duration", "agents"), [("apps.ontap:app", "45", False), ("apps.proxy:app", "30", True)]
+)
+def test_short_seeded_chaos_run_passes(tmp_path: Any, app: str, duration: str, agents: bool) -> None:
+    # The proxy run also runs a data-plane daemon (rdbsync.agent) beside every node,
+    # through the same faults, and judges what each serves.
+    summary = run_chaos(
+        tmp_path, "--seed", "7", "--duration", duration, *(["--agents"] if agents else []), timeout=170, app=app
+    )
+    judged = next((c for c in summary["checkers"] if c["name"] == "agents"), None)
+    if agents:
+        assert judged is not None and judged["stats"]["checked"] > 100, judged
+        assert judged["stats"].get("outcome_fail", 0) > 0, "no fault ever stopped a daemon from serving"
+    else:
+        assert judged is None
 
 
 def _text(data: bytes | str | None) -> str:

@@ -76,7 +76,6 @@ async def test_promotion_never_serves_an_older_state_than_the_learner_had(tmp_pa
         assert (await learner.put("after", 1, timeout=10))["status"] == "ok"
         assert learner.get("after") is not None and learner.get("k0") is not None
         assert learner.load_count == loads + 1, "one load: when the rebuilt state took over"
-        leader_view, _ = stores[0].range("")
         for _ in range(200):  # bounded: the voter has applied "after" too
             if stores[0].get("after") is not None:
                 break

@@ -1,8 +1,13 @@
-"""A data-plane daemon for the agent tests: embeds ``rdbsync.agent.Agent`` and answers
-``GET /`` with what it would serve (``serving``, the rows it holds, its revision).
+"""A data-plane daemon for the agent tests and the chaos harness: embeds
+``rdbsync.agent.Agent`` and answers ``GET /`` with what it would serve (``serving``, the
+rows it holds, its applied revision).
 
-    python -m tests.integration.agent_daemon --node URL --name edge --tables routes --port P
-        [--fail-key SUBSTR] [--grace 1.0]
+    python -m chaos.agent_daemon --node URL --name edge --tables routes --port P
+        [--host 127.0.0.1] [--fail-key SUBSTR] [--grace 1.0] [--batch]
+
+With ``--batch`` the daemon applies one batch per revision (``on_batch``) under its own
+lock, and ``rows_revision`` is the revision its rows are exactly the projection of (the
+chaos harness judges answers by it); per-row callbacks may be read between two rows.
 
 A row whose key contains ``--fail-key`` makes the add/modify callback raise (a daemon
 that cannot apply that config)."""
@@ -15,7 +20,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from rdbsync import Agent
+from rdbsync import Agent, Change
 
 
 def main() -> None:
@@ -24,11 +29,14 @@ def main() -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--tables", required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to answer on (a chaos node's namespace address)")
     p.add_argument("--fail-key", default=None)
     p.add_argument("--grace", type=float, default=1.0)
+    p.add_argument("--batch", action="store_true", help="one callback per revision (on_batch)")
     args = p.parse_args()
     memory: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
+    rows_revision = [0]  # --batch: the revision the rows in memory are exactly at
 
     def add(table: str, key: str, row: dict[str, Any]) -> None:
         if args.fail_key and args.fail_key in key:
@@ -43,16 +51,22 @@ def main() -> None:
         with lock:
             memory.get(table, {}).pop(key, None)
 
-    agent = Agent(
-        args.node,
-        args.name,
-        args.tables.split(","),
-        on_add=add,
-        on_modify=modify,
-        on_remove=remove,
-        grace=args.grace,
-        callback_timeout=2.0,
-    ).start()
+    def batch(revision: int, changes: list[Change]) -> None:
+        if args.fail_key and any(args.fail_key in ch.key for ch in changes if ch.new is not None):
+            raise ValueError(f"cannot apply revision {revision}")
+        with lock:
+            for ch in changes:
+                if ch.new is None:
+                    memory.get(ch.table, {}).pop(ch.key, None)
+                else:
+                    memory.setdefault(ch.table, {})[ch.key] = ch.new
+            rows_revision[0] = revision
+
+    callbacks: dict[str, Any] = (
+        {"on_batch": batch} if args.batch else {"on_add": add, "on_modify": modify, "on_remove": remove}
+    )
+    agent = Agent(args.node, args.name, args.tables.split(","), grace=args.grace, callback_timeout=2.0, **callbacks)
+    agent.start()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -62,6 +76,7 @@ def main() -> None:
                     "serving": serving,
                     "why": agent.why_not_serving(),
                     "revision": agent.applied_revision,
+                    "rows_revision": rows_revision[0] if args.batch else None,
                     "rows": {t: dict(r) for t, r in memory.items()} if serving else None,
                     "held": {t: dict(agent.rows(t)) for t in agent.tables},
                 }
@@ -75,7 +90,7 @@ def main() -> None:
         def log_message(self, *_: Any) -> None:
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":
