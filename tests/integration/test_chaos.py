@@ -62,6 +62,22 @@ def test_short_seeded_chaos_run_passes(tmp_path: Any, app: str, duration: str, a
         assert judged is None
 
 
+def test_agents_through_node_kill_pause_partition_and_a_failed_table(tmp_path: Any) -> None:
+    """Issue 11: a real agent process beside every node, through a kill and restart of
+    its node, a pause, a partition of its node (the daemon in the node's namespace, cut
+    off with it) and a failed resync of its table: what it serves is always its node's
+    projection at its revision, never while that table has failed, and it converges."""
+    mix = "kill_restart,pause,partition_one,resync_error"
+    summary = run_chaos(
+        tmp_path, "--seed", "11", "--duration", "30", "--faults", mix, "--agents", timeout=170, app="apps.proxy:app"
+    )
+    for kind in set(mix.split(",")) - set(summary["faults"]["unavailable"]):
+        assert injected(summary, kind) >= 1, (kind, summary["faults"]["kinds"])
+    judged = next(c for c in summary["checkers"] if c["name"] == "agents")
+    assert judged["stats"]["checked"] > 100 and judged["stats"]["outcome_fail"] > 0, judged["stats"]
+    assert judged["stats"]["fault_windows"] >= 1, "the seed's resync fault must hit the agent's table"
+
+
 def _text(data: bytes | str | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
