@@ -793,6 +793,19 @@ def _build_timeline(
     return _Timeline(revisions, changes, [s[0] for s in seen], seen_max, through, model), None
 
 
+def _drift_spans(drift_windows: Iterable[Mapping[str, Any]], found: _Findings) -> dict[str, list[tuple[float, float]]]:
+    """Node -> (start, end) of the drift windows (``check_dataplane``); one without a
+    start makes the result inconclusive."""
+    drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for w in drift_windows:
+        start, end = _time(w.get("start")), _time(w.get("end"))
+        if start is None:
+            found.unsure(f"a drift window has no start: {dict(w)}")
+            continue
+        drift[str(w.get("node"))].append((start, _INF if end is None else end))
+    return drift
+
+
 def check_dataplane(
     ops: Iterable[Op],
     config_log: Sequence[Mapping[str, Any]],
@@ -858,13 +871,7 @@ def check_dataplane(
             continue
         windows[str(w.get("node"))].append((start, _INF if end is None else end, str(w.get("table"))))
 
-    drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for w in drift_windows:
-        start, end = _time(w.get("start")), _time(w.get("end"))
-        if start is None:
-            found.unsure(f"a drift window has no start: {dict(w)}")
-            continue
-        drift[str(w.get("node"))].append((start, _INF if end is None else end))
+    drift = _drift_spans(drift_windows, found)
 
     def excused(node: str, t: float) -> bool:
         spans = [s for spans in drift.values() for s in spans] if node == "shared" else drift.get(node, [])
@@ -1008,11 +1015,7 @@ def check_agents(
         start, end = _time(w.get("start")), _time(w.get("end"))
         if start is not None and w.get("table") == table:
             windows[str(w.get("node"))].append((start, _INF if end is None else end))
-    drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for w in drift_windows:
-        start, end = _time(w.get("start")), _time(w.get("end"))
-        if start is not None:
-            drift[str(w.get("node"))].append((start, _INF if end is None else end))
+    drift = _drift_spans(drift_windows, found)
     timeline, log_problem = _build_timeline(config_log, log_complete_through, model)
     stats: dict[str, Any] = defaultdict(int)
     pending: list[tuple[Op, Mapping[str, Any], int, int]] = []
