@@ -6,8 +6,9 @@ rows it holds, its applied revision).
         [--host 127.0.0.1] [--fail-key SUBSTR] [--grace 1.0] [--batch]
 
 With ``--batch`` the daemon applies one batch per revision (``on_batch``) under its own
-lock, and ``rows_revision`` is the revision its rows are exactly the projection of (the
-chaos harness judges answers by it); per-row callbacks may be read between two rows.
+lock, and ``rows_revision`` is the newest revision its rows are exactly the projection
+of (the chaos harness judges answers by it); per-row callbacks may be read between two
+rows.
 
 A row whose key contains ``--fail-key`` makes the add/modify callback raise (a daemon
 that cannot apply that config)."""
@@ -76,7 +77,10 @@ def main() -> None:
                     "serving": serving,
                     "why": agent.why_not_serving(),
                     "revision": agent.applied_revision,
-                    "rows_revision": rows_revision[0] if args.batch else None,
+                    # The rows are exact at the last batch's revision and at every
+                    # revision the agent reached after it without a change (a batch runs
+                    # under this lock before the agent moves its revision).
+                    "rows_revision": max(rows_revision[0], agent.applied_revision) if args.batch else None,
                     "rows": {t: dict(r) for t, r in memory.items()} if serving else None,
                     "held": {t: dict(agent.rows(t)) for t in agent.tables},
                 }

@@ -243,15 +243,20 @@ class AgentHub:
     def _node_revision(self, rec: AgentRecord) -> int:
         return self.runtime.applied_revision(rec.tables)
 
-    def fenced_for(self, rec: AgentRecord) -> list[dict[str, Any]]:
-        """The fences on consumers that depend on the agent (what its guard must honour)."""
+    def fenced_for(self, rec: AgentRecord, *, settled: bool = True) -> list[dict[str, Any]]:
+        """The fences on consumers that depend on the agent (what its guard must honour),
+        decided now, as the data-plane guard decides a request (``BladeRuntime.verdict``):
+        the fences raised so far can lag the facts (a node that has just restarted and is
+        not caught up yet has raised none, and an agent that loaded from it then served
+        9 s old config). ``settled``: the caller waited for a half-way resync run."""
         table = agent_table(rec.name)
         deps = self.runtime.policy.dependencies
         scoped = self.runtime.policy.scoped
         mine = {c for c, t in deps.items() if table in t} | {
             c for c, rules in scoped.items() if any(table in r.tables for r in rules)
         }
-        return [f for f in self.runtime.fences() if f["protocol"] in mine]
+        verdicts = ((c, self.runtime.verdict(c, settled=settled)) for c in sorted(mine))
+        return [f.to_dict(self.runtime.clock_offset) for _, f in verdicts if f is not None]
 
     def status_of(self, rec: AgentRecord) -> dict[str, Any]:
         node_rev = self._node_revision(rec)

@@ -28,6 +28,7 @@ from typing import Any
 from fencing import (
     AppChecked,
     CaughtUp,
+    Fence,
     FencePolicy,
     GuardFacts,
     LagObserved,
@@ -172,15 +173,21 @@ class BladeRuntime:
         the moment of the request, after waiting (bounded) for a resync run that is
         half-way to finish."""
         settled = await self.engine.wait_idle(self.settle_timeout)
+        fence = self.verdict(protocol, vserver, settled=settled)
+        if fence is not None:
+            raise Fenced(fence, self.clock_offset)
+
+    def verdict(self, protocol: str, vserver: str | None = None, *, settled: bool) -> Fence | None:
+        """The fence on ``protocol`` at this moment (``fencing.admit`` on the facts now),
+        or None: what ``guard`` and the agents' fence lists decide by. Loop thread.
+        ``settled``: no resync run is half-way (the caller waited for it)."""
         facts = GuardFacts(
             now=self.clock(),
             settled=settled,
             last_run=min(self.last_iteration, self.last_heartbeat),
             leader_contact_age=self.store.last_leader_contact_age(),
         )
-        fence = admit(self.policy, self.fence_state, protocol, vserver, facts)
-        if fence is not None:
-            raise Fenced(fence, self.clock_offset)
+        return admit(self.policy, self.fence_state, protocol, vserver, facts)
 
     def fences(self) -> list[dict[str, Any]]:
         return [f.to_dict(self.clock_offset) for f in self.fence_state.fences.values()]

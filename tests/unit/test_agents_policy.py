@@ -87,3 +87,42 @@ async def test_a_stream_behind_the_compacted_change_log_is_told_to_reload(monkey
     frames = [frame async for frame in hub.stream("edge", cursor=0, epoch=hub.epoch)]
     assert len(frames) == 1 and frames[0].startswith(b"event: reload\n")
     assert b'"reason":"cursor_compacted"' in frames[0]
+
+
+def test_an_agents_fence_list_is_decided_now_as_the_data_plane_guard_decides() -> None:
+    """The fences the node has raised can lag the facts: a leader not heard from for
+    longer than the consumer's grace fences a data-plane request at once (``admit``),
+    before the worker's next tick raises it. An agent's fence list is decided the same
+    way, so its daemon stops serving in step with the node's own data plane."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from fencing import CaughtUp
+    from node._agents import AgentHub
+    from node._runtime import BladeRuntime
+
+    policy = with_agents(policy_of(proxy_app, 5.0), {"edge": frozenset({"routes"})})
+    state = initial_state(policy, 0.0)
+    for table in sorted(policy.tables()):
+        state = decide(policy, state, ResyncOk(table, 5), 1.0).state
+    state = decide(policy, state, CaughtUp(5), 1.0).state
+    assert state.fences == {}
+    contact_age = [0.5]
+    runtime: Any = SimpleNamespace(
+        tables={"routes": SimpleNamespace(on_change=None)},
+        store=SimpleNamespace(add_load_listener=lambda listener: None, last_leader_contact_age=lambda: contact_age[0]),
+        policy=policy,
+        fence_state=state,
+        clock=lambda: 10.0,
+        clock_offset=0.0,
+        last_iteration=9.9,
+        last_heartbeat=9.9,
+        fences=lambda: [],  # what the node has raised: nothing yet
+    )
+    runtime.verdict = BladeRuntime.verdict.__get__(runtime)
+    hub = AgentHub(runtime, {"edge": frozenset({"routes"})})
+    record = hub.record_of("edge")
+    assert hub.fenced_for(record) == []
+    contact_age[0] = policy.grace("proxy") + 1.0
+    fenced = hub.fenced_for(record)
+    assert [(f["protocol"], f["cause"]) for f in fenced] == [("proxy", "no_quorum")]
