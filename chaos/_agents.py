@@ -67,6 +67,23 @@ class AgentFleet:
             time.sleep(0.1)
         return False
 
+    def settle(self, want: dict[str, dict[str, Any]], timeout: float) -> dict[str, Any]:
+        """After healing: wait (bounded) until every daemon serves exactly ``want[node]``;
+        return what each served last (``{"serving", "rows", "why"}``, None if it never
+        answered)."""
+        last: dict[str, Any] = {nid: None for nid in self.urls}
+        deadline = time.monotonic() + timeout
+        while True:
+            for nid, url in self.urls.items():
+                status, body = http("GET", url + "/", timeout=2)
+                if status == 200:
+                    rows = (body.get("rows") or {}).get(self.table, {}) if body.get("serving") else None
+                    last[nid] = {"serving": bool(body.get("serving")), "rows": rows, "why": body.get("why")}
+            done = all(v is not None and v["serving"] and v["rows"] == want.get(n) for n, v in last.items())
+            if done or time.monotonic() >= deadline:
+                return last
+            time.sleep(0.2)
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

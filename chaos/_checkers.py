@@ -989,9 +989,10 @@ def check_agents(
     log_complete_through: int | None = None,
     drift_windows: Iterable[Mapping[str, Any]] = (),
     model: AppModel = ONTAP,
+    final: Mapping[str, Any] | None = None,
 ) -> CheckResult:
     """Does every daemon serve exactly its node's projection of committed config, fresh
-    enough, and never while its node's table has failed?
+    enough, never while its node's table has failed, and converge after healing?
 
     ``ops``: the "agent" ops (``chaos._agents.AgentProbe``); an ok op's ``result`` is
     ``{"revision", "rows"}``: the rows of blade table ``table`` the daemon serves and the
@@ -1007,9 +1008,16 @@ def check_agents(
     - ``served_while_failed``: served within ``[start + fence_slack_s, end]`` of a fault
       window on the node's ``table`` (the node fences the consumers that depend on the
       agent; the daemon hears of it within a stream heartbeat);
-    - ``malformed_answer``: an ok op without rows and an integer revision.
+    - ``malformed_answer``: an ok op without rows and an integer revision;
+    - ``not_converged``: after healing (``final``: ``{"want": {node: rows}, "served":
+      {node: {"serving", "rows"} or None}}``), a daemon that does not serve exactly its
+      node's projection of the final committed config.
     """
     found = _Findings("agents")
+    for node, want in sorted(((final or {}).get("want") or {}).items()):
+        got = (final or {}).get("served", {}).get(node)
+        if got is None or not got.get("serving") or _canon(got.get("rows")) != _canon(want):
+            found.violation("not_converged", node=node, served=got, expected=want)
     windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for w in fault_windows:
         start, end = _time(w.get("start")), _time(w.get("end"))

@@ -424,6 +424,10 @@ def run(args: argparse.Namespace) -> int:
         revision = wait_converged(cluster, 60)
         progress(f"converged at revision {revision}; reading final state")
         state = final_state(cluster, model)
+        agents_final = None
+        if fleet is not None:
+            want = {nid: model.project_table(state["committed"], nid, model.agent_table) for nid in node_ids}
+            agents_final = {"want": want, "served": fleet.settle(want, 30)}
         # The watch only sees tables/ keys, so its last revision says little: wait (bounded)
         # until replaying it gives exactly the committed tables read after healing.
         deadline = time.monotonic() + 15
@@ -469,6 +473,7 @@ def run(args: argparse.Namespace) -> int:
                     log_events,
                     faults.fault_windows,
                     table=model.agent_table,
+                    final=agents_final,
                     log_complete_through=state["revision"] if config_log.complete else 0,
                     drift_windows=drift_windows,
                     model=model,

@@ -117,3 +117,16 @@ def test_malformed_answers_and_failed_probes() -> None:
     result = check([bad, failed])
     assert [v["type"] for v in result.violations] == ["malformed_answer"]
     assert result.stats["outcome_fail"] == 1
+
+
+def test_a_daemon_that_does_not_serve_the_final_config_after_healing_has_not_converged() -> None:
+    node = home_of_route()
+    want = {n: PROXY.project_table(config_at(LOG_CHANGED, R0 + 3), n, "routes") for n in NODES}
+    good = {n: {"serving": True, "rows": rows} for n, rows in want.items()}
+    assert check([], final={"want": want, "served": good}).status == "pass"
+    stale = good | {node: {"serving": True, "rows": {}}}
+    silent = good | {node: None}
+    refusing = good | {node: {"serving": False, "rows": None}}
+    for served in (stale, silent, refusing):
+        result = check([], final={"want": want, "served": served})
+        assert [(v["type"], v["node"]) for v in result.violations] == [("not_converged", node)]
