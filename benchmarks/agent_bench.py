@@ -45,7 +45,7 @@ class Recorder:
 
     def add(self, table: str, key: str, row: dict[str, Any]) -> None:
         if key.startswith("fail"):
-            self.failed_at[key] = time.time()
+            self.failed_at.setdefault(key, time.time())  # the first failure: the agent retries it
             raise ValueError(f"cannot apply {key}")
         with self.cond:
             self.seen[key] = time.time()
