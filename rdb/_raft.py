@@ -35,6 +35,7 @@ or read plain attributes).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import functools
@@ -421,6 +422,20 @@ def _process_read(self: Any) -> bool:
     return _frame_length_ok(self, buf)
 
 
+def fernet_time(token: bytes) -> int:
+    """The time a Fernet token carries, read from its first 12 base64 characters (the
+    version byte and the 8-byte big-endian time) without checking the token: the caller
+    must verify it (``decrypt``) before trusting the value. Raises ``ValueError`` if the
+    head is not a Fernet token's."""
+    head = base64.urlsafe_b64decode(token[:12])
+    if len(head) != 9 or head[0] != _FERNET_VERSION:
+        raise ValueError("not a Fernet token")
+    return int.from_bytes(head[1:9], "big")
+
+
+_FERNET_VERSION = 0x80
+
+
 def _process_parse_message(self: Any) -> Any:
     """``TcpConnection.__processParseMessage`` on the ``bytearray`` buffer, same checks."""
     buf = _read_buffer(self)
@@ -432,11 +447,14 @@ def _process_parse_message(self: Any) -> Any:
     data = bytes(buf[_FRAME_HEADER.size : _FRAME_HEADER.size + length])
     try:
         if self.encryptor:
-            timestamp = self.encryptor.extract_timestamp(data)
+            # One MAC check: PySyncObj verified the token twice (extract_timestamp, then
+            # decrypt). The time is read unverified and trusted only once decrypt has
+            # verified the MAC, which covers it.
+            timestamp = fernet_time(data)
+            data = self.encryptor.decrypt(data)
             if timestamp < self.recvLastTimestamp:
                 raise ValueError("replayed frame")
             self.recvLastTimestamp = timestamp
-            data = self.encryptor.decrypt(data)
         message = _pysyncobj_pickle.loads(StoredZlib.decompress(data))
         if self.recvRandKey:
             rand_key, message = message
