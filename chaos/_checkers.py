@@ -793,17 +793,44 @@ def _build_timeline(
     return _Timeline(revisions, changes, [s[0] for s in seen], seen_max, through, model), None
 
 
-def _drift_spans(drift_windows: Iterable[Mapping[str, Any]], found: _Findings) -> dict[str, list[tuple[float, float]]]:
-    """Node -> (start, end) of the drift windows (``check_dataplane``); one without a
-    start makes the result inconclusive."""
-    drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for w in drift_windows:
+def _spans(
+    windows: Iterable[Mapping[str, Any]], found: _Findings, kind: str
+) -> dict[str, list[tuple[float, float, str]]]:
+    """Node -> (start, end, table) of fault or drift windows (``check_dataplane``); an
+    open end is infinite, and one without a start makes the result inconclusive."""
+    spans: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for w in windows:
         start, end = _time(w.get("start")), _time(w.get("end"))
         if start is None:
-            found.unsure(f"a drift window has no start: {dict(w)}")
+            found.unsure(f"a {kind} window has no start: {dict(w)}")
             continue
-        drift[str(w.get("node"))].append((start, _INF if end is None else end))
-    return drift
+        spans[str(w.get("node"))].append((start, _INF if end is None else end, str(w.get("table"))))
+    return spans
+
+
+def _served_while_failed(
+    found: _Findings,
+    op: Op,
+    node: str,
+    invoke: float,
+    spans: Mapping[str, list[tuple[float, float, str]]],
+    tables: Collection[str],
+    slack_s: float,
+    **what: Any,
+) -> None:
+    """Report ``op`` if it was served inside ``[start + slack_s, end]`` of a fault window
+    on ``node`` for one of ``tables`` (the first such window only)."""
+    for start, end, table in spans.get(node, []):
+        if table in tables and start + slack_s <= invoke <= end:
+            found.violation(
+                "served_while_failed",
+                node=node,
+                **what,
+                table=table,
+                window={"start": start, "end": None if end == _INF else end},
+                op=_brief(op),
+            )
+            return
 
 
 def check_dataplane(
@@ -863,19 +890,12 @@ def check_dataplane(
     """
     found = _Findings("dataplane")
     deps = {p: frozenset(t) for p, t in (dependencies or model.dependencies).items()}
-    windows: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
-    for w in fault_windows:
-        start, end = _time(w.get("start")), _time(w.get("end"))
-        if start is None:
-            found.unsure(f"a fault window has no start: {dict(w)}")
-            continue
-        windows[str(w.get("node"))].append((start, _INF if end is None else end, str(w.get("table"))))
-
-    drift = _drift_spans(drift_windows, found)
+    windows = _spans(fault_windows, found, "fault")
+    drift = _spans(drift_windows, found, "drift")
 
     def excused(node: str, t: float) -> bool:
         spans = [s for spans in drift.values() for s in spans] if node == "shared" else drift.get(node, [])
-        return any(start <= t <= end for start, end in spans)
+        return any(start <= t <= end for start, end, _ in spans)
 
     timeline, log_problem = _build_timeline(config_log, log_complete_through, model)
     if log_problem is None and log_complete_from > 1:
@@ -908,17 +928,9 @@ def check_dataplane(
         node = str(op.get("node"))
         if node == "shared":
             stats["fence_unattributable"] += 1
-        for start, end, table in windows.get(node, []):
-            if table in deps.get(query[0], frozenset()) and start + fence_slack_s <= invoke <= end:
-                found.violation(
-                    "served_while_failed",
-                    node=node,
-                    protocol=query[0],
-                    table=table,
-                    window={"start": start, "end": None if end == _INF else end},
-                    op=_brief(op),
-                )
-                break
+        _served_while_failed(
+            found, op, node, invoke, windows, deps.get(query[0], frozenset()), fence_slack_s, protocol=query[0]
+        )
 
         if timeline is None or log_problem is not None:
             stats["unchecked_no_log"] += 1
@@ -1018,12 +1030,8 @@ def check_agents(
         got = (final or {}).get("served", {}).get(node)
         if got is None or not got.get("serving") or _canon(got.get("rows")) != _canon(want):
             found.violation("not_converged", node=node, served=got, expected=want)
-    windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for w in fault_windows:
-        start, end = _time(w.get("start")), _time(w.get("end"))
-        if start is not None and w.get("table") == table:
-            windows[str(w.get("node"))].append((start, _INF if end is None else end))
-    drift = _drift_spans(drift_windows, found)
+    windows = _spans(fault_windows, found, "fault")
+    drift = _spans(drift_windows, found, "drift")
     timeline, log_problem = _build_timeline(config_log, log_complete_through, model)
     stats: dict[str, Any] = defaultdict(int)
     pending: list[tuple[Op, Mapping[str, Any], int, int]] = []
@@ -1047,16 +1055,7 @@ def check_agents(
             found.violation("malformed_answer", op=_brief(op))
             continue
         node = str(op.get("node"))
-        for start, end in windows.get(node, []):
-            if start + fence_slack_s <= invoke <= end:
-                found.violation(
-                    "served_while_failed",
-                    node=node,
-                    table=table,
-                    window={"start": start, "end": None if end == _INF else end},
-                    op=_brief(op),
-                )
-                break
+        _served_while_failed(found, op, node, invoke, windows, (table,), fence_slack_s)
         if timeline is None or log_problem is not None:
             stats["unchecked_no_log"] += 1
             continue
@@ -1084,7 +1083,7 @@ def check_agents(
             rows = {k: _canon(r) for k, r in answer["rows"].items()}
             want = projected[(index, node)]
             if rows != want:
-                if any(start <= float(op["invoke"]) <= end for start, end in drift.get(node, [])):
+                if any(start <= float(op["invoke"]) <= end for start, end, _ in drift.get(node, [])):
                     stats["excused_wrong_rows"] += 1
                     continue
                 found.violation(
@@ -1106,7 +1105,8 @@ def check_agents(
                         diff=_row_diff(_uncanon(projected[(ref_index, node)]), answer["rows"]),
                         op=_brief(op),
                     )
-    found.stats = dict(stats) | {"table": table, "fault_windows": sum(len(w) for w in windows.values())}
+    on_table = sum(1 for spans in windows.values() for span in spans if span[2] == table)
+    found.stats = dict(stats) | {"table": table, "fault_windows": on_table}
     return found.result()
 
 
