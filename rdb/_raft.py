@@ -139,9 +139,6 @@ class _SnapshotPath(str):
     """Marks a snapshot path that must get a ``_DurableSerializer``."""
 
 
-_ALL = object()
-
-
 class _DurableSerializer(Serializer):  # type: ignore[misc]
     """PySyncObj's ``Serializer`` for our file case (custom serializer, no fork), made
     durable and fail-stop:
@@ -189,17 +186,18 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
         incoming, self._incoming = self._incoming, None
         if incoming is not None:
             incoming.close()
-        self._close_transmissions()
+        self._end_sends()
 
-    def _close_transmissions(self, only: Any = _ALL) -> None:
-        transmissions: dict[Any, Any] = self._Serializer__transmissions
-        for node in list(self._sending) if only is _ALL else [only]:
-            transmissions.pop(node, None)
-            sending = self._sending.pop(node, None)
-            if sending is not None:
-                sending.close()
-        if only is _ALL:
-            transmissions.clear()
+    def _end_send(self, node: Any) -> None:
+        self._Serializer__transmissions.pop(node, None)
+        sending = self._sending.pop(node, None)
+        if sending is not None:
+            sending.close()
+
+    def _end_sends(self) -> None:
+        for node in list(self._sending):
+            self._end_send(node)
+        self._Serializer__transmissions.clear()
 
     def getTransmissionData(self, transmissionID: Any) -> Any:  # noqa: N802,N803 - PySyncObj's names
         # PySyncObj forgets the file it sends from when the send ends, unclosed.
@@ -208,11 +206,11 @@ class _DurableSerializer(Serializer):  # type: ignore[misc]
         if sending is not None and sending.get("file") is not None:
             self._sending[transmissionID] = sending["file"]
         else:
-            self._close_transmissions(transmissionID)
+            self._end_send(transmissionID)
         return data
 
     def cancelTransmisstion(self, id: Any) -> None:  # noqa: N802 - PySyncObj's names (sic)
-        self._close_transmissions(id)
+        self._end_send(id)
 
     def setTransmissionData(self, data: Any) -> bool:  # noqa: N802 - PySyncObj's name
         if data is None:
@@ -342,7 +340,7 @@ class _BackgroundSerializer(_DurableSerializer):
             fsync_directory(os.path.dirname(os.path.abspath(self._file_name)))
         except OSError as exc:
             fail_stop(f"renaming the snapshot {tmp} into place", exc)
-        self._close_transmissions()  # a newer snapshot: sends of the old one restart
+        self._end_sends()  # a newer snapshot: sends of the old one restart
         gc.freeze()  # what survived this long is long-lived: keep it out of full collections
         self.snapshots_written += 1
         self.compacted_at.append(int(current))
@@ -422,6 +420,9 @@ def _process_read(self: Any) -> bool:
     return _frame_length_ok(self, buf)
 
 
+_FERNET_VERSION = 0x80
+
+
 def fernet_time(token: bytes) -> int:
     """The time a Fernet token carries, read from its first 12 base64 characters (the
     version byte and the 8-byte big-endian time) without checking the token: the caller
@@ -431,9 +432,6 @@ def fernet_time(token: bytes) -> int:
     if len(head) != 9 or head[0] != _FERNET_VERSION:
         raise ValueError("not a Fernet token")
     return int.from_bytes(head[1:9], "big")
-
-
-_FERNET_VERSION = 0x80
 
 
 def _process_parse_message(self: Any) -> Any:
@@ -1026,11 +1024,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         term = message["term"]
         verified = self._verified_index if term == self._verified_term else 0
         raw = message.get("commit_index", 0)
-        capped = dict(message, commit_index=min(raw, verified))
-        try:
-            super()._SyncObj__onMessageReceived(node, capped)
-        finally:
-            self._suppress_truncation = False
+        super()._SyncObj__onMessageReceived(node, dict(message, commit_index=min(raw, verified)))
         if self.raftCurrentTerm == term:
             self._SyncObj__leaderCommitIndex = raw
 

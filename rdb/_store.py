@@ -162,16 +162,22 @@ class ReplicatedStore:
         with self._lock:
             # Entries up to ``_rebuild_through`` that change no state (membership) never
             # come here: a later entry means the rebuild holds everything through it.
-            swapped = self._rebuild is not None and index > self._rebuild_through and self._end_rebuild()
+            swapped = False
+            if self._rebuild is not None and index > self._rebuild_through:
+                self._end_rebuild()
+                swapped = True
+            rebuilding = self._rebuild is not None
             sm = self._rebuild if self._rebuild is not None else self._sm
             before = sm.revision
             restores = sm.restores_applied
             result = sm.apply(payload, index)
             changed = sm.revision != before
             restored = sm.restores_applied != restores
-            if sm is self._rebuild:
+            if rebuilding:
                 changed = restored = False  # what the node serves did not change
-                swapped = index >= self._rebuild_through and self._end_rebuild()
+                if index >= self._rebuild_through:
+                    self._end_rebuild()
+                    swapped = True
         if restored or swapped or "staged" in result:
             _freeze_gc()
         if restored or swapped:
@@ -182,15 +188,14 @@ class ReplicatedStore:
             self._schedule_notify(load=restored or swapped)
         return result
 
-    def _end_rebuild(self) -> bool:
-        """Serve the rebuilt state machine from now on (under ``_lock``); True."""
+    def _end_rebuild(self) -> None:
+        """Serve the rebuilt state machine from now on (under ``_lock``)."""
         assert self._rebuild is not None
         self._sm, self._rebuild = self._rebuild, None
         log.info(
             "the restarted Raft node caught up with the state it replaced",
             extra={"event": "rebuild_done", "fields": {"index": self._rebuild_through, "revision": self._sm.revision}},
         )
-        return True
 
     def _snapshot(self) -> Iterator[bytes]:
         # Tick thread: a frozen copy under the lock (pointer copies); the encoding runs
