@@ -58,11 +58,26 @@ class AgentFleet:
                 self.procs[nid] = subprocess.Popen([*prefix, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             self.urls[nid] = f"http://{host}:{port}"
 
+    def ask(self, nid: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        """What the daemon beside ``nid`` would serve: ``{"serving", "rows" (of the agent
+        table; None unless serving), "revision" (the rows are exactly at), "why"}``, or
+        None if it did not answer."""
+        status, body = http("GET", self.urls[nid] + "/", timeout=timeout)
+        if status != 200 or not isinstance(body, dict):
+            return None
+        serving = bool(body.get("serving"))
+        return {
+            "serving": serving,
+            "rows": (body.get("rows") or {}).get(self.table, {}) if serving else None,
+            "revision": body.get("rows_revision"),
+            "why": body.get("why"),
+        }
+
     def wait_answering(self, timeout: float) -> bool:
         """True once every daemon answers (serving or not)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(http("GET", url + "/", timeout=1)[0] == 200 for url in self.urls.values()):
+            if all(self.ask(nid, 1.0) is not None for nid in self.urls):
                 return True
             time.sleep(0.1)
         return False
@@ -74,11 +89,8 @@ class AgentFleet:
         last: dict[str, Any] = {nid: None for nid in self.urls}
         deadline = time.monotonic() + timeout
         while True:
-            for nid, url in self.urls.items():
-                status, body = http("GET", url + "/", timeout=2)
-                if status == 200:
-                    rows = (body.get("rows") or {}).get(self.table, {}) if body.get("serving") else None
-                    last[nid] = {"serving": bool(body.get("serving")), "rows": rows, "why": body.get("why")}
+            for nid in self.urls:
+                last[nid] = self.ask(nid) or last[nid]
             done = all(v is not None and v["serving"] and v["rows"] == want.get(n) for n, v in last.items())
             if done or time.monotonic() >= deadline:
                 return last
@@ -108,13 +120,12 @@ class AgentProbe(Workload):
     def step(self) -> None:
         nid = self.rng.choice(sorted(self.fleet.urls))
         invoke = self.history.now()
-        status, body = http("GET", self.fleet.urls[nid] + "/", timeout=2)
+        answer = self.fleet.ask(nid)
         complete = self.history.now()
-        if status == 200 and body.get("serving"):
-            rows = (body.get("rows") or {}).get(self.fleet.table, {})
-            outcome, result = "ok", {"revision": body.get("rows_revision"), "rows": rows}
+        if answer is not None and answer["serving"]:
+            outcome, result = "ok", {"revision": answer["revision"], "rows": answer["rows"]}
         else:
-            outcome, result = "fail", {"status": status, "why": body.get("why") if isinstance(body, dict) else None}
+            outcome, result = "fail", {"why": answer["why"] if answer is not None else "no answer"}
         self.history.record(
             {
                 "process": self.process,
