@@ -1,8 +1,9 @@
-"""A py-spy profile of the durable write path on a fresh three-node cluster.
+"""A py-spy profile of the durable write path (or the read path) on a fresh three-node cluster.
 
-    scripts/profile-writes [--duration 10] [--connections 64] [--out DIR]
+    scripts/profile-writes [--duration 10] [--connections 64] [--out DIR] [--reads]
 
-Runs wrk with ``benchmarks/put.lua`` against a follower (as ``scripts/bench`` does) while
+Runs wrk with ``benchmarks/put.lua`` (with ``--reads``: ``get.lua`` over 1,000 preloaded
+keys, linearizable reads) against a follower (as ``scripts/bench`` does) while
 ``py-spy record`` samples the follower and the leader (all threads, idle frames left
 out). Writes the collapsed stacks to ``DIR/<role>.txt`` (flamegraph.pl input) and prints,
 per node, the share of samples spent under the top functions (inclusive) and the top
@@ -23,8 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import BenchError, fresh_cluster, progress, run_wrk
+from bench import BenchError, fresh_cluster, preload, progress, run_wrk
 
+READ_KEYS = 1000
 PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
 
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default=None, help="directory for the collapsed stacks (default: a temp dir)")
+    p.add_argument("--reads", action="store_true", help="profile linearizable reads instead of writes")
     args = p.parse_args(argv)
     if not os.path.exists(PY_SPY) or shutil.which("wrk") is None:
         print("profile-writes: needs py-spy in the venv (dev extras) and wrk", file=sys.stderr)
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with fresh_cluster("rdbsync-profile-") as cluster:
             leader, follower = cluster.roles(15)
+            if args.reads:
+                preload(follower.url, READ_KEYS)
             spies = []
             for role, node in (("follower", follower), ("leader", leader)):
                 assert node.proc is not None
@@ -82,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                     (role, node, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
                 )
             time.sleep(0.5)  # py-spy attaches
-            run_wrk("writes", "put.lua", follower.url, args, [f"p{int(time.time())}"])
+            if args.reads:
+                run_wrk("reads", "get.lua", follower.url, args, [str(READ_KEYS)])
+            else:
+                run_wrk("writes", "put.lua", follower.url, args, [f"p{int(time.time())}"])
             for _, _, _, spy in spies:
                 spy.wait(timeout=args.duration + 30)
     except BenchError as exc:

@@ -102,7 +102,7 @@ class NodeMetrics:
         )
         self.read_barrier = Histogram(
             "rdb_read_barrier_duration_seconds",
-            "Linearizable reads' wait for a read barrier through the log.",
+            "Linearizable reads' wait for their read point (ReadIndex: a leadership round, then the apply).",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -226,7 +226,9 @@ class _StateCollector(Collector):
             value=st.truncations_below_commit,
         )
         yield CounterMetricFamily(
-            "rdb_read_barriers", "Read barriers proposed (each serves a batch of reads).", value=store.barriers_proposed
+            "rdb_read_barriers",
+            "Linearizable read rounds asked (ReadIndex; each serves a batch of reads).",
+            value=store.barriers_proposed,
         )
         tables = runtime.engine.status
         applied = GaugeMetricFamily(

@@ -115,6 +115,8 @@ def coalesce_outgoing(held: Sequence[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
                 merged = dict(last)
                 merged["entries"] = list(last.get("entries") or []) + list(message.get("entries") or [])
                 merged["commit_index"] = max(last["commit_index"], message["commit_index"])
+                if "probe" in message:  # the later round answers for both (ReadIndex)
+                    merged["probe"] = max(last.get("probe", 0), message["probe"])
                 queue[-1] = merged
                 continue
         if _plain_ack(message) and _plain_ack(last) and message["next_node_idx"] >= last["next_node_idx"]:

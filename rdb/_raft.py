@@ -69,6 +69,7 @@ from rdb._errors import StorageCorrupt
 from rdb._failpoints import failpoint
 from rdb._journal import DurableJournal, fail_stop, fsync_directory
 from rdb._raft_membership import MembershipRules, disable_utility_membership
+from rdb._read_index import AppliedWaiters, LeaderReads
 from rdb._wire import StoredZlib
 
 log = logging.getLogger("rdb.raft")
@@ -106,7 +107,13 @@ SWITCH_INTERVAL = 0.001
 #: member must speak it: a node of an older version would drop it (its writes forwarded
 #: through a newer follower would time out).
 BATCH = "rdb_forward_batch"
-_FORWARDS = frozenset({"apply_command", "apply_command_response"})
+#: ReadIndex (``rdb._read_index``): a node asks the leader for a read index, and the
+#: leader answers once a round of AppendEntries sent after the question confirmed it.
+READ_INDEX = "rdb_read_index"
+READ_INDEX_REPLY = "rdb_read_index_reply"
+_FORWARDS = frozenset({"apply_command", "apply_command_response", READ_INDEX, READ_INDEX_REPLY})
+#: ``callback(index, reason)`` of ``RaftNode.read_index``.
+ReadCallback = Callable[[int | None, int], None]
 
 
 # Every Raft message went through a fresh zlib deflate stream (~50 us each, on the
@@ -558,7 +565,12 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
         super()._onDisconnected(conn)
 
     def send(self, node: Any, message: Any) -> bool:
-        if self._forwards is not None and message.get("type") in _FORWARDS:
+        mtype = message.get("type")
+        if mtype == "append_entries":
+            # The round this AppendEntries belongs to; the follower's answer echoes it
+            # (ReadIndex confirms leadership with it).
+            message["probe"] = getattr(self._syncObj, "probe_round", 0)
+        elif self._forwards is not None and mtype in _FORWARDS:
             self._forwards.setdefault(node, []).append(message)
             return True
         journal = getattr(self._syncObj, "_rdb_journal", None)
@@ -806,6 +818,20 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self._last_forced_compaction = 0.0
         self._wake_pending = False
         self.stale_acks_ignored = 0
+        # ReadIndex (see read_index). Leader side: reads waiting for a round of
+        # AppendEntries to confirm the leadership; a reply is a local callback or the
+        # (node, id) that asked. Every node: reads waiting to apply their index, reads
+        # asked of the leader, and reads queued from other threads.
+        self._leader_reads: LeaderReads[ReadCallback | tuple[Any, int]] = LeaderReads()
+        self._applied_reads: AppliedWaiters[ReadCallback] = AppliedWaiters()
+        self._reads_asked: dict[int, ReadCallback] = {}
+        self._reads_asked_count = 0
+        self._read_queue: deque[ReadCallback] = deque()
+        #: The round of the AppendEntries being sent (leader) and of the one being
+        #: answered (follower).
+        self.probe_round = 0
+        self._probe_echo = 0
+        self.read_index_rounds = 0  # reads confirmed by the leader, for tests and metrics
         #: Called with the seconds each group-commit fdatasync took (tick thread).
         self.on_fsync: Callable[[float], None] | None = None
         self.tick_stalls: deque[tuple[float, float]] = deque(maxlen=256)
@@ -888,11 +914,127 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self._wake_pending = False
         with self._SyncObj__transport.batch_forwards():
             super()._checkCommandsToApply()
+            self._serve_read_queue()
 
     def propose(self, payload: bytes, callback: Callable[[Any, int], None]) -> None:
         """Queue ``payload`` for the log. ``callback(result, reason)`` runs on the tick
         thread once; ``reason`` is a ``FAIL_REASON``. Safe from any thread."""
         self._rdb_apply(payload, callback=callback)
+
+    # ------------------------------------------------------------ ReadIndex
+
+    def read_index(self, callback: ReadCallback) -> None:
+        """Ask for a linearizable read point (ReadIndex; see ``rdb._read_index``).
+
+        ``callback(index, reason)`` runs once on the tick thread. With ``SUCCESS``, this
+        node has applied ``index``, which covers every entry committed before the call:
+        its state may be read. Otherwise ``index`` is None and ``reason`` says why
+        (``MISSING_LEADER``, ``NOT_LEADER``, ``LEADER_CHANGED``): nothing was read, ask
+        again. No answer comes while no majority confirms the leader; the caller keeps
+        its own deadline. Safe from any thread; no log entry and no fsync."""
+        self._read_queue.append(callback)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._SyncObj__pipeNotifier.notify()
+
+    def _serve_read_queue(self) -> None:
+        # Tick thread, inside batch_forwards: the questions to the leader leave in one
+        # message with the forwarded commands.
+        self._drop_leader_reads_of_another_term()
+        local = False
+        while self._read_queue:
+            callback = self._read_queue.popleft()
+            leader = self._SyncObj__raftLeader
+            if self._SyncObj__raftState == _LEADER:
+                self._leader_reads.request(self.raftCurrentTerm, self._read_index_now(), callback)
+                local = True
+            elif leader is not None:
+                self._reads_asked_count += 1
+                self._reads_asked[self._reads_asked_count] = callback
+                self._SyncObj__transport.send(leader, {"type": READ_INDEX, "id": self._reads_asked_count})
+            else:
+                callback(None, FAIL_REASON.MISSING_LEADER)
+        if local:
+            if self._SyncObj__otherNodes:
+                self._SyncObj__sendAppendEntries()  # the round that confirms them
+            self._confirm_leader_reads()
+
+    def _read_index_now(self) -> int:
+        # The commit index, and at least this term's no-op: everything committed by
+        # earlier leaders lies below it (a new leader's commit index may lag until then).
+        return max(int(self.raftCommitIndex), int(self._SyncObj__noopIDx or 0))
+
+    def _drop_leader_reads_of_another_term(self) -> None:
+        reads = self._leader_reads
+        if len(reads) and (self._SyncObj__raftState != _LEADER or reads.term != self.raftCurrentTerm):
+            for read in reads.drop():
+                self._answer_leader_read(read.reply, None, FAIL_REASON.NOT_LEADER)
+
+    def _on_read_index_request(self, node: Any, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        if not isinstance(request_id, int):
+            return
+        self._drop_leader_reads_of_another_term()
+        if self._SyncObj__raftState != _LEADER:
+            self._answer_leader_read((node, request_id), None, FAIL_REASON.NOT_LEADER)
+            return
+        self._leader_reads.request(self.raftCurrentTerm, self._read_index_now(), (node, request_id))
+        self._SyncObj__newAppendEntriesTime = 0.0  # the next tick (right after this poll) sends the round
+
+    def _confirm_leader_reads(self) -> None:
+        if self._SyncObj__raftState != _LEADER:
+            return
+        for read in self._leader_reads.confirmed(self.raftCurrentTerm, self._SyncObj__otherNodes):
+            self.read_index_rounds += 1
+            self._answer_leader_read(read.reply, read.index, FAIL_REASON.SUCCESS)
+
+    def _answer_leader_read(self, reply: ReadCallback | tuple[Any, int], index: int | None, reason: int) -> None:
+        if isinstance(reply, tuple):
+            node, request_id = reply
+            answer: dict[str, Any] = {"type": READ_INDEX_REPLY, "id": request_id}
+            if index is None:
+                answer["error"] = reason
+            else:
+                answer["index"] = index
+            self._SyncObj__transport.send(node, answer)
+        elif index is None:
+            reply(None, reason)
+        else:
+            self._applied_reads.add(index, reply)
+            self._answer_applied_reads()
+
+    def _on_read_index_reply(self, message: dict[str, Any]) -> None:
+        callback = self._reads_asked.pop(message.get("id"), None)  # type: ignore[arg-type]
+        if callback is None:
+            return
+        index = message.get("index")
+        if isinstance(index, int):
+            self._applied_reads.add(index, callback)
+            self._answer_applied_reads()
+        else:
+            error = message.get("error")
+            callback(None, error if isinstance(error, int) else FAIL_REASON.NOT_LEADER)
+
+    def _answer_applied_reads(self) -> None:
+        if len(self._applied_reads):
+            for index, callback in self._applied_reads.ready(int(self.raftLastApplied)):
+                callback(index, FAIL_REASON.SUCCESS)
+
+    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 - PySyncObj's name
+        need_send: bool = super()._SyncObj__applyLogEntries()
+        self._answer_applied_reads()
+        return need_send
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 - PySyncObj's name
+        self.probe_round = self._leader_reads.round_sent()
+        super()._SyncObj__sendAppendEntries()
+
+    def _SyncObj__onLeaderChanged(self) -> None:  # noqa: N802 - PySyncObj's name
+        super()._SyncObj__onLeaderChanged()
+        # Questions asked of the old leader get no answer now: ask again.
+        asked, self._reads_asked = self._reads_asked, {}
+        for callback in asked.values():
+            callback(None, FAIL_REASON.LEADER_CHANGED)
 
     # ------------------------------------------------------------ durability
 
@@ -980,6 +1122,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
                 "reset": reset,
                 "success": success,
                 "term": self.raftCurrentTerm,
+                "probe": self._probe_echo,
             },
         )
 
@@ -995,6 +1138,21 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         if mtype == "next_node_idx" and message.get("term", self.raftCurrentTerm) != self.raftCurrentTerm:
             self.stale_acks_ignored += 1  # an unstamped ack is an older peer's: accepted
             return
+        if mtype == "next_node_idx" and self._SyncObj__raftState == _LEADER:
+            probe = message.get("probe")
+            if isinstance(probe, int) and probe > 0:
+                self._leader_reads.acknowledged(self.raftCurrentTerm, node, probe)
+                if len(self._leader_reads):
+                    self._confirm_leader_reads()
+        elif mtype == READ_INDEX:
+            self._on_read_index_request(node, message)
+            return
+        elif mtype == READ_INDEX_REPLY:
+            self._on_read_index_reply(message)
+            return
+        elif mtype == "append_entries":
+            probe = message.get("probe")
+            self._probe_echo = probe if isinstance(probe, int) else 0
         if mtype == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self.last_leader_contact = time.monotonic()
             if "prevLogIdx" in message and "transmission" not in message:

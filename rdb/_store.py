@@ -5,10 +5,11 @@ gives the node process:
 
 - ``propose``: put a command in the log with a deadline, retrying what is safe to retry
   (every write carries a request id, so a retry after an unknown outcome applies once);
-- ``linearizable_barrier``: a read barrier through the log. Concurrent reads are
-  coalesced onto one barrier that is *submitted after* they all arrived, never onto one
-  already in flight (its index could precede a write acknowledged before the read);
-  up to ``MAX_BARRIERS_IN_FLIGHT`` barriers are pipelined;
+- ``linearizable_barrier``: a read point by ReadIndex (``RaftNode.read_index``: the
+  leader's commit index, confirmed by a round of AppendEntries; no log entry, no fsync).
+  Concurrent reads are coalesced onto one round that is *asked after* they all arrived,
+  never onto one already in flight (its index could precede a write acknowledged before
+  the read); up to ``MAX_BARRIERS_IN_FLIGHT`` rounds are pipelined;
 - ``read(fn)``: run a read-only function on committed state at one revision (what
   the resync engine plans from; its ``Reader`` protocol is the narrow view it needs);
 - change and load notifications on the asyncio loop.
@@ -473,7 +474,7 @@ class ReplicatedStore:
 
     async def _one_barrier(self, batch: list[asyncio.Future[None]], timeout: float | None) -> None:
         try:
-            await self.propose(_commands.barrier(), timeout=timeout, timing=None)
+            await self._read_index(timeout)
         except (NoQuorum, NotApplied, OutcomeUnknown) as exc:
             err = NoQuorum(str(exc), exc.reason, applied=False)
             for fut in batch:
@@ -488,6 +489,35 @@ class ReplicatedStore:
             self._barriers_in_flight -= 1
             if self._barrier_waiting:
                 self._launch_barrier(timeout)
+
+    async def _read_index(self, timeout: float | None) -> None:
+        """Wait until this node has applied a ReadIndex point asked now, asking again
+        (a new leader, no leader yet) until the deadline. Raises ``NoQuorum``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.request_timeout if timeout is None else timeout)
+        last_reason = "none"
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NoQuorum(
+                    f"no leader with a majority confirmed the read within the deadline (last: {last_reason})",
+                    last_reason,
+                    applied=False,
+                )
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+            def done(index: int | None, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                self._handoff.post(loop, fut, (index, reason))
+
+            self.raft.read_index(done)
+            try:
+                _, reason = await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
+            if reason == FAIL_REASON.SUCCESS:
+                return
+            last_reason = REASON_NAMES.get(reason, str(reason))
+            await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
 
     # ------------------------------------------------------------------ status
 

@@ -33,6 +33,14 @@ def test_contiguous_appends_to_one_node_merge() -> None:
     assert msg["prevLogIdx"] == 4 and msg["commit_index"] == 4
 
 
+def test_merged_appends_carry_the_later_round_for_read_index() -> None:
+    first, second = append(4, 3, [(5, 3)]), append(5, 3, [(6, 3)])
+    first["probe"], second["probe"] = 7, 8
+    [(_, msg)] = coalesce_outgoing([("a", first), ("a", second)])
+    # The follower's answer echoes it: the read that waits for round 8 is confirmed.
+    assert msg["probe"] == 8
+
+
 def test_non_contiguous_or_other_term_or_other_node_stay_apart() -> None:
     gap = coalesce_outgoing([("a", append(4, 3, [(5, 3)])), ("a", append(6, 3, [(7, 3)]))])
     assert len(gap) == 2

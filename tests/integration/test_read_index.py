@@ -1,0 +1,95 @@
+"""Linearizable reads by ReadIndex on in-process replicas: no log entry per read, the
+leader's round of AppendEntries confirms it, and a leader that no majority answers
+serves no read."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from rdb import NoQuorum, ReplicatedStore
+from tests.integration.cluster import in_process_stores
+
+pytestmark = pytest.mark.integration
+
+
+async def _settled(stores: list[ReplicatedStore]) -> tuple[ReplicatedStore, list[ReplicatedStore]]:
+    """(leader, followers) once a write has committed through the first store."""
+    for _ in range(200):
+        if (await stores[0].put("warm", 0, timeout=10))["status"] == "ok":
+            leaders = [s for s in stores if s.raft._isLeader()]
+            if len(leaders) == 1:
+                return leaders[0], [s for s in stores if s is not leaders[0]]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no leader")
+
+
+async def test_linearizable_reads_add_no_log_entry(tmp_path: Any) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader, followers = await _settled(stores)
+        for s in stores:
+            await s.linearizable_barrier(timeout=10)
+        last = {s._raft_address: s.raft._rdb_journal.last_index for s in stores}
+        rounds = leader.raft.read_index_rounds
+        for store in [leader, *followers]:
+            await asyncio.gather(*(store.linearizable_barrier(timeout=10) for _ in range(30)))
+        # A read through the log (the barrier before ReadIndex) appended an entry per
+        # batch of reads, on every node.
+        assert {s._raft_address: s.raft._rdb_journal.last_index for s in stores} == last
+        assert leader.raft.read_index_rounds > rounds
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_a_read_through_any_node_sees_every_write_acknowledged_before_it(tmp_path: Any) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        await _settled(stores)
+        for i in range(40):
+            writer = stores[i % 3]
+            reader = stores[(i + 1) % 3]
+            result = await writer.put("register", i, timeout=10)
+            assert result["status"] == "ok"
+            await reader.linearizable_barrier(timeout=10)
+            kv = reader.get("register")
+            assert kv is not None and kv.value == i, (i, reader._raft_address, kv)
+            assert reader.revision >= result["revision"]
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_a_leader_no_majority_answers_serves_no_read(tmp_path: Any) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader, followers = await _settled(stores)
+        await leader.linearizable_barrier(timeout=10)
+        for f in followers:
+            f.close()  # the leader still believes it leads (for up to leaderFallbackTimeout)
+        assert leader.raft._isLeader()
+        # Its commit index is as good as ever, but it cannot prove it still leads: a
+        # read answered from it could miss writes of a newer leader.
+        with pytest.raises(NoQuorum):
+            await leader.linearizable_barrier(timeout=1.0)
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_a_follower_cut_off_from_the_leader_serves_no_read(tmp_path: Any) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader, followers = await _settled(stores)
+        reader = followers[0]
+        await reader.linearizable_barrier(timeout=10)
+        leader.close()
+        followers[1].close()
+        with pytest.raises(NoQuorum):
+            await reader.linearizable_barrier(timeout=1.0)
+    finally:
+        for s in stores:
+            s.close()
