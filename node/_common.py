@@ -84,6 +84,19 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES, timeout_f
         )
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    content = request.content
+    if content.is_eof() and content.total_bytes <= limit:
+        # The whole body arrived with the head (every small request): nothing to wait
+        # for, so no timer and no chunk iterator.
+        raw = content.read_nowait()
+    else:
+        raw = await _read_with_timeout(request, limit, timeout_factor)
+    if coding == "identity" or not raw:
+        return raw
+    return _decode(raw, coding, limit)
+
+
+async def _read_with_timeout(request: web.Request, limit: int, timeout_factor: float) -> bytes:
     chunks, size = [], 0
     timeout = request.app[CONFIG].body_timeout * timeout_factor
     try:
@@ -97,10 +110,7 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES, timeout_f
         # The connection closes after this answer (and aiohttp's short lingering read).
         message = f"the request body did not arrive within {timeout:g} s"
         raise ApiError(408, "body_timeout", message, applied=False) from None
-    raw = b"".join(chunks)
-    if coding == "identity" or not raw:
-        return raw
-    return _decode(raw, coding, limit)
+    return b"".join(chunks)
 
 
 def _decode(raw: bytes, coding: str, limit: int) -> bytes:

@@ -120,11 +120,25 @@ class NodeMetrics:
             registry=r,
         )
         self._timings = {"commit": self.commit, "fsync": self.fsync, "read_barrier": self.read_barrier}
+        #: (method, route, code) -> the two children a request updates: ``labels()``
+        #: takes a lock and builds its key on every call, on the loop's hot path.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._blade_seen = 0  # the highest revision whose commit-to-blade latency was observed
         #: Per wall-clock second, for the dashboard's charts: [second, count, sum, max] of
         #: commit-to-blade latencies, and (second, revision) of the store.
         self.latency_window: deque[list[float]] = deque(maxlen=WINDOW_SECONDS)
         self.revision_window: deque[tuple[int, int]] = deque(maxlen=WINDOW_SECONDS)
+
+    def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
+        """One HTTP request served (loop thread)."""
+        key = (method, route, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.http_requests.labels(method, route, str(code)), self.http_responses.labels(str(code)))
+            if len(self._request_children) < 4096:  # odd methods must not grow it forever
+                self._request_children[key] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def observe_timing(self, name: str, seconds: float) -> None:
         """``ReplicatedStore.timing``: any thread; an unknown name is ignored."""
@@ -303,8 +317,7 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
         code = 499  # the client went away
         raise
     finally:
-        metrics.http_requests.labels(request.method, _route(request), str(code)).observe(time.perf_counter() - started)
-        metrics.http_responses.labels(str(code)).inc()
+        metrics.observe_request(request.method, _route(request), code, time.perf_counter() - started)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -912,8 +912,19 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802
         self._wake_pending = False
+        conf = self._SyncObj__conf
+        journal = self._rdb_journal
+        before = journal.last_index
         with self._SyncObj__transport.batch_forwards():
-            super()._checkCommandsToApply()
+            # With batching off, PySyncObj's leader sends a round of AppendEntries after
+            # every command it appends; one round for the whole drain carries them all.
+            conf.appendEntriesUseBatch = True
+            try:
+                super()._checkCommandsToApply()
+            finally:
+                conf.appendEntriesUseBatch = False
+            if self._SyncObj__raftState == _LEADER and journal.last_index != before:
+                self._SyncObj__sendAppendEntries()
             self._serve_read_queue()
 
     def propose(self, payload: bytes, callback: Callable[[Any, int], None]) -> None:

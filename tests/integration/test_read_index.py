@@ -93,3 +93,18 @@ async def test_a_follower_cut_off_from_the_leader_serves_no_read(tmp_path: Any) 
     finally:
         for s in stores:
             s.close()
+
+
+async def test_the_leader_sends_one_round_for_a_drain_of_commands_not_one_per_command(tmp_path: Any) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader, _ = await _settled(stores)
+        rounds = leader.raft.probe_round
+        results = await asyncio.gather(*(leader.put(f"k{i}", i, timeout=10) for i in range(200)))
+        assert all(r["status"] == "ok" for r in results)
+        # PySyncObj (batching off) sent a round of AppendEntries after each command it
+        # appended: 200 at least. Heartbeats and commit notices add a few.
+        assert leader.raft.probe_round - rounds < 100, leader.raft.probe_round - rounds
+    finally:
+        for s in stores:
+            s.close()
