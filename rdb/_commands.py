@@ -115,6 +115,13 @@ def barrier() -> bytes:
     return _encode({"kind": "barrier"})
 
 
+def batch(commands: list[bytes]) -> bytes:
+    """Several encoded commands in one log entry: applied in order at that entry, each
+    with its own result, as if they had been proposed one after another. Every member
+    must know the kind (an older one would answer ``invalid`` and skip them all)."""
+    return _encode({"kind": "batch", "cmds": commands})
+
+
 _TARGETS = ("mod_revision", "create_revision", "version", "value")
 _RESULTS = ("==", "!=", "<", ">")
 

@@ -248,7 +248,11 @@ class StateMachine:
     def apply(self, command: bytes, index: int) -> Result:
         """Apply one committed command at Raft log ``index``. Never raises: every outcome
         is a result value (``ok``, ``conflict``, ``not_found``, ``constraint``,
-        ``idempotency_conflict`` or ``invalid``)."""
+        ``idempotency_conflict`` or ``invalid``). A ``batch`` applies its commands in
+        order and answers ``{"status": "ok", "revision", "results": [one per command]}``."""
+        return self._apply_one(command, index, batch_allowed=True)
+
+    def _apply_one(self, command: bytes, index: int, *, batch_allowed: bool) -> Result:
         if index > self._applied_index:
             self._applied_index = index
         try:
@@ -259,6 +263,8 @@ class StateMachine:
             return {"status": "invalid", "message": "command is not a map"}
         if cmd.get("v") != COMMAND_VERSION:
             return {"status": "invalid", "message": f"unsupported command version {cmd.get('v')!r}"}
+        if cmd.get("kind") == "batch":
+            return self._batch_cmd(cmd, index) if batch_allowed else {"status": "invalid", "message": "nested batch"}
         rid = cmd.get("rid")
         if isinstance(rid, str) and rid in self._dedup:
             cached = dict(msgpack.unpackb(self._dedup[rid], raw=False, strict_map_key=False))
@@ -284,6 +290,13 @@ class StateMachine:
             digest = cmd.get("dg")
             self._remember(rid, {**kept, _DIGEST: digest} if isinstance(digest, str) else kept)
         return result
+
+    def _batch_cmd(self, cmd: Mapping[str, Any], index: int) -> Result:
+        parts = cmd.get("cmds")
+        if not isinstance(parts, list) or not all(isinstance(p, bytes) for p in parts):
+            return {"status": "invalid", "message": "a batch holds a list of encoded commands"}
+        results = [self._apply_one(part, index, batch_allowed=False) for part in parts]
+        return {"status": "ok", "revision": self._revision, "results": results}
 
     def _remember(self, rid: str, result: Result) -> None:
         packed: bytes = msgpack.packb(result, use_bin_type=True)

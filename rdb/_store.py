@@ -45,6 +45,11 @@ _RETRY_PAUSE = 0.05
 MAX_BARRIERS_IN_FLIGHT = 4
 #: Restore entries proposed ahead of the one awaited.
 RESTORE_WINDOW = 2
+#: Writes proposed in one pass of the loop share a log entry (``_commands.batch``), up
+#: to this many commands and bytes; a command larger than BATCH_SOLO_BYTES goes alone.
+BATCH_MAX_COMMANDS = 128
+BATCH_MAX_BYTES = 256 * 1024
+BATCH_SOLO_BYTES = 16 * 1024
 T = TypeVar("T")
 log = logging.getLogger("rdb.store")
 #: The cluster-wide membership lease (see ``membership_lease``), in the reserved prefix.
@@ -107,6 +112,8 @@ class ReplicatedStore:
         #: quick, thread-safe and must not raise. None: nothing is measured.
         self.timing: Callable[[str, float], None] | None = None
         self._handoff = _Handoff()
+        self._batch: list[tuple[bytes, Callable[[Any, int], None]]] = []
+        self.entries_batched = 0  # log entries that carried several writes, for tests and metrics
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -282,8 +289,14 @@ class ReplicatedStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def propose(self, payload: bytes, *, timeout: float | None = None, timing: str | None = "commit") -> Result:
+    async def propose(
+        self, payload: bytes, *, timeout: float | None = None, timing: str | None = "commit", batch: bool = False
+    ) -> Result:
         """Commit ``payload`` and return the state machine's result.
+
+        With ``batch``, the payload may share a log entry with the other batchable
+        writes proposed in the same pass of the loop (``_submit``): one entry, one
+        forward to the leader and one apply dispatch for all of them.
 
         Retries MISSING_LEADER / NOT_LEADER / DISCARDED / QUEUE_FULL (not applied), and
         LEADER_CHANGED / UNKNOWN_OUTCOME (maybe applied: safe only because writes carry a
@@ -309,7 +322,7 @@ class ReplicatedStore:
             def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
                 self._handoff.post(loop, fut, (result, reason))
 
-            self.raft.propose(payload, done)
+            self._submit(payload, done, batch)
             try:
                 result, reason = await asyncio.wait_for(fut, remaining)
             except TimeoutError:
@@ -327,6 +340,48 @@ class ReplicatedStore:
                 raise NotApplied("the leader denied the request", last_reason)
             await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
 
+    def _submit(self, payload: bytes, done: Callable[[Any, int], None], batch: bool) -> None:
+        """Hand ``payload`` to Raft now, or (``batch``) at the end of this pass of the
+        loop together with the other batchable writes of the pass (loop thread)."""
+        if not batch or len(payload) > BATCH_SOLO_BYTES:
+            self.raft.propose(payload, done)
+            return
+        self._batch.append((payload, done))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        pending, self._batch = self._batch, []
+        group: list[tuple[bytes, Callable[[Any, int], None]]] = []
+        size = 0
+        for payload, done in pending:
+            if group and (len(group) >= BATCH_MAX_COMMANDS or size + len(payload) > BATCH_MAX_BYTES):
+                self._propose_group(group)
+                group, size = [], 0
+            group.append((payload, done))
+            size += len(payload)
+        if group:
+            self._propose_group(group)
+
+    def _propose_group(self, group: list[tuple[bytes, Callable[[Any, int], None]]]) -> None:
+        if len(group) == 1:
+            self.raft.propose(*group[0])
+            return
+        self.entries_batched += 1
+        dones = [done for _, done in group]
+
+        def split(result: Any, reason: int) -> None:
+            # Tick thread: each write gets its own result, or the entry's failure.
+            results = result.get("results") if isinstance(result, dict) else None
+            if reason == FAIL_REASON.SUCCESS and isinstance(results, list) and len(results) == len(dones):
+                for done, one in zip(dones, results, strict=True):
+                    done(one, reason)
+            else:
+                for done in dones:
+                    done(result if reason == FAIL_REASON.SUCCESS else None, reason)
+
+        self.raft.propose(_commands.batch([payload for payload, _ in group]), split)
+
     async def put(
         self,
         key: str,
@@ -339,7 +394,7 @@ class ReplicatedStore:
         payload = _commands.put(
             key, value, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id()
         )
-        return await self.propose(payload, timeout=timeout)
+        return await self.propose(payload, timeout=timeout, batch=True)
 
     async def delete(
         self, key: str, *, prev_revision: int | None = None, request_id: str | None = None, timeout: float | None = None
@@ -347,7 +402,7 @@ class ReplicatedStore:
         payload = _commands.delete(
             key, prev_revision=prev_revision, request_id=request_id or _commands.new_request_id()
         )
-        return await self.propose(payload, timeout=timeout)
+        return await self.propose(payload, timeout=timeout, batch=True)
 
     async def txn(
         self,
@@ -359,7 +414,7 @@ class ReplicatedStore:
         timeout: float | None = None,
     ) -> Result:
         payload = _commands.txn(compare, success, failure, request_id=request_id or _commands.new_request_id())
-        return await self.propose(payload, timeout=timeout)
+        return await self.propose(payload, timeout=timeout, batch=True)
 
     async def snapshot(self) -> tuple[bytes, int]:
         """A linearizable backup: (snapshot bytes, the revision it holds)."""

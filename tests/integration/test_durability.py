@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from rdb import ReplicatedStore
+from rdb import ReplicatedStore, _commands
 from rdb._journal import DurableJournal
 from tests.integration.cluster import free_ports
 
@@ -108,7 +108,9 @@ async def test_writes_forwarded_by_a_follower_travel_in_batches(tmp_path: Any) -
         assert (await stores[0].put("warm", 0, timeout=15))["status"] == "ok"
         follower = next(s for s in stores if not s.raft._isLeader())
         leader = next(s for s in stores if s.raft._isLeader())
-        results = await asyncio.gather(*(follower.put(f"f{i}", i, timeout=15) for i in range(200)))
+        # Proposed one entry each (not shared entries, see the next test): the forwards batch.
+        puts = [_commands.put(f"f{i}", i, request_id=_commands.new_request_id()) for i in range(200)]
+        results = await asyncio.gather(*(follower.propose(p, timeout=15) for p in puts))
         assert all(r["status"] == "ok" for r in results), [r for r in results if r["status"] != "ok"][:3]
         assert sorted(r["revision"] for r in results) == list(range(2, 202))  # once each
         for s in stores:
@@ -117,6 +119,34 @@ async def test_writes_forwarded_by_a_follower_travel_in_batches(tmp_path: Any) -
         # Without batching every forwarded write is its own message each way.
         assert follower.raft._SyncObj__transport.forward_batches > 0
         assert leader.raft._SyncObj__transport.forward_batches > 0
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_writes_of_one_loop_pass_share_a_log_entry(tmp_path: Any) -> None:
+    """Writes proposed together go into a few log entries (``_commands.batch``), and each
+    still gets its own revision and result, applied once on every replica."""
+    stores = await _three_stores(tmp_path)
+    try:
+        assert (await stores[0].put("warm", 0, timeout=15))["status"] == "ok"
+        follower = next(s for s in stores if not s.raft._isLeader())
+        await follower.linearizable_barrier(timeout=15)
+        before = follower.raft._rdb_journal.last_index
+        results = await asyncio.gather(
+            *(follower.put(f"b{i}", i, timeout=15) for i in range(100)),
+            follower.put("b0", "again", prev_revision=1, timeout=15),  # a CAS that fails inside a batch
+        )
+        assert [r["status"] for r in results[:100]] == ["ok"] * 100
+        assert results[100]["status"] == "conflict"
+        assert sorted(r["revision"] for r in results[:100]) == list(range(2, 102))
+        # One entry per write before: 100 at least.
+        assert follower.raft._rdb_journal.last_index - before < 20
+        assert follower.entries_batched >= 1
+        for s in stores:
+            await s.linearizable_barrier(timeout=15)
+            assert [s.get(f"b{i}").value for i in range(100)] == list(range(100))  # type: ignore[union-attr]
+            assert s.revision == 101
     finally:
         for s in stores:
             s.close()
