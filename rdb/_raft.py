@@ -4,10 +4,11 @@
 (see shared/PYSYNCOBJ.md):
 
 - durability: a ``DurableJournal`` replaces the mmap journal. While it holds unsynced
-  entries, every outgoing Raft message is held back; once per tick (and before the
-  leader counts itself toward a commit) the journal is fsynced and the held messages are
+  entries, outgoing Raft messages are held back; once per tick (and before the leader
+  counts itself toward a commit) the journal is fsynced and the held messages are
   released. A follower therefore never acknowledges an entry that is not on its disk,
-  and one fsync covers every entry that arrived in the same poll batch (group commit);
+  and one fsync covers every entry that arrived in the same poll batch (group commit).
+  The leader's AppendEntries are not held: its fsync overlaps its followers';
 - truncation: AppendEntries are rewritten by ``plan_append`` so a follower truncates only
   on a real conflict, and the leader never moves ``nextIndex`` backwards on a success
   reply (which caused the re-send storms);
@@ -112,6 +113,11 @@ BATCH = "rdb_forward_batch"
 READ_INDEX = "rdb_read_index"
 READ_INDEX_REPLY = "rdb_read_index_reply"
 _FORWARDS = frozenset({"apply_command", "apply_command_response", READ_INDEX, READ_INDEX_REPLY})
+#: What a leader sends without waiting for its own fsync: entries may reach followers
+#: before they are on the leader's disk (the leader counts itself toward a commit only
+#: after its fsync, at the start of the next tick), and answers about indexes promise
+#: nothing durable.
+_LEADER_SENDS_AT_ONCE = frozenset({"append_entries", "apply_command_response", READ_INDEX_REPLY, BATCH})
 #: ``callback(index, reason)`` of ``RaftNode.read_index``.
 ReadCallback = Callable[[int | None, int], None]
 
@@ -575,8 +581,12 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
             return True
         journal = getattr(self._syncObj, "_rdb_journal", None)
         if journal is not None and (journal.dirty or self._held):
-            self._held.append((node, message))
-            return True
+            # A follower's acknowledgement must wait for the fsync of what it acknowledges;
+            # the leader's entries need not (Raft: the leader persists in parallel), so its
+            # fsync and its followers' overlap. Nothing held yet: the order is kept.
+            if self._held or mtype not in _LEADER_SENDS_AT_ONCE or self._syncObj._SyncObj__raftState != _LEADER:
+                self._held.append((node, message))
+                return True
         return bool(super().send(node, message))
 
     @contextlib.contextmanager

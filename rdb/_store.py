@@ -512,7 +512,10 @@ class ReplicatedStore:
         if self._barriers_in_flight < MAX_BARRIERS_IN_FLIGHT:
             self._launch_barrier(timeout)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.request_timeout if timeout is None else timeout)
+            # Cancelling this wait cancels ``fut`` too; the round skips futures that are
+            # done (no shield and no wait_for task per read: this is every read's path).
+            async with asyncio.timeout(self.request_timeout if timeout is None else timeout):
+                await fut
         except TimeoutError:
             raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
         if self.timing is not None:

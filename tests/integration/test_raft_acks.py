@@ -201,3 +201,49 @@ async def test_a_snapshot_chunk_never_commits_the_followers_unverified_tail(tmp_
     finally:
         for s in stores:
             s.close()
+
+
+async def test_the_leader_sends_entries_before_its_own_fsync_and_followers_acks_wait_for_theirs(
+    tmp_path: Any,
+) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader = await _leader(stores)
+        follower = next(s for s in stores if s is not leader)
+        for raft in (leader.raft, follower.raft):
+
+            def send_while_dirty(raft: RaftNode = raft) -> tuple[int, int]:
+                transport = raft._SyncObj__transport
+                journal = raft._rdb_journal
+                assert not transport._held and not journal.dirty
+                journal._pending += b"unsynced"  # as if an entry were waiting for the fsync
+                try:
+                    peer = raft._other_nodes()[0]
+                    last = journal.last_index
+                    heartbeat = {
+                        "type": "append_entries",
+                        "term": raft.raftCurrentTerm,
+                        "commit_index": raft.raftCommitIndex,
+                        "entries": [],
+                        "prevLogIdx": last,
+                        "prevLogTerm": journal[last - journal[0][1]][2],
+                    }
+                    transport.send(peer, heartbeat)
+                    after_append = len(transport._held)
+                    ack = {"type": "next_node_idx", "next_node_idx": last + 1, "reset": False, "success": True}
+                    transport.send(peer, dict(ack, term=raft.raftCurrentTerm))
+                    return after_append, len(transport._held)
+                finally:
+                    journal._pending.clear()
+                    transport._held.clear()
+
+            held = _on_tick(raft, send_while_dirty)
+            if raft is leader.raft:
+                # Its AppendEntries leaves at once; anything after a held message waits.
+                assert held == (0, 1)
+            else:
+                # A follower holds everything while it has entries not on disk.
+                assert held == (1, 2)
+    finally:
+        for s in stores:
+            s.close()
