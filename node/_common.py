@@ -10,6 +10,7 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -41,6 +42,8 @@ STORE = web.AppKey("store", ReplicatedStore)
 CONFIG = web.AppKey("config", NodeConfig)
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 RUNTIME: web.AppKey[BladeRuntime] = web.AppKey("runtime")
+#: ``observer(request, status, seconds)`` after every request (the metrics; loop thread).
+REQUEST_OBSERVER: web.AppKey[Callable[[web.Request, int, float], None]] = web.AppKey("request_observer")
 
 
 def _reject_constant(name: str) -> Any:

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from node._common import (
     MAX_BODY_BYTES,
     MAX_LIST_LIMIT,
     MEMBERS_PREFIX,
+    REQUEST_OBSERVER,
     RESERVED_PREFIX,
     RUNTIME,
     STORE,
@@ -47,9 +49,9 @@ from node._exceptions import ApiError
 from node._members import (
     add_member,
     init_removal,
+    refuse_if_removed,
     removal_status,
     remove_member,
-    removed_middleware,
     removed_notice,
 )
 from node._mgmt import add_routes, check_row
@@ -72,9 +74,29 @@ _WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 
 
 @web.middleware
-async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _front_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The node's one middleware (each layer costs every request a coroutine): the
+    checks (token, removal, framing), then the handler, with every error translated to
+    its HTTP answer here, and the request observed for metrics (``REQUEST_OBSERVER``,
+    when installed) with the status the client gets (499: it went away)."""
+    started = time.perf_counter()
+    code = 499
+    try:
+        response = await _checked_and_translated(request, handler)
+        code = response.status
+        return response
+    finally:
+        observer = request.app.get(REQUEST_OBSERVER)
+        if observer is not None:
+            observer(request, code, time.perf_counter() - started)
+
+
+async def _checked_and_translated(request: web.Request, handler: Handler) -> web.StreamResponse:
     is_write = request.method in _WRITE_METHODS
     try:
+        _check_auth(request)
+        refuse_if_removed(request)
+        _check_framing(request)
         response = await handler(request)
     except asyncio.CancelledError:
         raise
@@ -94,19 +116,16 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
-@web.middleware
-async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _check_auth(request: web.Request) -> None:
     token = request.app[CONFIG].api_token
     if token and request.path != "/healthz" and not ui_auth_exempt(request, token):
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise ApiError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer ...)")
-    return await handler(request)
 
 
-@web.middleware
-async def _framing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _check_framing(request: web.Request) -> None:
     """Refuse what the handlers would misread: a transfer coding other than chunked (the
     body would be read as if plain), a path that breaks the rule for keys in paths."""
     codings = [c.strip().lower() for c in request.headers.get("Transfer-Encoding", "").split(",") if c.strip()]
@@ -118,7 +137,6 @@ async def _framing_middleware(request: web.Request, handler: Handler) -> web.Str
     problem = path_problem(request.raw_path.partition("?")[0])
     if problem is not None:
         raise ApiError(400, "bad_path", problem, applied=False if request.method in _WRITE_METHODS else None)
-    return await handler(request)
 
 
 # ---------------------------------------------------------------- connections
@@ -604,7 +622,7 @@ async def _register_self(app: web.Application) -> None:
 def build_app(config: NodeConfig, store: ReplicatedStore, runtime: BladeRuntime | None = None) -> web.Application:
     """The node's application. The store must already be started on this loop."""
     app = web.Application(
-        middlewares=[_error_middleware, _auth_middleware, removed_middleware, _framing_middleware],
+        middlewares=[_front_middleware],
         client_max_size=MAX_BODY_BYTES,
         # Bodies are decoded by read_body; a connection is closed when no complete request
         # head arrives for header_timeout (aiohttp's keep-alive timer covers both the wait

@@ -96,10 +96,10 @@ async def mark_removed(app: web.Application, reason: str) -> None:
             log_event(log, logging.ERROR, "removal_hook_failed", exc_info=exc, error=repr(exc))
 
 
-@web.middleware
-async def removed_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def refuse_if_removed(request: web.Request) -> None:
+    """Raises ``ApiError`` (410, or 503 for /readyz) once this node was removed from the
+    cluster, for every path but the few still served (loop thread; a check of the node's
+    one front middleware)."""
     removal = request.app[REMOVAL]
     if removal.removed and request.path not in _STILL_SERVED:
         status = 503 if request.path == "/readyz" else 410
@@ -110,7 +110,6 @@ async def removed_middleware(
             {"removed_at": removal.at},
             applied=False if request.method not in ("GET", "HEAD") else None,
         )
-    return await handler(request)
 
 
 def _headers(app: web.Application) -> dict[str, str]:

@@ -41,7 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from node._common import RUNTIME, STORE
+from node._common import REQUEST_OBSERVER, RUNTIME, STORE
 
 if TYPE_CHECKING:
     from node._runtime import BladeRuntime
@@ -300,24 +300,14 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def _metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: it sees the status the client gets, after the error translation."""
-    metrics = request.app[METRICS_REGISTRY]
-    started = time.perf_counter()
-    code = 500
-    try:
-        response = await handler(request)
-        code = response.status
-        return response
-    except web.HTTPException as exc:
-        code = exc.status
-        raise
-    except asyncio.CancelledError:
-        code = 499  # the client went away
-        raise
-    finally:
-        metrics.observe_request(request.method, _route(request), code, time.perf_counter() - started)
+def _request_observer(metrics: NodeMetrics) -> Callable[[web.Request, int, float], None]:
+    """What the node's front middleware calls after each request, with the status the
+    client gets (after the error translation; 499 when it went away)."""
+
+    def observe(request: web.Request, code: int, seconds: float) -> None:
+        metrics.observe_request(request.method, _route(request), code, seconds)
+
+    return observe
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -335,7 +325,7 @@ def install_metrics(app: web.Application) -> NodeMetrics:
     metrics.registry.register(_StateCollector(store, runtime))
     store.timing = metrics.observe_timing
     runtime.outcome_listeners.append(metrics.observe_outcome)
-    app.middlewares.insert(0, _metrics_middleware)
+    app[REQUEST_OBSERVER] = _request_observer(metrics)
     app.router.add_get("/metrics", metrics_handler)
 
     async def sampler(app: web.Application) -> AsyncIterator[None]:
