@@ -44,6 +44,7 @@ import gc
 import logging
 import os
 import queue
+import random
 import socket
 import struct
 import sys
@@ -66,6 +67,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from rdb._append import coalesce_outgoing, plan_append
+from rdb._election import PreVoteAsk, PreVoteRound, would_vote
 from rdb._errors import StorageCorrupt
 from rdb._failpoints import failpoint
 from rdb._journal import DurableJournal, fail_stop, fsync_directory
@@ -113,6 +115,17 @@ BATCH = "rdb_forward_batch"
 READ_INDEX = "rdb_read_index"
 READ_INDEX_REPLY = "rdb_read_index_reply"
 _FORWARDS = frozenset({"apply_command", "apply_command_response", READ_INDEX, READ_INDEX_REPLY})
+#: Pre-vote (``rdb._election``): a node asks before it stands for election.
+PRE_VOTE = "rdb_pre_vote"
+PRE_VOTE_REPLY = "rdb_pre_vote_reply"
+#: A follower whose link to its leader closed (the leader's process died: its kernel
+#: closed the socket) stands after a pause drawn from this range, not a whole election
+#: timeout; pre-vote keeps a follower that merely lost its own link from deposing a
+#: leader the others still hear.
+LEADER_LOST_PAUSE = (0.05, 0.3)
+#: Election timeouts while the leader is known lost (its link closed, nothing heard
+#: since): a split vote or a pre-vote asked too early is retried this soon.
+LEADER_LOST_TIMEOUT = (0.15, 0.4)
 #: What a leader sends without waiting for its own fsync: entries may reach followers
 #: before they are on the leader's disk (the leader counts itself toward a commit only
 #: after its fsync, at the start of the next tick), and answers about indexes promise
@@ -842,6 +855,14 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self.probe_round = 0
         self._probe_echo = 0
         self.read_index_rounds = 0  # reads confirmed by the leader, for tests and metrics
+        # Pre-vote: the round in progress, and the term a won round lets PySyncObj stand in.
+        self._pre_vote: PreVoteRound | None = None
+        self._cleared_term: int | None = None
+        self._min_election_timeout = election_timeout[0]
+        self.pre_votes_started = 0
+        self.pre_votes_won = 0
+        self.leader_losses = 0  # links to the leader that closed, each shortening the wait
+        self._leader_lost = False
         #: Called with the seconds each group-commit fdatasync took (tick thread).
         self.on_fsync: Callable[[float], None] | None = None
         self.tick_stalls: deque[tuple[float, float]] = deque(maxlen=256)
@@ -1115,7 +1136,93 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self._last_tick = now
         if now - last > timeToWait + 0.05:
             self.tick_stalls.append((now, now - last))
+        if getattr(self, "_SyncObj__transport", None) is not None and self._SyncObj__transport.ready:
+            self._election_gate(now)
         super()._onTick(timeToWait)
+
+    # ------------------------------------------------------------ pre-vote
+
+    def _election_gate(self, now: float) -> None:
+        """Before PySyncObj's tick stands for election (its deadline passed), ask the
+        voters first; PySyncObj stands only once a majority said yes (tick thread)."""
+        if self.selfNode is None or self._SyncObj__raftState == _LEADER:
+            self._pre_vote = self._cleared_term = None
+            return
+        if self._SyncObj__transferInProgress:
+            return  # the leader handed over to us (TimeoutNow): stand at once, as Raft says
+        term = int(self.raftCurrentTerm)
+        if self._cleared_term is not None:
+            if term < self._cleared_term:
+                return  # PySyncObj stands in this tick
+            self._cleared_term = None  # it stood (or a newer term came): that clearance is used
+        deadline: float = getattr(self, "_SyncObj__raftElectionDeadline")  # noqa: B009 - set by PySyncObj
+        if deadline >= now or not self._SyncObj__connectedToAnyone():
+            return
+        round_ = self._pre_vote
+        if round_ is None or round_.term != term + 1 or now >= round_.expires:
+            round_ = self._pre_vote = PreVoteRound(term + 1, now + self._SyncObj__generateRaftTimeout())
+            self.pre_votes_started += 1
+            journal = self._rdb_journal
+            ask = {
+                "type": PRE_VOTE,
+                "term": round_.term,
+                "last_log_index": journal.last_index,
+                "last_log_term": int(journal[-1][2]),
+            }
+            for node in self._SyncObj__otherNodes:
+                self._SyncObj__transport.send(node, dict(ask))
+        # PySyncObj must not stand (and raise the term) before the answers are in.
+        self._SyncObj__raftElectionDeadline = round_.expires
+        self._maybe_stand()
+
+    def _maybe_stand(self) -> None:
+        round_ = self._pre_vote
+        if round_ is not None and round_.won(self._SyncObj__otherNodes):
+            self.pre_votes_won += 1
+            self._pre_vote = None
+            self._cleared_term = round_.term
+            self._SyncObj__raftElectionDeadline = 0.0  # this tick (or the next) stands
+
+    def _SyncObj__generateRaftTimeout(self) -> float:  # noqa: N802 - PySyncObj's name
+        if self._leader_lost:
+            return random.uniform(*LEADER_LOST_TIMEOUT)
+        timeout: float = super()._SyncObj__generateRaftTimeout()
+        return timeout
+
+    def _on_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        try:
+            ask = PreVoteAsk(int(message["term"]), int(message["last_log_index"]), int(message["last_log_term"]))
+        except (KeyError, TypeError, ValueError):
+            return
+        leader = self._SyncObj__raftLeader
+        journal = self._rdb_journal
+        granted = self.selfNode is not None and would_vote(
+            ask,
+            term=int(self.raftCurrentTerm),
+            last_index=journal.last_index,
+            last_term=int(journal[-1][2]),
+            is_leader=self._SyncObj__raftState == _LEADER,
+            leader_contact_age=time.monotonic() - self.last_leader_contact,
+            leader_link_up=leader is not None and leader in self._SyncObj__connectedNodes,
+            min_election_timeout=self._min_election_timeout,
+        )
+        self._SyncObj__transport.send(node, {"type": PRE_VOTE_REPLY, "term": ask.term, "granted": granted})
+
+    def _on_pre_vote_reply(self, node: Any, message: dict[str, Any]) -> None:
+        round_ = self._pre_vote
+        if round_ is None or node not in self._SyncObj__otherNodes:
+            return
+        term = message.get("term")
+        round_.answer(node, term if isinstance(term, int) else -1, message.get("granted") is True)
+        self._maybe_stand()
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802 - PySyncObj's name
+        super()._SyncObj__onNodeDisconnected(node)
+        if node == self._SyncObj__raftLeader and self._SyncObj__raftState != _LEADER and self.selfNode is not None:
+            self.leader_losses += 1
+            self._leader_lost = True
+            soon = time.monotonic() + random.uniform(*LEADER_LOST_PAUSE)
+            self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, soon)
 
     def tick_stall_max(self, window: float = 10.0) -> float:
         """The longest gap between ticks (beyond the poll wait) in the last ``window``
@@ -1168,12 +1275,21 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         elif mtype == READ_INDEX:
             self._on_read_index_request(node, message)
             return
+        elif mtype == PRE_VOTE:
+            self._on_pre_vote(node, message)
+            return
+        elif mtype == PRE_VOTE_REPLY:
+            self._on_pre_vote_reply(node, message)
+            return
         elif mtype == READ_INDEX_REPLY:
             self._on_read_index_reply(message)
             return
         elif mtype == "append_entries":
             probe = message.get("probe")
             self._probe_echo = probe if isinstance(probe, int) else 0
+            if message.get("term", -1) >= self.raftCurrentTerm:
+                self._pre_vote = None  # a leader is alive: late yeses must not make us stand
+                self._leader_lost = False
         if mtype == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self.last_leader_contact = time.monotonic()
             if "prevLogIdx" in message and "transmission" not in message:

@@ -108,3 +108,51 @@ async def test_the_leader_sends_one_round_for_a_drain_of_commands_not_one_per_co
     finally:
         for s in stores:
             s.close()
+
+
+async def test_a_dead_leader_is_replaced_before_an_election_timeout(tmp_path: Any) -> None:
+    """Its process died: its sockets close, so the followers stand after a short pause
+    (pre-vote agreed, as neither has a link to it) instead of a whole election timeout
+    (0.6-1.2 s from the last heartbeat: 0.5 s at least)."""
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader, followers = await _settled(stores)
+        term = leader.raft.raftCurrentTerm
+        await asyncio.sleep(0.3)  # links settled
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        leader.close()
+        while not any(f.raft._isLeader() for f in followers):
+            assert loop.time() - killed_at < 5.0, "no new leader"
+            await asyncio.sleep(0.005)
+        elapsed = loop.time() - killed_at
+        assert elapsed < 0.5, elapsed
+        assert max(f.raft.raftCurrentTerm for f in followers) == term + 1  # one election, no split
+        assert sum(f.raft.leader_losses for f in followers) >= 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_a_follower_that_times_out_alone_does_not_depose_a_live_leader(tmp_path: Any) -> None:
+    stores = await in_process_stores(tmp_path)
+    try:
+        leader, followers = await _settled(stores)
+        term = leader.raft.raftCurrentTerm
+        lonely = followers[0].raft
+
+        def time_out() -> None:  # as if its leader's heartbeats had stopped reaching it
+            lonely._SyncObj__raftElectionDeadline = 0.0
+
+        lonely.addOnTickCallback(time_out)
+        await asyncio.sleep(0.3)
+        lonely.removeOnTickCallback(time_out)
+        # It asked, the others still hear their leader and said no: it never stood (a
+        # vote without asking first raised the term and deposed the leader).
+        assert leader.raft._isLeader()
+        assert {s.raft.raftCurrentTerm for s in stores} == {term}
+        assert lonely.pre_votes_started >= 1 and lonely.pre_votes_won == 0
+        assert (await followers[0].put("still", 1, timeout=5))["status"] == "ok"
+    finally:
+        for s in stores:
+            s.close()
