@@ -191,7 +191,11 @@ class ReplicatedStore:
         if restored or swapped:
             self.load_count += 1
         if changed:
-            self.commit_times.append((result.get("revision", 0), time.time()))
+            now = time.time()
+            parts = result.get("results")  # a batch: each write has its own revision
+            for one in parts if isinstance(parts, list) else (result,):
+                if isinstance(one, dict) and "revision" in one:
+                    self.commit_times.append((one["revision"], now))
         if changed or restored or swapped:
             self._schedule_notify(load=restored or swapped)
         return result

@@ -143,6 +143,8 @@ async def test_writes_of_one_loop_pass_share_a_log_entry(tmp_path: Any) -> None:
         # One entry per write before: 100 at least.
         assert follower.raft._rdb_journal.last_index - before < 20
         assert follower.entries_batched >= 1
+        # Every write's revision is timed as it applies (commit -> blade latency figures).
+        assert {rev for rev, _ in follower.commit_times} >= set(range(2, 102))
         for s in stores:
             await s.linearizable_barrier(timeout=15)
             assert [s.get(f"b{i}").value for i in range(100)] == list(range(100))  # type: ignore[union-attr]
