@@ -1183,6 +1183,18 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             self._cleared_term = round_.term
             self._SyncObj__raftElectionDeadline = 0.0  # this tick (or the next) stands
 
+    def _SyncObj__setState(self, new_state: int) -> None:  # noqa: N802 - PySyncObj's name
+        old = self._SyncObj__raftState
+        super()._SyncObj__setState(new_state)
+        if new_state != old:  # rare (elections): worth a line for whoever reads a failure
+            log.info(
+                "raft role changed",
+                extra={
+                    "event": "raft_role",
+                    "fields": {"role": ROLE_NAMES.get(new_state, str(new_state)), "term": int(self.raftCurrentTerm)},
+                },
+            )
+
     def _SyncObj__generateRaftTimeout(self) -> float:  # noqa: N802 - PySyncObj's name
         if self._leader_lost:
             return random.uniform(*LEADER_LOST_TIMEOUT)
@@ -1206,14 +1218,31 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             leader_link_up=leader is not None and leader in self._SyncObj__connectedNodes,
             min_election_timeout=self._min_election_timeout,
         )
-        self._SyncObj__transport.send(node, {"type": PRE_VOTE_REPLY, "term": ask.term, "granted": granted})
+        self._SyncObj__transport.send(
+            node,
+            {"type": PRE_VOTE_REPLY, "term": ask.term, "granted": granted, "voter_term": int(self.raftCurrentTerm)},
+        )
 
     def _on_pre_vote_reply(self, node: Any, message: dict[str, Any]) -> None:
         round_ = self._pre_vote
         if round_ is None or node not in self._SyncObj__otherNodes:
             return
         term = message.get("term")
-        round_.answer(node, term if isinstance(term, int) else -1, message.get("granted") is True)
+        granted = message.get("granted") is True
+        voter_term = message.get("voter_term")
+        if not granted and isinstance(voter_term, int) and voter_term >= round_.term:
+            # We are behind in term: no voter at that term can say yes. Pre-votes change
+            # no term, so without this a node with the longest log but an older term and
+            # one with a newer term but a shorter log refuse each other for ever (seen in
+            # a five-node chaos run). Take the newer term, as any Raft message would
+            # make us, and ask again soon.
+            self._SyncObj__setCurrentTerm(voter_term, None)
+            self._SyncObj__setState(_FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._pre_vote = None
+            self._SyncObj__raftElectionDeadline = time.monotonic() + random.uniform(*LEADER_LOST_PAUSE)
+            return
+        round_.answer(node, term if isinstance(term, int) else -1, granted)
         self._maybe_stand()
 
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802 - PySyncObj's name

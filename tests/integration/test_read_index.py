@@ -5,12 +5,16 @@ serves no read."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from rdb import NoQuorum, ReplicatedStore
+from rdb._election import PreVoteRound
+from rdb._raft import PRE_VOTE_REPLY
 from tests.integration.cluster import in_process_stores
+from tests.integration.test_raft_acks import _on_tick
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +157,31 @@ async def test_a_follower_that_times_out_alone_does_not_depose_a_live_leader(tmp
         assert {s.raft.raftCurrentTerm for s in stores} == {term}
         assert lonely.pre_votes_started >= 1 and lonely.pre_votes_won == 0
         assert (await followers[0].put("still", 1, timeout=5))["status"] == "ok"
+    finally:
+        for s in stores:
+            s.close()
+
+
+async def test_a_node_refused_by_a_voter_of_a_newer_term_takes_that_term(tmp_path: Any) -> None:
+    """Pre-votes change no term: a node with the longest log but an older term, and one
+    with a newer term but a shorter log, would refuse each other for ever. A refusal
+    carries the voter's term, and the node takes it (as any Raft message would make it),
+    so its next question can be answered yes."""
+    stores = await in_process_stores(tmp_path)
+    try:
+        _, followers = await _settled(stores)
+        raft = followers[0].raft
+        voter = next(n for n in raft._other_nodes())
+
+        def refused_by_newer_term() -> int:
+            raft._pre_vote = PreVoteRound(raft.raftCurrentTerm + 1, expires=time.monotonic() + 10)
+            newer = raft.raftCurrentTerm + 5
+            reply = {"type": PRE_VOTE_REPLY, "term": raft.raftCurrentTerm + 1, "granted": False, "voter_term": newer}
+            raft._SyncObj__onMessageReceived(voter, reply)
+            return newer
+
+        newer = _on_tick(raft, refused_by_newer_term)
+        assert raft.raftCurrentTerm >= newer
     finally:
         for s in stores:
             s.close()
