@@ -854,7 +854,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         #: answered (follower).
         self.probe_round = 0
         self._probe_echo = 0
-        self.read_index_rounds = 0  # reads confirmed by the leader, for tests and metrics
+        self.read_index_rounds = 0  # reads confirmed by the leader, for tests
         # Pre-vote: the round in progress, and the term a won round lets PySyncObj stand in.
         self._pre_vote: PreVoteRound | None = None
         self._cleared_term: int | None = None
@@ -1186,6 +1186,8 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
     def _SyncObj__setState(self, new_state: int) -> None:  # noqa: N802 - PySyncObj's name
         old = self._SyncObj__raftState
         super()._SyncObj__setState(new_state)
+        if new_state == _LEADER:
+            self._leader_lost = False  # its own timeouts are the normal ones if it steps down
         if new_state != old:  # rare (elections): worth a line for whoever reads a failure
             log.info(
                 "raft role changed",
@@ -1317,7 +1319,9 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             probe = message.get("probe")
             self._probe_echo = probe if isinstance(probe, int) else 0
             if message.get("term", -1) >= self.raftCurrentTerm:
-                self._pre_vote = None  # a leader is alive: late yeses must not make us stand
+                # A leader is alive: late yeses, or a clearance not used yet, must not make
+                # us stand later without asking.
+                self._pre_vote = self._cleared_term = None
                 self._leader_lost = False
         if mtype == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self.last_leader_contact = time.monotonic()

@@ -113,7 +113,7 @@ class ReplicatedStore:
         self.timing: Callable[[str, float], None] | None = None
         self._handoff = _Handoff()
         self._batch: list[tuple[bytes, Callable[[Any, int], None]]] = []
-        self.entries_batched = 0  # log entries that carried several writes, for tests and metrics
+        self.entries_batched = 0  # log entries that carried several writes, for tests
 
     # ------------------------------------------------------------------ lifecycle
 
