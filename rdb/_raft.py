@@ -1193,7 +1193,11 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
                 "raft role changed",
                 extra={
                     "event": "raft_role",
-                    "fields": {"role": ROLE_NAMES.get(new_state, str(new_state)), "term": int(self.raftCurrentTerm)},
+                    # PySyncObj raises the term right after it turns candidate: the one it stands in.
+                    "fields": {
+                        "role": ROLE_NAMES.get(new_state, str(new_state)),
+                        "term": int(self.raftCurrentTerm) + (1 if new_state == _CANDIDATE else 0),
+                    },
                 },
             )
 

@@ -140,7 +140,10 @@ def test_fresh_start_logs_one_ready_line_per_node_and_fences_as_json_events(tmp_
                 f"{nid} node_ready line",
             )
             # Start-up is one line: no fence lines (the initial fence state is not a change).
-            ours = [d for d in lines if not d["logger"].startswith("pysyncobj")]
+            # The election is news of its own: one line per Raft role change, with the term.
+            roles = [d for d in lines if d["event"] == "raft_role"]
+            assert all(d["role"] in ("follower", "candidate", "leader") and d["term"] >= 1 for d in roles), roles
+            ours = [d for d in lines if not d["logger"].startswith("pysyncobj") and d["event"] != "raft_role"]
             assert [d["event"] for d in ours] == ["node_ready"], lines
             ready = ours[0]
             assert ready["node"] == nid and ready["http"] == c.url(nid) and ready["raft"] == c.nodes[nid].raft
