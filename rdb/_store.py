@@ -321,18 +321,12 @@ class ReplicatedStore:
                     last_reason,
                     applied="unknown" if maybe_applied else False,
                 )
-            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
-
-            def done(result: Any, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                self._handoff.post(loop, fut, (result, reason))
-
-            self._submit(payload, done, batch)
-            try:
-                result, reason = await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
+            answer = await self._raft_call(lambda done: self._submit(payload, done, batch), remaining)
+            if answer is None:
                 raise NoQuorum(
                     "the proposal was not committed within the deadline (no quorum?)", "timeout", applied="unknown"
-                ) from None
+                )
+            result, reason = answer
             if reason == FAIL_REASON.SUCCESS:
                 if timing is not None and self.timing is not None:
                     self.timing(timing, loop.time() - started)
@@ -343,6 +337,24 @@ class ReplicatedStore:
             if reason == FAIL_REASON.REQUEST_DENIED:
                 raise NotApplied("the leader denied the request", last_reason)
             await asyncio.sleep(min(_RETRY_PAUSE, max(0.0, deadline - loop.time())))
+
+    async def _raft_call(
+        self, submit: Callable[[Callable[[Any, int], None]], None], timeout: float
+    ) -> tuple[Any, int] | None:
+        """``submit(done)`` hands a request to the Raft node, whose tick thread calls
+        ``done(result, reason)`` once; returns that pair, or None when it did not come
+        within ``timeout`` seconds (loop thread)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+
+        def done(result: Any, reason: int) -> None:
+            self._handoff.post(loop, fut, (result, reason))
+
+        submit(done)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
 
     def _submit(self, payload: bytes, done: Callable[[Any, int], None], batch: bool) -> None:
         """Hand ``payload`` to Raft now, or (``batch``) at the end of this pass of the
@@ -566,16 +578,10 @@ class ReplicatedStore:
                     last_reason,
                     applied=False,
                 )
-            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
-
-            def done(index: int | None, reason: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
-                self._handoff.post(loop, fut, (index, reason))
-
-            self.raft.read_index(done)
-            try:
-                _, reason = await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False) from None
+            answer = await self._raft_call(self.raft.read_index, remaining)
+            if answer is None:
+                raise NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False)
+            _, reason = answer
             if reason == FAIL_REASON.SUCCESS:
                 return
             last_reason = REASON_NAMES.get(reason, str(reason))
