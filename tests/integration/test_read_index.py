@@ -151,11 +151,13 @@ async def test_a_follower_that_times_out_alone_does_not_depose_a_live_leader(tmp
         lonely.addOnTickCallback(time_out)
         await asyncio.sleep(0.3)
         lonely.removeOnTickCallback(time_out)
-        # It asked, the others still hear their leader and said no: it never stood (a
-        # vote without asking first raised the term and deposed the leader).
+        # It asked first, and never stood while the leader was alive (a vote without
+        # asking raised the term and deposed the leader). On a loaded host the other
+        # follower may miss heartbeats for a while and say yes; a heartbeat reaching the
+        # asker first still voids that yes, so the term holds either way.
         assert leader.raft._isLeader()
         assert {s.raft.raftCurrentTerm for s in stores} == {term}
-        assert lonely.pre_votes_started >= 1 and lonely.pre_votes_won == 0
+        assert lonely.pre_votes_started >= 1
         assert (await followers[0].put("still", 1, timeout=5))["status"] == "ok"
     finally:
         for s in stores:
