@@ -119,13 +119,16 @@ _FORWARDS = frozenset({"apply_command", "apply_command_response", READ_INDEX, RE
 PRE_VOTE = "rdb_pre_vote"
 PRE_VOTE_REPLY = "rdb_pre_vote_reply"
 #: A follower whose link to its leader closed (the leader's process died: its kernel
-#: closed the socket) stands after a pause drawn from this range, not a whole election
-#: timeout; pre-vote keeps a follower that merely lost its own link from deposing a
-#: leader the others still hear.
-LEADER_LOST_PAUSE = (0.05, 0.3)
+#: closed the socket) stands after a pause drawn from this share of the election timeout
+#: range (min / 12 to max / 4: 0.05-0.3 s with the default 0.6-1.2 s), not a whole
+#: election timeout; pre-vote keeps a follower that merely lost its own link from
+#: deposing a leader the others still hear. A share, not fixed seconds, so that the
+#: operator's election timeouts still set who stands first and how patient a node is.
+LEADER_LOST_PAUSE = (1 / 12, 1 / 4)
 #: Election timeouts while the leader is known lost (its link closed, nothing heard
-#: since): a split vote or a pre-vote asked too early is retried this soon.
-LEADER_LOST_TIMEOUT = (0.15, 0.4)
+#: since), as the same kind of share (0.15-0.4 s by default): a split vote or a pre-vote
+#: asked too early is retried this soon.
+LEADER_LOST_TIMEOUT = (1 / 4, 1 / 3)
 #: What a leader sends without waiting for its own fsync: entries may reach followers
 #: before they are on the leader's disk (the leader counts itself toward a commit only
 #: after its fsync, at the start of the next tick), and answers about indexes promise
@@ -826,8 +829,11 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         compaction_entries: int = 20_000,
         compaction_seconds: float = 300.0,
         election_timeout: tuple[float, float] = (0.6, 1.2),
+        rng: random.Random | None = None,
     ) -> None:
         self._apply_fn = apply_fn
+        # Draws the shortened waits after a leader is lost; a test passes its own.
+        self._rng = rng if rng is not None else random.Random()
         self._snapshot_fn = snapshot_fn
         self._restore_fn = restore_fn
         self._data_dir = data_dir
@@ -858,6 +864,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         # Pre-vote: the round in progress, and the term a won round lets PySyncObj stand in.
         self._pre_vote: PreVoteRound | None = None
         self._cleared_term: int | None = None
+        self._election_timeout = election_timeout
         self._min_election_timeout = election_timeout[0]
         self.pre_votes_started = 0
         self.pre_votes_won = 0
@@ -1203,9 +1210,14 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
 
     def _SyncObj__generateRaftTimeout(self) -> float:  # noqa: N802 - PySyncObj's name
         if self._leader_lost:
-            return random.uniform(*LEADER_LOST_TIMEOUT)
+            return self._leader_lost_draw(LEADER_LOST_TIMEOUT)
         timeout: float = super()._SyncObj__generateRaftTimeout()
         return timeout
+
+    def _leader_lost_draw(self, shares: tuple[float, float]) -> float:
+        """A wait drawn from ``shares`` of the election timeout range (tick thread)."""
+        low, high = self._election_timeout
+        return self._rng.uniform(low * shares[0], high * shares[1])
 
     def _on_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
         try:
@@ -1246,7 +1258,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             self._SyncObj__setState(_FOLLOWER)
             self._SyncObj__raftLeader = None
             self._pre_vote = None
-            self._SyncObj__raftElectionDeadline = time.monotonic() + random.uniform(*LEADER_LOST_PAUSE)
+            self._SyncObj__raftElectionDeadline = time.monotonic() + self._leader_lost_draw(LEADER_LOST_PAUSE)
             return
         round_.answer(node, term if isinstance(term, int) else -1, granted)
         self._maybe_stand()
@@ -1256,7 +1268,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         if node == self._SyncObj__raftLeader and self._SyncObj__raftState != _LEADER and self.selfNode is not None:
             self.leader_losses += 1
             self._leader_lost = True
-            soon = time.monotonic() + random.uniform(*LEADER_LOST_PAUSE)
+            soon = time.monotonic() + self._leader_lost_draw(LEADER_LOST_PAUSE)
             self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, soon)
 
     def tick_stall_max(self, window: float = 10.0) -> float:

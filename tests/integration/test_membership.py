@@ -386,9 +386,10 @@ def test_a_node_down_while_a_member_came_back_follows_it_as_leader(tmp_path: Any
     # PySyncObj dropped every connection from an address it does not know, and the
     # higher address dials, so the restarted node never heard from its leader and
     # campaigned forever. The others' election timeouts are long and the rejoining
-    # member's short, so that it wins the election after the leader is killed.
+    # member's short, so that it wins the election after the leader is killed (the short
+    # wait after a leader's link closes is a share of them too: 0.25 s at least here).
     names = ("n1", "n2", "n3", "n4", "n5")
-    args = ["--election-timeout", "2,4", "--compaction-entries", "20"]
+    args = ["--election-timeout", "3,6", "--compaction-entries", "20"]
     with running_cluster(str(tmp_path), 5, extra_args=args) as c:
         by_port = sorted(names, key=lambda n: _raft_port(c, n))
         stale, back = by_port[0], by_port[-1]  # the rejoining member dials the stale node

@@ -5,6 +5,7 @@ serves no read."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -114,16 +115,35 @@ async def test_the_leader_sends_one_round_for_a_drain_of_commands_not_one_per_co
             s.close()
 
 
+class _Extreme(random.Random):
+    """Draws the lowest (or the highest) value of every range asked of it."""
+
+    def __init__(self, *, highest: bool) -> None:
+        super().__init__(0)
+        self._highest = highest
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self._highest else a
+
+
 async def test_a_dead_leader_is_replaced_before_an_election_timeout(tmp_path: Any) -> None:
     """Its process died: its sockets close, so the followers stand after a short pause
     (pre-vote agreed, as neither has a link to it) instead of a whole election timeout
-    (0.6-1.2 s from the last heartbeat: 0.5 s at least)."""
+    (0.6-1.2 s from the last heartbeat: 0.5 s at least). The followers' pauses are the
+    shortest and the longest of the range (0.05 and 0.3 s), so one stands well before the
+    other: the test is about the pause, not about the luck of the draw."""
     stores = await in_process_stores(tmp_path)
     try:
         leader, followers = await _settled(stores)
         term = leader.raft.raftCurrentTerm
-        await asyncio.sleep(0.3)  # links settled
+        followers[0].raft._rng = _Extreme(highest=False)
+        followers[1].raft._rng = _Extreme(highest=True)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        # Only a link that is up can be seen to close.
+        while not all(f.raft._SyncObj__raftLeader in f.raft._SyncObj__connectedNodes for f in followers):
+            assert loop.time() < deadline, "the followers never connected to the leader"
+            await asyncio.sleep(0.01)
         killed_at = loop.time()
         leader.close()
         while not any(f.raft._isLeader() for f in followers):
@@ -131,6 +151,7 @@ async def test_a_dead_leader_is_replaced_before_an_election_timeout(tmp_path: An
             await asyncio.sleep(0.005)
         elapsed = loop.time() - killed_at
         assert elapsed < 0.5, elapsed
+        assert followers[0].raft._isLeader()  # the one whose pause ended first
         assert max(f.raft.raftCurrentTerm for f in followers) == term + 1  # one election, no split
         assert sum(f.raft.leader_losses for f in followers) >= 1
     finally:
