@@ -50,6 +50,23 @@ async def test_linearizable_reads_add_no_log_entry(tmp_path: Any) -> None:
             s.close()
 
 
+async def test_concurrent_reads_share_one_round_in_flight(tmp_path: Any) -> None:
+    """Reads that arrive while a round is in flight wait for the next one together: 200
+    concurrent reads through a follower take two rounds (the first read's, and the one
+    all the others share), not one per read or one per pipelined slot."""
+    stores = await in_process_stores(tmp_path)
+    try:
+        _, followers = await _settled(stores)
+        follower = followers[0]
+        await follower.linearizable_barrier(timeout=10)
+        before = follower.barriers_proposed
+        await asyncio.gather(*(follower.linearizable_barrier(timeout=10) for _ in range(200)))
+        assert follower.barriers_proposed - before == 2
+    finally:
+        for s in stores:
+            s.close()
+
+
 async def test_a_read_through_any_node_sees_every_write_acknowledged_before_it(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
