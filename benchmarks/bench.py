@@ -214,6 +214,9 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
+    #: CPU time (user + system) each node spent per 2xx answer during the run, in us,
+    #: by role (leader, target, other): filled by ``measure_cpu``.
+    cpu_us_per_ok: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed_requests(self) -> int:
@@ -221,6 +224,33 @@ class WrkResult:
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(roles: dict[str, Any], run: Callable[[], WrkResult]) -> WrkResult:
+    """``run()``, with each node's CPU time per 2xx answer recorded in the result
+    (``roles``: role name -> a node with a ``proc``)."""
+    before = {role: cpu_seconds(node.proc.pid) for role, node in roles.items()}
+    result = run()
+    ok = result.ok_per_s * result.duration_s
+    if ok > 0:
+        result.cpu_us_per_ok = {
+            role: round(1e6 * (cpu_seconds(node.proc.pid) - before[role]) / ok, 1) for role, node in roles.items()
+        }
+    return result
+
+
+def describe_cpu(result: WrkResult) -> str:
+    if not result.cpu_us_per_ok:
+        return ""
+    parts = ", ".join(f"{role} {us:.0f}" for role, us in result.cpu_us_per_ok.items())
+    return f"; CPU us per answer: {parts}"
 
 
 def parse_wrk(name: str, command: str, output: str) -> WrkResult:
@@ -391,21 +421,23 @@ def main(argv: list[str] | None = None) -> int:
         leader, follower = cluster.roles(timeout=15)
         progress(f"all nodes ready; leader {leader.id}, benchmarking against follower {follower.id} {follower.url}")
 
+        others = [n for n in cluster.nodes if n not in (leader, follower)]
+        roles = {"leader": leader, "target": follower, **({"other": others[0]} if others else {})}
         run_id = f"r{int(time.time())}"
-        writes = run_wrk("writes", "put.lua", follower.url, args, [run_id])
+        writes = measure_cpu(roles, lambda: run_wrk("writes", "put.lua", follower.url, args, [run_id]))
         cluster.check_alive()
         progress(
             f"writes: {writes.ok_per_s:,.0f} ok/s, p99 {writes.latency_ms.get('p99', 0):.2f} ms, "
-            f"{writes.failed_requests} failed"
+            f"{writes.failed_requests} failed{describe_cpu(writes)}"
         )
 
         progress(f"preloading {args.read_keys} keys under bench-read/ through {follower.id}")
         preload(follower.url, args.read_keys)
-        reads = run_wrk("reads", "get.lua", follower.url, args, [str(args.read_keys)])
+        reads = measure_cpu(roles, lambda: run_wrk("reads", "get.lua", follower.url, args, [str(args.read_keys)]))
         cluster.check_alive()
         progress(
             f"reads: {reads.ok_per_s:,.0f} ok/s, p99 {reads.latency_ms.get('p99', 0):.2f} ms, "
-            f"{reads.failed_requests} failed"
+            f"{reads.failed_requests} failed{describe_cpu(reads)}"
         )
 
         rows = checks(writes, reads)

@@ -1,13 +1,14 @@
 """A py-spy profile of the durable write path (or the read path) on a fresh three-node cluster.
 
-    scripts/profile-writes [--duration 10] [--connections 64] [--out DIR] [--reads]
+    scripts/profile-writes [--duration 10] [--connections 64] [--out DIR] [--reads] [--gil]
 
 Runs wrk with ``benchmarks/put.lua`` (with ``--reads``: ``get.lua`` over 1,000 preloaded
 keys, linearizable reads) against a follower (as ``scripts/bench`` does) while
 ``py-spy record`` samples the follower and the leader (all threads, idle frames left
-out). Writes the collapsed stacks to ``DIR/<role>.txt`` (flamegraph.pl input) and prints,
-per node, the share of samples spent under the top functions (inclusive) and the top
-leaf functions (self time). Exit status 0, or 2 if it could not run (no py-spy, no wrk).
+out; with ``--gil``, only the thread holding the GIL: where the Python time goes).
+Writes the collapsed stacks to ``DIR/<role>.txt`` (flamegraph.pl input) and prints, per
+node, the share of samples spent under the top functions (inclusive) and the top leaf
+functions (self time). Exit status 0, or 2 if it could not run (no py-spy, no wrk).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default=None, help="directory for the collapsed stacks (default: a temp dir)")
     p.add_argument("--reads", action="store_true", help="profile linearizable reads instead of writes")
+    p.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (where Python time goes)")
     args = p.parse_args(argv)
     if not os.path.exists(PY_SPY) or shutil.which("wrk") is None:
         print("profile-writes: needs py-spy in the venv (dev extras) and wrk", file=sys.stderr)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert node.proc is not None
                 path = os.path.join(out_dir, f"{role}.txt")
                 cmd = [PY_SPY, "record", "-p", str(node.proc.pid), "-d", str(args.duration), "-r", "200"]
-                cmd += ["-f", "raw", "-o", path, "--nonblocking"]
+                cmd += ["-f", "raw", "-o", path, "--nonblocking", *(["--gil"] if args.gil else [])]
                 spies.append(
                     (role, node, path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
                 )
