@@ -66,9 +66,9 @@ GC_YOUNG_THRESHOLD = 20_000
 def _tune_gc() -> None:
     """Once the node serves (loop thread): what start-up built (modules, the app, the
     state loaded from disk) lives for the whole process, so it is moved out of the
-    collector's generations (``gc.freeze``) and never traversed again, and young
-    collections run less often. Cycles are still collected."""
-    gc.collect()
+    collector's generations (``gc.freeze``, no collection first: that would scan a big
+    state with the GIL held) and never traversed again, and young collections run less
+    often. Cycles made later are still collected."""
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
