@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from node.launcher import REPO, LocalCluster, Node, free_ports, http, wait_for
 from node.launcher import Reply as Response
 from rdb import ReplicatedStore
+from rdb._raft import RaftNode
 
 __all__ = [
     "REPO",
@@ -118,3 +120,32 @@ async def in_process_stores(tmp_path: Any) -> list[ReplicatedStore]:
     for s in stores:
         s.start(loop)
     return stores
+
+
+async def settled_stores(stores: list[ReplicatedStore]) -> tuple[ReplicatedStore, list[ReplicatedStore]]:
+    """(leader, followers) of ``in_process_stores`` once a write has committed through
+    the first store and exactly one of them leads."""
+    for _ in range(200):
+        if (await stores[0].put("warm", 0, timeout=10))["status"] == "ok":
+            leaders = [s for s in stores if s.raft._isLeader()]
+            if len(leaders) == 1:
+                return leaders[0], [s for s in stores if s is not leaders[0]]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no leader")
+
+
+def on_tick(raft: RaftNode, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` once on ``raft``'s tick thread and return its result."""
+    done = threading.Event()
+    out: list[Any] = []
+
+    def once() -> None:
+        if not done.is_set():
+            try:
+                out.append(fn())
+            finally:
+                done.set()
+
+    raft.addOnTickCallback(once)
+    assert done.wait(10), "the tick thread never ran the callback"
+    return out[0]

@@ -8,50 +8,20 @@ PySyncObj would deliver them.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from rdb import ReplicatedStore
 from rdb._raft import RaftNode
-from tests.integration.cluster import free_ports, in_process_stores
+from tests.integration.cluster import free_ports, in_process_stores, on_tick, settled_stores
 
 pytestmark = pytest.mark.integration
-
-
-def _on_tick(raft: RaftNode, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` once on ``raft``'s tick thread and return its result."""
-    done = threading.Event()
-    out: list[Any] = []
-
-    def once() -> None:
-        if not done.is_set():
-            try:
-                out.append(fn())
-            finally:
-                done.set()
-
-    raft.addOnTickCallback(once)
-    assert done.wait(10), "the tick thread never ran the callback"
-    return out[0]
-
-
-async def _leader(stores: list[ReplicatedStore]) -> ReplicatedStore:
-    for _ in range(200):
-        if (await stores[0].put("probe", 1, timeout=10))["status"] == "ok":
-            leaders = [s for s in stores if s.raft._isLeader()]
-            if leaders:
-                return leaders[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no leader")
 
 
 async def test_the_leader_ignores_an_acknowledgement_of_another_term(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader = await _leader(stores)
+        leader = (await settled_stores(stores))[0]
         raft = leader.raft
         others = [s for s in stores if s is not leader]
         silent = others[0]
@@ -66,14 +36,14 @@ async def test_the_leader_ignores_an_acknowledgement_of_another_term(tmp_path: A
             raft._SyncObj__onMessageReceived(silent_node, ack)
             return int(raft._SyncObj__raftMatchIndex[silent_node])
 
-        before = _on_tick(raft, lambda: int(raft._SyncObj__raftMatchIndex[silent_node]))
+        before = on_tick(raft, lambda: int(raft._SyncObj__raftMatchIndex[silent_node]))
         assert before < last
         # An ack held back in an older term, released late: it says nothing about the
         # entries of this term at those indexes.
-        assert _on_tick(raft, lambda: deliver(raft.raftCurrentTerm - 1)) == before
+        assert on_tick(raft, lambda: deliver(raft.raftCurrentTerm - 1)) == before
         assert raft.stale_acks_ignored >= 1
         # The same ack in this term counts (the injection does reach the leader).
-        assert _on_tick(raft, lambda: deliver(raft.raftCurrentTerm)) == last
+        assert on_tick(raft, lambda: deliver(raft.raftCurrentTerm)) == last
     finally:
         for s in stores:
             s.close()
@@ -82,7 +52,7 @@ async def test_the_leader_ignores_an_acknowledgement_of_another_term(tmp_path: A
 async def test_followers_stamp_acknowledgements_with_their_term(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader = await _leader(stores)
+        leader = (await settled_stores(stores))[0]
         seen: list[Any] = []
         raft = leader.raft
         real = raft._SyncObj__onMessageReceived
@@ -105,7 +75,7 @@ async def test_followers_stamp_acknowledgements_with_their_term(tmp_path: Any) -
 async def test_a_matching_tail_with_a_membership_change_is_not_truncated(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader = await _leader(stores)
+        leader = (await settled_stores(stores))[0]
         ghost = f"127.0.0.1:{free_ports(1)[0]}"  # a fourth member that never answers
         await leader.change_membership("add", ghost, timeout=15)
         follower = next(s for s in stores if s is not leader)
@@ -118,7 +88,7 @@ async def test_a_matching_tail_with_a_membership_change_is_not_truncated(tmp_pat
 
         for _ in range(200):  # bounded: the follower receives the entry
             try:
-                change = _on_tick(raft, find_change)
+                change = on_tick(raft, find_change)
                 break
             except StopIteration:
                 await asyncio.sleep(0.05)
@@ -141,7 +111,7 @@ async def test_a_matching_tail_with_a_membership_change_is_not_truncated(tmp_pat
             members = {n.id for n in raft._other_nodes()}
             return before, raft._rdb_journal.last_index, raft.suppressed_truncations, members
 
-        before, after, suppressed, members = _on_tick(raft, heartbeat_from_a_new_term)
+        before, after, suppressed, members = on_tick(raft, heartbeat_from_a_new_term)
         # Every entry matched: nothing may be cut, and the kept membership change stays
         # in effect (PySyncObj truncated from the change and reverted it).
         assert after == before
@@ -164,7 +134,7 @@ async def test_a_snapshot_chunk_never_commits_the_followers_unverified_tail(tmp_
 
     stores = await in_process_stores(tmp_path)
     try:
-        leader = await _leader(stores)
+        leader = (await settled_stores(stores))[0]
         assert (await leader.put("before", 1))["status"] == "ok"
         follower = next(s for s in stores if s is not leader)
         raft = follower.raft
@@ -192,11 +162,11 @@ async def test_a_snapshot_chunk_never_commits_the_followers_unverified_tail(tmp_
             raft._SyncObj__onMessageReceived(leader_node, message)
             return commit_before, int(raft.raftCommitIndex), last + 1
 
-        commit_before, commit_after, phantom_index = _on_tick(raft, stale_tail_then_chunk)
+        commit_before, commit_after, phantom_index = on_tick(raft, stale_tail_then_chunk)
         assert commit_before < phantom_index
         assert commit_after < phantom_index, "the unverified tail was committed"
         for _ in range(5):  # a few ticks: nothing applies the phantom entry
-            _on_tick(raft, lambda: None)
+            on_tick(raft, lambda: None)
         assert follower.get("phantom") is None
     finally:
         for s in stores:
@@ -208,7 +178,7 @@ async def test_the_leader_sends_entries_before_its_own_fsync_and_followers_acks_
 ) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader = await _leader(stores)
+        leader = (await settled_stores(stores))[0]
         follower = next(s for s in stores if s is not leader)
         for raft in (leader.raft, follower.raft):
 
@@ -237,7 +207,7 @@ async def test_the_leader_sends_entries_before_its_own_fsync_and_followers_acks_
                     journal._pending.clear()
                     transport._held.clear()
 
-            held = _on_tick(raft, send_while_dirty)
+            held = on_tick(raft, send_while_dirty)
             if raft is leader.raft:
                 # Its AppendEntries leaves at once; anything after a held message waits.
                 assert held == (0, 1)

@@ -11,30 +11,18 @@ from typing import Any
 
 import pytest
 
-from rdb import NoQuorum, ReplicatedStore
+from rdb import NoQuorum
 from rdb._election import PreVoteRound
 from rdb._raft import PRE_VOTE_REPLY
-from tests.integration.cluster import in_process_stores
-from tests.integration.test_raft_acks import _on_tick
+from tests.integration.cluster import in_process_stores, on_tick, settled_stores
 
 pytestmark = pytest.mark.integration
-
-
-async def _settled(stores: list[ReplicatedStore]) -> tuple[ReplicatedStore, list[ReplicatedStore]]:
-    """(leader, followers) once a write has committed through the first store."""
-    for _ in range(200):
-        if (await stores[0].put("warm", 0, timeout=10))["status"] == "ok":
-            leaders = [s for s in stores if s.raft._isLeader()]
-            if len(leaders) == 1:
-                return leaders[0], [s for s in stores if s is not leaders[0]]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no leader")
 
 
 async def test_linearizable_reads_add_no_log_entry(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader, followers = await _settled(stores)
+        leader, followers = await settled_stores(stores)
         for s in stores:
             await s.linearizable_barrier(timeout=10)
         last = {s._raft_address: s.raft._rdb_journal.last_index for s in stores}
@@ -56,7 +44,7 @@ async def test_concurrent_reads_share_one_round_in_flight(tmp_path: Any) -> None
     all the others share), not one per read or one per pipelined slot."""
     stores = await in_process_stores(tmp_path)
     try:
-        _, followers = await _settled(stores)
+        _, followers = await settled_stores(stores)
         follower = followers[0]
         await follower.linearizable_barrier(timeout=10)
         before = follower.barriers_proposed
@@ -70,7 +58,7 @@ async def test_concurrent_reads_share_one_round_in_flight(tmp_path: Any) -> None
 async def test_a_read_through_any_node_sees_every_write_acknowledged_before_it(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        await _settled(stores)
+        await settled_stores(stores)
         for i in range(40):
             writer = stores[i % 3]
             reader = stores[(i + 1) % 3]
@@ -88,7 +76,7 @@ async def test_a_read_through_any_node_sees_every_write_acknowledged_before_it(t
 async def test_a_leader_no_majority_answers_serves_no_read(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader, followers = await _settled(stores)
+        leader, followers = await settled_stores(stores)
         await leader.linearizable_barrier(timeout=10)
         for f in followers:
             f.close()  # the leader still believes it leads (for up to leaderFallbackTimeout)
@@ -105,7 +93,7 @@ async def test_a_leader_no_majority_answers_serves_no_read(tmp_path: Any) -> Non
 async def test_a_follower_cut_off_from_the_leader_serves_no_read(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader, followers = await _settled(stores)
+        leader, followers = await settled_stores(stores)
         reader = followers[0]
         await reader.linearizable_barrier(timeout=10)
         leader.close()
@@ -120,7 +108,7 @@ async def test_a_follower_cut_off_from_the_leader_serves_no_read(tmp_path: Any) 
 async def test_the_leader_sends_one_round_for_a_drain_of_commands_not_one_per_command(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader, _ = await _settled(stores)
+        leader, _ = await settled_stores(stores)
         rounds = leader.raft.probe_round
         results = await asyncio.gather(*(leader.put(f"k{i}", i, timeout=10) for i in range(200)))
         assert all(r["status"] == "ok" for r in results)
@@ -151,7 +139,7 @@ async def test_a_dead_leader_is_replaced_before_an_election_timeout(tmp_path: An
     other: the test is about the pause, not about the luck of the draw."""
     stores = await in_process_stores(tmp_path)
     try:
-        leader, followers = await _settled(stores)
+        leader, followers = await settled_stores(stores)
         term = leader.raft.raftCurrentTerm
         followers[0].raft._rng = _Extreme(highest=False)
         followers[1].raft._rng = _Extreme(highest=True)
@@ -179,7 +167,7 @@ async def test_a_dead_leader_is_replaced_before_an_election_timeout(tmp_path: An
 async def test_a_follower_that_times_out_alone_does_not_depose_a_live_leader(tmp_path: Any) -> None:
     stores = await in_process_stores(tmp_path)
     try:
-        leader, followers = await _settled(stores)
+        leader, followers = await settled_stores(stores)
         term = leader.raft.raftCurrentTerm
         lonely = followers[0].raft
 
@@ -209,7 +197,7 @@ async def test_a_node_refused_by_a_voter_of_a_newer_term_takes_that_term(tmp_pat
     so its next question can be answered yes."""
     stores = await in_process_stores(tmp_path)
     try:
-        _, followers = await _settled(stores)
+        _, followers = await settled_stores(stores)
         raft = followers[0].raft
         voter = next(n for n in raft._other_nodes())
 
@@ -220,7 +208,7 @@ async def test_a_node_refused_by_a_voter_of_a_newer_term_takes_that_term(tmp_pat
             raft._SyncObj__onMessageReceived(voter, reply)
             return newer
 
-        newer = _on_tick(raft, refused_by_newer_term)
+        newer = on_tick(raft, refused_by_newer_term)
         assert raft.raftCurrentTerm >= newer
     finally:
         for s in stores:
