@@ -17,6 +17,12 @@ failure: the agent stops applying (never skipping a change), reports it to its n
 node fences the consumers that depend on the agent's tables, on that node) and retries
 with a load after a backoff.
 
+A callback that timed out may still finish later, so the rows it was given are unsure:
+the agent reports the failure (and does not serve) until that callback has returned,
+then loads again and re-applies every unsure row, even one the node did not change
+(callbacks must therefore accept an add of a row the daemon may hold and a remove of one
+it may not).
+
 A load (at start and on every reconnect) gets the tables at one revision and applies
 only the difference from the rows the daemon holds (``rows()``); the number of rows it
 had to change is reported as drift. Incremental batches follow in revision order. The
@@ -122,6 +128,13 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"agent-{name}-cb")
         self._stream_conn: http.client.HTTPConnection | None = None
+        #: (table, key) -> the row a timed-out callback may have left in the daemon (None:
+        #: removed); re-applied by the next load that starts once no such callback runs.
+        self._unsure: dict[tuple[str, str], Row | None] = {}
+        #: Timed-out callback jobs still running; when one returns, ``_recheck`` asks the
+        #: stream for a load.
+        self._stuck: set[concurrent.futures.Future[Any]] = set()
+        self._recheck = threading.Event()
 
     # ------------------------------------------------------------ public
 
@@ -150,6 +163,7 @@ class Agent:
                 self.loaded
                 and self.in_sync
                 and self.failure is None
+                and not self._stuck
                 and not self.node_fenced
                 and contact is not None
                 and time.monotonic() - contact <= self.grace
@@ -162,6 +176,8 @@ class Agent:
                 return "not loaded yet"
             if self.failure is not None:
                 return f"a callback failed: {self.failure}"
+            if self._stuck:
+                return "a callback that timed out has not returned yet"
             if not self.in_sync:
                 return "reconnecting to the node (serving resumes after a load)"
             if self.node_fenced:
@@ -213,9 +229,35 @@ class Agent:
             self.node_fenced = list(body.get("fenced") or [])
         if revision < self.applied_revision:
             raise OSError(f"node is at revision {revision}, behind the applied {self.applied_revision}; retrying")
+        self._recheck.clear()
+        with self._lock:
+            # Read before the diff: a stuck callback that returns after this point may
+            # undo what this load applies, so its rows stay unsure (and ``_recheck``
+            # brings the next load).
+            settled = not self._stuck
+            unsure = dict(self._unsure)
+        changes = self._load_changes(tables, unsure)
+        self._apply(revision, changes)
+        with self._lock:
+            self.loads += 1
+            self.drift += len(changes) if self.loaded else 0  # a first load is no drift
+            self.loaded = True
+            self.in_sync = True
+            if settled:
+                self._unsure.clear()
+                self.failure, self.failures = None, []
+        self._report_now.set()
+        return body["cursor"], body["epoch"]
+
+    def _load_changes(
+        self, tables: Mapping[str, Mapping[str, Row]], unsure: Mapping[tuple[str, str], Row | None]
+    ) -> list[Change]:
+        """What a load applies: the difference between the node's ``tables`` and the rows
+        held, plus every ``unsure`` row the daemon may hold in another state (a change
+        from that state, so a remove names the row it removes)."""
         changes: list[Change] = []
         for table in sorted(self.tables):
-            want: dict[str, Row] = tables.get(table) or {}
+            want = tables.get(table) or {}
             have = self._rows[table]
             for key in sorted(set(have) - set(want)):
                 changes.append(Change(table, key, have[key], None))
@@ -223,40 +265,50 @@ class Agent:
                 old = have.get(key)
                 if old != row:
                     changes.append(Change(table, key, old, row))
-        self._apply(revision, changes)
-        with self._lock:
-            self.loads += 1
-            self.drift += len(changes) if self.loaded else 0  # a first load is no drift
-            self.loaded = True
-            self.in_sync = True
-            self.failure, self.failures = None, []
-        self._report_now.set()
-        return body["cursor"], body["epoch"]
+                elif (table, key) in unsure and unsure[(table, key)] != row:
+                    changes.append(Change(table, key, unsure[(table, key)], row))
+            for (t, key), maybe in sorted(unsure.items()):
+                if t == table and key not in want and key not in have and maybe is not None:
+                    changes.append(Change(table, key, maybe, None))
+        return changes
 
     def _follow(self, cursor: int, epoch: int) -> None:
         query = urllib.parse.urlencode({"cursor": cursor, "epoch": epoch})
         for event, data in self._sse(f"/v1/agents/{self.name}/stream?{query}"):
             if self._stop.is_set():
                 return
-            if event == "reload":
+            if event == "reload" or self._recheck.is_set():
                 raise _Reload()
             if event != "changes":
                 continue
             revision = data["revision"]
             with self._lock:
                 self.node_fenced = list(data.get("fenced") or [])
-            changes = []
-            for c in data["changes"]:
-                table, key, row = c["table"], c["key"], c["row"]
-                old = self._rows[table].get(key)
-                if old != row:
-                    changes.append(Change(table, key, old, row))
+            changes = self._net_changes(data["changes"])
             # Changes come from the node's change log in order: always apply them; the
             # revision never moves back (``_apply`` keeps the highest).
             advanced = revision > self.applied_revision or bool(changes)
             self._apply(revision, changes)
             if advanced:
                 self._report_now.set()
+
+    def _net_changes(self, wire: list[dict[str, Any]]) -> list[Change]:
+        """The changes of one stream batch as the difference from what the daemon holds.
+
+        A batch spans every revision since the last one, so it may name a key more than
+        once (added, then removed when its parent moved away): the last row of each key
+        wins. Comparing each one with what was held before the batch would drop the
+        remove as a no-op and keep the add, and the daemon would serve a row the node no
+        longer has."""
+        latest: dict[tuple[str, str], Row | None] = {}
+        for c in wire:
+            latest[(c["table"], c["key"])] = c["row"]
+        changes = []
+        for (table, key), row in latest.items():
+            old = self._rows[table].get(key)
+            if old != row:
+                changes.append(Change(table, key, old, row))
+        return changes
 
     def _apply(self, revision: int, changes: list[Change]) -> None:
         """Run the callbacks for ``changes`` in order, then move to ``revision``.
@@ -265,7 +317,9 @@ class Agent:
         The callbacks run on one callback thread, handed the whole list at once (a
         handoff per row would cost more than a 100k-row load may take); this thread
         watches how long the current callback has run and gives up on it past
-        ``callback_timeout``, after which the stuck thread applies nothing more."""
+        ``callback_timeout``, after which the stuck thread applies nothing more: the
+        rows from its current one on are unsure (``_unsure``) until a load re-applies
+        them after it has returned."""
         if changes:
             self._run_callbacks(revision, changes)
         with self._lock:
@@ -318,10 +372,23 @@ class Agent:
                     abandoned.set()
                     # The stuck callback keeps its thread; later callbacks get a fresh one.
                     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"agent-{self.name}-cb")
+                    # Read after ``abandoned`` is set: the job started nothing past it.
                     change = changes[int(progress[0])]
+                    with self._lock:
+                        for ch in changes[int(progress[0]) :]:
+                            self._unsure[(ch.table, ch.key)] = ch.new
+                        self._stuck.add(future)
+                    future.add_done_callback(self._stuck_returned)
                     raise _CallbackFailed(change, f"callback timed out after {self.callback_timeout:g}s") from None
         if failed is not None:
             raise _CallbackFailed(changes[failed[0]], failed[1])
+
+    def _stuck_returned(self, future: concurrent.futures.Future[Any]) -> None:
+        """A timed-out callback returned (on its own thread): load again, then serve."""
+        with self._lock:
+            self._stuck.discard(future)
+        self._recheck.set()
+        self._report_now.set()
 
     def _hold(self, ch: Change) -> None:
         with self._lock:
