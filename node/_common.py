@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import aiohttp
+import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -159,11 +160,71 @@ def _depth_exceeds(data: Any, limit: int) -> bool:
     return False
 
 
+#: orjson reads an integer beyond 64 bits as a float; ``json`` keeps it an int. Such a
+#: float is at least 2**63 in size, and a float that large goes the strict way.
+_LARGEST_EXACT = 2.0**63
+
+
+def _fast_parse(raw: bytes) -> Any:
+    """``raw`` parsed by orjson, or ``_SLOW`` when the strict parser must decide: the
+    value is returned only where it equals what ``json.loads`` gives and the strict rules
+    hold. orjson refuses NaN, Infinity, 1e999, lone surrogates and anything but UTF-8.
+    It keeps the last of duplicated keys, so the pairs in the text (its ``:`` less those
+    inside strings) must equal the keys parsed; a ``\\u`` escape could spell a colon
+    the text does not show, so such bodies go the strict way."""
+    if b"\\u" in raw:
+        return _SLOW
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _SLOW
+    counted = _keys_and_colons(data, MAX_BODY_DEPTH)
+    if counted is None or counted[0] != raw.count(b":") - counted[1]:
+        return _SLOW
+    return data
+
+
+_SLOW = object()
+
+
+def _keys_and_colons(data: Any, limit: int) -> tuple[int, int] | None:
+    """(keys of the objects in ``data``, colons inside its strings), or None if it nests
+    deeper than ``limit`` or holds a float too large to tell from an integer."""
+    keys = colons = 0
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            colons += item.count(":")
+        elif isinstance(item, float):
+            if abs(item) >= _LARGEST_EXACT:
+                return None
+        elif isinstance(item, (dict, list)):
+            if depth + 1 > limit:
+                return None
+            if isinstance(item, dict):
+                keys += len(item)
+                colons += sum(k.count(":") for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return keys, colons
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON: no NaN/Infinity, no out-of-range numbers, no duplicated object keys,
-    at most ``MAX_BODY_DEPTH`` deep. Raises ``ApiError`` 400 ``bad_json``."""
+    at most ``MAX_BODY_DEPTH`` deep. Raises ``ApiError`` 400 ``bad_json``.
+
+    Most bodies take orjson's way (``_fast_parse``, several times faster on the write
+    path); whatever it cannot vouch for is parsed again by ``json`` with the checks."""
     if not raw:
         raise ApiError(400, "bad_json", "request body is empty; a JSON object is required", applied=False)
+    data = _fast_parse(raw)
+    return _strict_parse(raw) if data is _SLOW else data
+
+
+def _strict_parse(raw: bytes) -> Any:
+    """``parse_json`` by the standard library, every rule checked on the way."""
     try:
         data = json.loads(
             raw, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_no_duplicate_keys
@@ -177,6 +238,16 @@ def parse_json(raw: bytes) -> Any:
     if _depth_exceeds(data, MAX_BODY_DEPTH):
         raise ApiError(400, "bad_json", f"body nests more than {MAX_BODY_DEPTH} arrays/objects", applied=False)
     return data
+
+
+def dump_json(body: Any) -> bytes:
+    """``body`` as JSON bytes: orjson's (about ten times faster than ``json.dumps``), or
+    the standard library's where orjson refuses (an integer beyond 64 bits, a lone
+    surrogate a strict parse let through)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
 
 
 async def json_body(request: web.Request, model: type[BaseModel] | None = None) -> Any:
