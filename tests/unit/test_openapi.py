@@ -16,25 +16,8 @@ from node._http import build_app
 from node._openapi import openapi, routes, undocumented
 from node._runtime import BladeRuntime
 from node.app import AppError, QueryParam
+from tests.node_app import UnservedStore, app_for
 from tests.ontap import TABLES
-
-
-class _Store:
-    """Just enough of a ReplicatedStore for building the app (nothing is served)."""
-
-    references = ()
-    revision = 0
-
-    def add_load_listener(self, listener: Any) -> None:
-        pass
-
-
-def app_for(**config: Any) -> web.Application:
-    cfg = NodeConfig(
-        id="n1", raft_address="127.0.0.1:1", http_address="127.0.0.1:2", data_dir="/nonexistent", secret="s", **config
-    )
-    store: Any = _Store()
-    return build_app(cfg, store, BladeRuntime("n1", store))
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "fault_injection"])
@@ -136,7 +119,7 @@ def test_the_document_follows_the_loaded_app() -> None:
     from apps.proxy import app as proxy_app
 
     cfg = NodeConfig(id="n1", raft_address="127.0.0.1:1", http_address="127.0.0.1:2", data_dir="/x", secret="s")
-    store: Any = _Store()
+    store: Any = UnservedStore()
     app = build_app(cfg, store, BladeRuntime("n1", store, app=proxy_app))
     doc = openapi(app)
     assert "/v1/data/proxy/route" in doc["paths"] and "/v1/data/nfs/mount" not in doc["paths"]
