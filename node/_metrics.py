@@ -4,10 +4,11 @@ Each node's application has its own ``CollectorRegistry`` (never the process-glo
 one), so several nodes can share a process in tests. It holds:
 
 - the process and Python collectors of prometheus_client (``process_*``, ``python_*``);
-- histograms fed as things happen: HTTP request latency by method, route template and
-  status; commit, fsync and read-barrier latency (reported by ``ReplicatedStore.timing``);
-  resync run duration by table and kind (``BladeRuntime.outcome_listeners``); and commit
-  to blade applied (from the store's and the runtime's revision timestamps);
+- histograms fed as things happen (``_Histogram``: plain counts, no locks): HTTP
+  request latency by method, route template and status; commit, fsync and
+  read-barrier latency (reported by ``ReplicatedStore.timing``); resync run duration
+  by table and kind (``BladeRuntime.outcome_listeners``); and commit to blade applied
+  (from the store's and the runtime's revision timestamps);
 - the node's state (revision, Raft, blade tables, fences) read at scrape time by
   ``_StateCollector``.
 
@@ -15,8 +16,8 @@ rdb and resync never import prometheus_client: they report timings as numbers th
 a callback, and node/ turns them into metrics here.
 
 Threading: the HTTP middleware, the scrape and the commit-to-blade sampler run on the
-node's asyncio loop; ``observe_timing`` may also run on the Raft tick thread (fsync),
-which prometheus_client's metrics allow (they lock).
+node's asyncio loop; ``observe_timing`` also runs on the Raft tick thread (fsync, the
+only series fed from there: one writer per series, see ``_Histogram``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -79,39 +79,39 @@ class NodeMetrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         r = self.registry
-        self.requests = _RequestCounts(_LATENCY_BUCKETS)
-        r.register(self.requests)
-        self.commit = Histogram(
+        self.requests = _Histogram(
+            "rdb_http_request_duration_seconds",
+            "HTTP requests served, by method, route template and status code (a watch: the stream's life).",
+            _LATENCY_BUCKETS,
+            ("method", "route", "code"),
+        )
+        self.commit = _Histogram(
             "rdb_commit_duration_seconds",
             "Writes proposed by this node, from proposal to committed result (retries included).",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.fsync = Histogram(
-            "rdb_fsync_duration_seconds",
-            "Group-commit fdatasync calls on this node's Raft journal.",
-            buckets=_FSYNC_BUCKETS,
-            registry=r,
+        self.fsync = _Histogram(
+            "rdb_fsync_duration_seconds", "Group-commit fdatasync calls on this node's Raft journal.", _FSYNC_BUCKETS
         )
-        self.read_barrier = Histogram(
+        self.read_barrier = _Histogram(
             "rdb_read_barrier_duration_seconds",
             "Linearizable reads' wait for their read point (ReadIndex: a leadership round, then the apply).",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.resync = Histogram(
+        self.resync = _Histogram(
             "rdb_resync_run_duration_seconds",
             "Resync runs of one blade table, by table and kind (load, incremental, audit, manual).",
-            ["table", "kind"],
-            buckets=_RESYNC_BUCKETS,
-            registry=r,
+            _RESYNC_BUCKETS,
+            ("table", "kind"),
         )
-        self.commit_to_blade = Histogram(
+        self.commit_to_blade = _Histogram(
             "rdb_commit_to_blade_applied_seconds",
             "From a revision applied to this node's store to every blade table on this node reflecting it.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
+        for histogram in (self.requests, self.commit, self.fsync, self.read_barrier, self.resync, self.commit_to_blade):
+            r.register(histogram)
+        r.register(_ResponseCounts(self.requests))
         self._timings = {"commit": self.commit, "fsync": self.fsync, "read_barrier": self.read_barrier}
         self._blade_seen = 0  # the highest revision whose commit-to-blade latency was observed
         #: Per wall-clock second, for the dashboard's charts: [second, count, sum, max] of
@@ -123,12 +123,12 @@ class NodeMetrics:
         """``ReplicatedStore.timing``: any thread; an unknown name is ignored."""
         histogram = self._timings.get(name)
         if histogram is not None:
-            histogram.observe(seconds)
+            histogram.observe((), seconds)
 
     def observe_outcome(self, outcome: TableOutcome) -> None:
         """``BladeRuntime.outcome_listeners``: loop thread. Dry runs changed nothing: not counted."""
         if not outcome.dry_run:
-            self.resync.labels(outcome.table, outcome.kind).observe(outcome.duration_s)
+            self.resync.observe((outcome.table, outcome.kind), outcome.duration_s)
 
     def sample_blade_latency(self, store: ReplicatedStore, runtime: BladeRuntime) -> int:
         """Observe commit-to-blade latency for every revision the blade tables reached
@@ -145,7 +145,7 @@ class NodeMetrics:
             while blades[i][0] < revision:
                 i += 1
             latency = max(0.0, blades[i][1] - committed_at)
-            self.commit_to_blade.observe(latency)
+            self.commit_to_blade.observe((), latency)
             self._window_add(int(blades[i][1]), latency)
             observed += 1
         self._blade_seen = blades[-1][0]
@@ -191,54 +191,64 @@ def _newer_than(stamps: Reversible[tuple[int, float]], revision: int) -> list[tu
     return out
 
 
-class _RequestCounts(Collector):
-    """HTTP request latencies by method, route template and status code, and responses
-    by code: ``rdb_http_request_duration_seconds`` and ``http_responses_total``.
+class _Histogram(Collector):
+    """A histogram counted in plain lists and turned into its metric family at scrape time.
 
-    Counted in plain lists on the loop thread and turned into metric families at scrape
-    time (also on the loop): a prometheus_client ``Histogram`` and ``Counter`` take a
-    lock for the sum, the bucket and the count on every request, which cost the write
-    path about 4% of its time."""
+    prometheus_client's ``Histogram`` takes a lock for the sum, the bucket and the count
+    of every observation (and ``labels()`` another), which cost the write path about 4%
+    of its time. Each series here is fed from one thread (the loop, or the tick thread
+    for fsync) and read by the scrape on the loop: a scrape may miss an observation made
+    meanwhile, never a bucket's count."""
 
-    #: Methods beyond these are counted as ``other`` (label values stay bounded).
-    METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
         self._bounds = buckets
-        #: (method, route, code) -> [count per bucket..., count above the last, sum]
-        self._series: dict[tuple[str, str, int], list[float]] = {}
+        #: label values -> [count per bucket..., count above the last, sum]; a histogram
+        #: without labels shows its zeros from the start, as prometheus_client's does.
+        self.series: dict[tuple[str, ...], list[float]] = {} if labels else {(): [0] * (len(buckets) + 2)}
 
-    def observe(self, method: str, route: str, code: int, seconds: float) -> None:
-        """One request served (loop thread)."""
-        key = (method if method in self.METHODS else "other", route, code)
-        series = self._series.get(key)
+    def observe(self, labels: tuple[str, ...], seconds: float) -> None:
+        series = self.series.get(labels)
         if series is None:
-            series = self._series[key] = [0] * (len(self._bounds) + 2)
+            series = self.series[labels] = [0] * (len(self._bounds) + 2)
         series[bisect_left(self._bounds, seconds)] += 1
         series[-1] += seconds
 
-    def collect(self) -> Iterator[Metric]:
-        requests = HistogramMetricFamily(
-            "rdb_http_request_duration_seconds",
-            "HTTP requests served, by method, route template and status code (a watch: the stream's life).",
-            labels=["method", "route", "code"],
-        )
-        responses: dict[str, float] = {}
-        for (method, route, code), series in sorted(self._series.items()):
+    def counts(self) -> Iterator[tuple[tuple[str, ...], list[tuple[str, float]], float]]:
+        """(label values, cumulative (le, count) pairs ending with "+Inf", sum) per series."""
+        # The bounds spelled as prometheus_client spells them ("0.005", "1.0").
+        bounds = (*map(floatToGoString, self._bounds), "+Inf")
+        for labels, series in sorted(self.series.items()):
             cumulative, buckets = 0.0, []
-            # The bucket bounds spelled as prometheus_client spells them ("0.005", "1.0").
-            for bound, count in zip((*map(floatToGoString, self._bounds), "+Inf"), series[:-1], strict=True):
+            for bound, count in zip(bounds, series[:-1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            requests.add_metric([method, route, str(code)], buckets, series[-1])
-            responses[str(code)] = responses.get(str(code), 0) + cumulative
-        yield requests
-        counter = CounterMetricFamily(
+            yield labels, buckets, series[-1]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        for labels, buckets, total in self.counts():
+            family.add_metric(list(labels), buckets, total)
+        yield family
+
+
+class _ResponseCounts(Collector):
+    """``http_responses_total`` by status code, summed from the request histogram."""
+
+    def __init__(self, requests: _Histogram) -> None:
+        self._requests = requests
+
+    def collect(self) -> Iterator[Metric]:
+        code_at = self._requests.labels.index("code")
+        responses: dict[str, float] = {}
+        for labels, buckets, _ in self._requests.counts():
+            responses[labels[code_at]] = responses.get(labels[code_at], 0) + buckets[-1][1]
+        family = CounterMetricFamily(
             "http_responses", "HTTP responses by status code (499: the client went away).", labels=["code"]
         )
-        for status, count in sorted(responses.items()):
-            counter.add_metric([status], count)
-        yield counter
+        for code, count in sorted(responses.items()):
+            family.add_metric([code], count)
+        yield family
 
 
 class _StateCollector(Collector):
@@ -323,6 +333,9 @@ class _StateCollector(Collector):
         yield from (agent_applied, agent_lag, agent_ok)
 
 
+_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
+
+
 def _route(request: web.Request) -> str:
     """The route template (``/v1/kv/{key}``), never the raw path: bounded label values."""
     resource = request.match_info.route.resource
@@ -335,7 +348,8 @@ def _request_observer(metrics: NodeMetrics) -> Callable[[web.Request, int, float
     observe_request = metrics.requests.observe
 
     def observe(request: web.Request, code: int, seconds: float) -> None:
-        observe_request(request.method, _route(request), code, seconds)
+        method = request.method if request.method in _METHODS else "other"  # label values stay bounded
+        observe_request((method, _route(request), str(code)), seconds)
 
     return observe
 

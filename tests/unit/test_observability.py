@@ -191,3 +191,27 @@ def test_the_dashboard_files_are_package_data_and_load_nothing_from_outside() ->
         text = (root / "node" / "ui" / name).read_text()
         # No CDN, no web font, no remote script: the page works with no internet.
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?https?:""", text), name
+
+
+def test_the_plain_count_histograms_expose_what_prometheus_client_would() -> None:
+    """``_Histogram`` replaces prometheus_client's locking ``Histogram``: the same
+    observations must give the same exposition (bucket edges included: ``le`` is <=)."""
+    from random import Random
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from node._metrics import _LATENCY_BUCKETS, _Histogram
+
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = _Histogram("h_seconds", "doc", _LATENCY_BUCKETS, ("table", "kind"))
+    ours_registry.register(ours)
+    theirs = Histogram("h_seconds", "doc", ["table", "kind"], buckets=_LATENCY_BUCKETS, registry=theirs_registry)
+    rng = Random(7)
+    for _ in range(2000):
+        labels = (rng.choice("ab"), rng.choice(("load", "incremental")))
+        seconds = rng.choice((*_LATENCY_BUCKETS, rng.uniform(0, 12), 0.0))  # edges, inside, beyond the last
+        ours.observe(labels, seconds)
+        theirs.labels(*labels).observe(seconds)
+    # The same lines; the series' order differs (ours are sorted, theirs by first use).
+    ours_text, theirs_text = generate_latest(ours_registry).decode(), generate_latest(theirs_registry).decode()
+    assert sorted(ours_text.splitlines()) == sorted(theirs_text.splitlines())
