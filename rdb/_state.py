@@ -137,6 +137,8 @@ class StateMachine:
         references: Iterable[Reference] = (),
     ) -> None:
         self._references = tuple(references)
+        #: Keys under none of these never refer to anything (most writes: no check).
+        self._child_prefixes = tuple(r.child_prefix for r in self._references)
         self.restores_applied = 0  # local counter: a restore is a load event for the node
         self._history_limit = history_limit
         self._history_bytes_limit = history_bytes
@@ -191,7 +193,7 @@ class StateMachine:
         entries (O(keys) pointer copies): project from it without holding the apply lock.
         Writing to it is a bug; it has no request ids and no staged restore."""
         copy = StateMachine.__new__(StateMachine)
-        copy._references = self._references
+        copy._references, copy._child_prefixes = self._references, self._child_prefixes
         copy.restores_applied = self.restores_applied
         copy._history_limit, copy._history_bytes_limit, copy._dedup_limit = 0, 0, 0
         copy._dedup_bytes_limit, copy._dedup_bytes = 0, 0
@@ -570,6 +572,8 @@ class StateMachine:
         """Simulate ``writes`` in order; the first referential violation, or None."""
         if not self._references:
             return None
+        if all(kind == "put" and not key.startswith(self._child_prefixes) for kind, key, _ in writes):
+            return None  # nothing they write refers to anything, and a put removes no parent
         overlay: dict[str, Any] = {}  # key -> value, or _GONE
         added: dict[str, set[str]] = {}
         removed: dict[str, set[str]] = {}
@@ -646,7 +650,7 @@ class StateMachine:
 
     def _write(self, key: str, value: Any, revision: int) -> KeyValue:
         prev = self._data.get(key)
-        if self._references:
+        if key.startswith(self._child_prefixes):
             self._index_references(key, None if prev is None else prev.value, value)
         if prev is None:
             kv = KeyValue(key, value, revision, revision, 1)
@@ -659,7 +663,7 @@ class StateMachine:
 
     def _remove(self, key: str, revision: int) -> None:
         prev = self._data.pop(key)
-        if self._references:
+        if key.startswith(self._child_prefixes):
             self._index_references(key, prev.value, None)
         self._keys.remove(key)
         gone = KeyValue(key, None, prev.create_revision, revision, 0)
