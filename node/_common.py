@@ -11,7 +11,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 import aiohttp
@@ -147,19 +147,6 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def _depth_exceeds(data: Any, limit: int) -> bool:
-    stack = [(data, 0)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth + 1 > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
-
-
 #: orjson reads an integer beyond 64 bits as a float; ``json`` keeps it an int. Such a
 #: float is at least 2**63 in size, and a float that large goes the strict way.
 _LARGEST_EXACT = 2.0**63
@@ -178,8 +165,8 @@ def _fast_parse(raw: bytes) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _SLOW
-    counted = _keys_and_colons(data, MAX_BODY_DEPTH)
-    if counted is None or counted[0] != raw.count(b":") - counted[1]:
+    shape = _shape(data, MAX_BODY_DEPTH)
+    if shape is None or shape.large_float or shape.keys != raw.count(b":") - shape.colons_in_strings:
         return _SLOW
     return data
 
@@ -187,18 +174,23 @@ def _fast_parse(raw: bytes) -> Any:
 _SLOW = object()
 
 
-def _keys_and_colons(data: Any, limit: int) -> tuple[int, int] | None:
-    """(keys of the objects in ``data``, colons inside its strings), or None if it nests
-    deeper than ``limit`` or holds a float too large to tell from an integer."""
+class _Shape(NamedTuple):
+    keys: int  # of all the objects
+    colons_in_strings: int  # keys and values
+    large_float: bool  # a float of 2**63 or more in size
+
+
+def _shape(data: Any, limit: int) -> _Shape | None:
+    """What ``parse_json`` checks of parsed JSON, or None if it nests deeper than ``limit``."""
     keys = colons = 0
+    large = False
     stack = [(data, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             colons += item.count(":")
         elif isinstance(item, float):
-            if abs(item) >= _LARGEST_EXACT:
-                return None
+            large = large or abs(item) >= _LARGEST_EXACT
         elif isinstance(item, (dict, list)):
             if depth + 1 > limit:
                 return None
@@ -208,7 +200,7 @@ def _keys_and_colons(data: Any, limit: int) -> tuple[int, int] | None:
                 stack.extend((v, depth + 1) for v in item.values())
             else:
                 stack.extend((v, depth + 1) for v in item)
-    return keys, colons
+    return _Shape(keys, colons, large)
 
 
 def parse_json(raw: bytes) -> Any:
@@ -235,7 +227,7 @@ def _strict_parse(raw: bytes) -> Any:
         raise ApiError(400, "bad_json", "body is nested too deeply", applied=False) from None
     except ValueError as exc:  # e.g. an integer with more digits than Python converts
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}", applied=False) from None
-    if _depth_exceeds(data, MAX_BODY_DEPTH):
+    if _shape(data, MAX_BODY_DEPTH) is None:
         raise ApiError(400, "bad_json", f"body nests more than {MAX_BODY_DEPTH} arrays/objects", applied=False)
     return data
 
