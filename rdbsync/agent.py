@@ -372,7 +372,8 @@ class Agent:
                     abandoned.set()
                     # The stuck callback keeps its thread; later callbacks get a fresh one.
                     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"agent-{self.name}-cb")
-                    # Read after ``abandoned`` is set: the job started nothing past it.
+                    # Read after ``abandoned`` is set: from here on the job starts no
+                    # change, so every change it may have started is in this slice.
                     change = changes[int(progress[0])]
                     with self._lock:
                         for ch in changes[int(progress[0]) :]:
