@@ -843,6 +843,10 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self.truncations_below_commit = 0
         self.suppressed_truncations = 0
         self.last_leader_contact = 0.0
+        #: The commit index the leader of the current term last sent, as sent. PySyncObj
+        #: keeps the capped one (``_rewrite_append``: at most this message's verified
+        #: entries), which on a learner catching up is always its own last index.
+        self._leader_commit_sent: int | None = None
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
         self._wake_pending = False
@@ -1341,6 +1345,9 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
                 self._leader_lost = False
         if mtype == "append_entries" and message.get("term", -1) >= self.raftCurrentTerm:
             self.last_leader_contact = time.monotonic()
+            sent = message.get("commit_index")
+            if isinstance(sent, int):
+                self._leader_commit_sent = sent  # the term is ours, or PySyncObj adopts it now
             if "prevLogIdx" in message and "transmission" not in message:
                 message = self._rewrite_append(message)
             elif message.get("transmission") != "finish":
@@ -1496,6 +1503,15 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         needed = (len(others) + 1) // 2  # followers needed with the leader for a majority
         return 0.0 if needed == 0 else now - times[needed - 1] if len(times) >= needed else float("inf")
 
+    @property
+    def leader_commit_index(self) -> int | None:
+        """The leader's commit index: our own on the leader, else as the leader of the
+        current term last sent it (None before one did). A learner may promote only once
+        it holds that much (``promotion_ready``). Any thread."""
+        if self._SyncObj__raftState == _LEADER:
+            return int(self.raftCommitIndex)
+        return self._leader_commit_sent
+
     def status(self, quorum_window: float) -> RaftStatus:
         """A consistent-enough view for /v1/status. Safe from any thread."""
         role = "learner" if self.is_learner else ROLE_NAMES.get(self._SyncObj__raftState, "follower")
@@ -1515,7 +1531,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             term=int(self.raftCurrentTerm),
             leader=None if leader is None else str(leader.id),
             commit_index=int(self.raftCommitIndex),
-            leader_commit_index=self._SyncObj__leaderCommitIndex,
+            leader_commit_index=self.leader_commit_index,
             applied_index=int(self.raftLastApplied),
             last_index=journal.last_index,
             quorum=quorum,

@@ -125,5 +125,5 @@ class MembershipRules:
         except (IndexError, RuntimeError):  # the tick thread changed the log or the set: ask again later
             return False
         return may_promote(
-            address in members, newest, last, int(raft.raftCommitIndex), raft._SyncObj__leaderCommitIndex
+            address in members, newest, last, int(raft.raftCommitIndex), raft.leader_commit_index
         )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from rdb import ReplicatedStore
-from tests.integration.cluster import free_ports
+from tests.integration.cluster import free_ports, in_process_stores, on_tick, settled_stores
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +85,57 @@ async def test_promotion_never_serves_an_older_state_than_the_learner_had(tmp_pa
         assert [(kv.key, kv.version, kv.mod_revision) for kv in mine] == [
             (kv.key, kv.version, kv.mod_revision) for kv in theirs
         ], "the rebuilt state differs from the voters'"
+    finally:
+        for s in [*stores, learner]:
+            s.close()
+
+
+async def test_a_learner_does_not_promote_before_it_holds_what_the_leader_committed(tmp_path: Any) -> None:
+    """The promotion guard compares the learner's last entry with the leader's commit
+    index. PySyncObj keeps that index capped at the entries this message verified, which
+    on a learner catching up is always its own last one: the guard passed after the
+    first batch. A wiped node rejoining on a snapshot older than its own removal then
+    promoted on the stale member list, was never added, and stayed without quorum for
+    good (chaos seed 12, 2026-12-07)."""
+    loop = asyncio.get_running_loop()
+    stores = await in_process_stores(tmp_path)
+    learner_address = f"127.0.0.1:{free_ports(1)[0]}"
+    voters = [s._raft_address for s in stores]
+    learner = ReplicatedStore(
+        learner_address, voters, os.path.join(str(tmp_path), "learner"), password="pw", learner=True
+    )
+    try:
+        leader = (await settled_stores(stores))[0]
+        learner.start(loop)
+        assert learner._promotion is not None
+        learner._promotion.cancel()  # the test asks the guard itself
+        await leader.change_membership("add", learner_address, timeout=15)
+        for _ in range(400):  # bounded: the learner holds the committed add
+            if learner.raft.promotion_ready(learner_address):
+                break
+            await asyncio.sleep(0.05)
+        assert learner.raft.promotion_ready(learner_address)
+        raft = learner.raft
+        leader_node = next(n for n in raft._other_nodes() if n.id == leader._raft_address)
+
+        def leader_ahead() -> tuple[int | None, bool, int]:
+            # The leader's heartbeat when it has committed 50 entries the learner lacks.
+            log_ = raft._SyncObj__raftLog
+            last, term = int(log_[-1][1]), int(log_[-1][2])
+            message = {
+                "type": "append_entries",
+                "term": raft.raftCurrentTerm,
+                "prevLogIdx": last,
+                "prevLogTerm": term,
+                "entries": [],
+                "commit_index": last + 50,
+            }
+            raft._SyncObj__onMessageReceived(leader_node, message)
+            return raft.status(1.0).leader_commit_index, raft.promotion_ready(learner_address), last
+
+        heard, ready, last = on_tick(raft, leader_ahead)
+        assert not ready, "a learner 50 entries behind the leader's commit index may not promote"
+        assert heard == last + 50  # /v1/status shows the leader's commit index as sent
     finally:
         for s in [*stores, learner]:
             s.close()
