@@ -124,6 +124,4 @@ class MembershipRules:
                     break
         except (IndexError, RuntimeError):  # the tick thread changed the log or the set: ask again later
             return False
-        return may_promote(
-            address in members, newest, last, int(raft.raftCommitIndex), raft.leader_commit_index
-        )
+        return may_promote(address in members, newest, last, int(raft.raftCommitIndex), raft.leader_commit_index)
