@@ -218,7 +218,8 @@ class _Histogram(Collector):
         """(label values, cumulative (le, count) pairs ending with "+Inf", sum) per series."""
         # The bounds spelled as prometheus_client spells them ("0.005", "1.0").
         bounds = (*map(floatToGoString, self._bounds), "+Inf")
-        for labels, series in sorted(self.series.items()):
+        # list() first: a series the tick thread adds meanwhile must not break the iteration.
+        for labels, series in sorted(list(self.series.items())):
             cumulative, buckets = 0.0, []
             for bound, count in zip(bounds, series[:-1], strict=True):
                 cumulative += count

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from node._http import _Server, make_runner
+from node._http import _KeyShortcut, _Server, make_runner
 from tests.node_app import app_for
 
 # (method, raw path, extra headers, body): each answered before the store is reached.
@@ -106,7 +106,5 @@ def test_the_shortcut_is_off_when_the_application_has_another_middleware() -> No
         return response
 
     app.middlewares.append(extra)
-    from node._http import _KeyShortcut
-
     assert _KeyShortcut(app).resource is None
     assert _KeyShortcut(app_for()).resource is not None
