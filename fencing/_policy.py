@@ -329,6 +329,37 @@ class Decision:
 
 def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
     """The new fence state after ``outcome`` at time ``now``. Pure."""
+    if _time_free(state):
+        # The common case, several times per commit: every table healthy, quorum held.
+        # The fences are then a function of the state alone, and these outcomes leave
+        # them as they are: they are not recomputed.
+        if isinstance(outcome, Tick):
+            return Decision(state, [])
+        if isinstance(outcome, ResyncOk) and _stays_current(state, outcome):
+            tables = dict(state.tables)
+            tables[outcome.table] = TableHealth(
+                ok=True, cause=None, message=None, revision=outcome.revision, synced_revision=outcome.revision
+            )
+            return Decision(replace(state, tables=tables), [])
+    return _decide_in_full(policy, state, outcome, now)
+
+
+def _time_free(state: FenceState) -> bool:
+    """Is no fence a matter of time? A failing table's fence may wait for
+    ``fence_after_seconds``, and a quorum loss for the grace period; nothing else
+    depends on ``now`` (a fence's ``since`` is kept while its reason stays)."""
+    return state.quorum_lost_since is None and all(health.ok for health in state.tables.values())
+
+
+def _stays_current(state: FenceState, outcome: ResyncOk) -> bool:
+    """Was the table synced at or past the required revision, and does it stay there?
+    Then it causes no fence before or after ``outcome``."""
+    old = state.tables.get(outcome.table)
+    return old is not None and outcome.revision >= old.synced_revision >= state.required_revision
+
+
+def _decide_in_full(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
+    """``decide`` without its shortcut: every fence recomputed (tests compare the two)."""
     events: list[FenceEvent] = []
     tables = dict(state.tables)
     quorum_lost_since = state.quorum_lost_since

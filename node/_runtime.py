@@ -133,6 +133,7 @@ class BladeRuntime:
         #: A data-plane request waits at most this long for a suspended resync run.
         self.settle_timeout = 2 * action_timeout + 0.5
         store.add_load_listener(self.load_event)
+        store.add_change_listener(self._wake.set)
         self.agents = AgentHub(self, agents or {}, heartbeat_timeout=agent_timeout)
 
     # ------------------------------------------------------------ fencing
@@ -242,16 +243,25 @@ class BladeRuntime:
         agents = asyncio.get_running_loop().create_task(self.agents.run())
         try:
             while True:
-                changed = self.store.changed()
                 self._wake.clear()  # before the work: a wake-up during it is not lost
                 try:
                     await self._iteration(loop_state)
                 except Exception as exc:  # noqa: BLE001 - logged; the worker loop must go on
                     log_event(log, logging.ERROR, "resync_worker_failed", exc_info=exc, error=repr(exc))
-                await _wait_any(changed, self._wake, timeout=0.1)
+                await self._woken(timeout=0.1)
         finally:
             heartbeat.cancel()
             agents.cancel()
+
+    async def _woken(self, timeout: float) -> None:
+        """Until a revision change, ``wake()`` or ``timeout``. The worker awaits the event
+        itself (no task per wait): a commit's wake-up reaches the worker in the loop's next
+        pass, which is most of the commit-to-blade latency under load."""
+        timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
 
     async def _heartbeat(self) -> None:
         """Tick every HEARTBEAT_SECONDS; a late tick means the process did not run for
@@ -388,12 +398,3 @@ def _describe(identity: Any) -> str:
     if not isinstance(identity, dict):
         return "an unknown app"
     return f"{identity.get('name')} {identity.get('version')} (declarations {identity.get('digest')})"
-
-
-async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
-    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()

@@ -1074,9 +1074,14 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
                 callback(index, FAIL_REASON.SUCCESS)
 
     def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802 - PySyncObj's name
+        # A leader whose commit index moved tells its followers before it applies (PySyncObj
+        # applies first): their applies then overlap its own, not follow it.
+        sent_first = self._SyncObj__raftState == _LEADER and self.raftCommitIndex > self.raftLastApplied
+        if sent_first:
+            self._SyncObj__sendAppendEntries()
         need_send: bool = super()._SyncObj__applyLogEntries()
         self._answer_applied_reads()
-        return need_send
+        return need_send and not sent_first
 
     def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802 - PySyncObj's name
         self.probe_round = self._leader_reads.round_sent()
@@ -1139,6 +1144,11 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         # Entries added while polling (a new leader's no-op, follower appends) become
         # durable before the leader's commit count below, which counts itself.
         if getattr(self, "_SyncObj__transport", None) is not None and self._SyncObj__transport.ready:
+            # A follower applies what the leader just said is committed before its own fsync
+            # of the entries that came with it: committed entries are on a majority's disks
+            # already, and the fsync (then the wait for the GIL) would delay every commit.
+            if self._SyncObj__raftState != _LEADER:
+                self._SyncObj__applyLogEntries()
             self._persist_and_release()
         # The longest wait between two ticks (a tick polls for up to timeToWait): what a
         # stall of the tick thread looks like from outside, for /v1/status.

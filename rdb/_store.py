@@ -106,6 +106,7 @@ class ReplicatedStore:
         self._barrier_tasks: set[asyncio.Task[None]] = set()
         self.load_count = 0
         self._load_listeners: list[Callable[[], None]] = []
+        self._change_listeners: list[Callable[[], None]] = []
         self.barriers_proposed = 0
         self.last_restore: RestoreProgress | None = None  # the latest restore through this node
         #: (revision, wall time applied here): for commit-to-blade latency figures.
@@ -251,6 +252,8 @@ class ReplicatedStore:
         self._notify_pending = False
         old, self._changed = self._changed, asyncio.Event()
         old.set()
+        for listener in list(self._change_listeners):
+            listener()
 
     def _fire_load(self) -> None:
         for listener in list(self._load_listeners):
@@ -259,6 +262,11 @@ class ReplicatedStore:
     def add_load_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` runs on the loop after every snapshot load (a load event)."""
         self._load_listeners.append(listener)
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs on the loop after revision changes: once for every run of
+        changes applied before the loop got to it (so at least once after the last)."""
+        self._change_listeners.append(listener)
 
     def changed(self) -> asyncio.Event:
         """An event set at the next revision change after this call (loop thread)."""

@@ -22,6 +22,9 @@ class UnservedStore:
     def add_load_listener(self, listener: Any) -> None:
         pass
 
+    def add_change_listener(self, listener: Any) -> None:
+        pass
+
 
 def app_for(**config: Any) -> web.Application:
     cfg = NodeConfig(

@@ -108,6 +108,9 @@ class _Store:
     def add_load_listener(self, fn: Any) -> None:
         pass
 
+    def add_change_listener(self, fn: Any) -> None:
+        pass
+
     def last_leader_contact_age(self) -> float:
         return 0.0
 

@@ -32,6 +32,7 @@ from fencing import (
     guard,
     initial_state,
 )
+from fencing._policy import _decide_in_full, _stays_current, _time_free
 from tests.ontap import PROTOCOLS, default_policy
 
 POLICY = default_policy()
@@ -625,6 +626,31 @@ def test_fencing_invariants_over_random_histories(batches: list[tuple[tuple[Outc
             lag_noop = isinstance(outcome, LagObserved) and state is previous and not dicts(decision.events)
             current_state = decide(POLICY, state, Tick(), now).state if lag_noop else state
             assert fenced(current_state) == set(PROTOCOLS)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(STEPS)
+def test_the_shortcut_for_a_healthy_table_decides_as_the_full_computation(
+    batches: list[tuple[tuple[Outcome, ...], float]],
+) -> None:
+    now = T0
+    state = initial_state(POLICY, now)
+    for outcomes, dt in batches:
+        now += dt
+        for outcome in outcomes:
+            decision = decide(POLICY, state, outcome, now)
+            assert decision == _decide_in_full(POLICY, state, outcome, now)
+            state = decision.state
+
+
+def test_the_shortcut_is_taken_only_while_time_cannot_change_a_fence() -> None:
+    state = synced()
+    revision = state.tables[TABLES[0]].synced_revision + 1
+    assert _time_free(state) and _stays_current(state, ResyncOk(TABLES[0], revision))
+    assert not _stays_current(state, ResyncOk(TABLES[0], revision - 2))  # a step back may fence
+    assert not _time_free(decide(POLICY, state, QuorumChanged(False), T0).state)
+    assert not _time_free(decide(POLICY, state, ResyncFailed(TABLES[1], "error", "boom", revision), T0).state)
+    assert decide(POLICY, state, Tick(), T0 + 1).state is state
 
 
 def test_rejoin_after_a_loss_past_grace_resets_catch_up_even_without_a_tick_or_behind_a_table_fence() -> None:
