@@ -333,8 +333,10 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
         # The common case, several times per commit: every table healthy, quorum held.
         # The fences are then a function of the state alone, and these outcomes leave
         # them as they are: they are not recomputed.
-        if isinstance(outcome, Tick):
-            return Decision(state, [])
+        if isinstance(outcome, Tick) or (
+            isinstance(outcome, ResyncOk | ResyncFailed | LagObserved) and outcome.table not in state.tables
+        ):
+            return Decision(state, [])  # a table no consumer depends on
         if isinstance(outcome, ResyncOk) and _stays_current(state, outcome):
             tables = dict(state.tables)
             tables[outcome.table] = TableHealth(

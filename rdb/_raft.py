@@ -23,6 +23,9 @@
   (``StorageCorrupt``); any ``OSError`` while persisting ends the process
   (``fail_stop``), because PySyncObj's tick swallows exceptions and carries on;
 - acknowledgements carry the follower's term; the leader ignores those of another term;
+- commit latency: a leader sends its new commit index before it applies the entries,
+  and a follower applies what is committed before its fsync of the entries that came
+  with it (committed entries are on a majority's disks already);
 - frames announced over ``MAX_FRAME_BYTES`` drop the connection before anything is
   buffered, and a frame is read into a ``bytearray`` (PySyncObj's ``bytes +=`` copied
   the whole buffer for every recv);
