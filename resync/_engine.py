@@ -315,13 +315,18 @@ class ResyncEngine:
         if work.revision < st.applied_revision:
             # Never move a table back to an older revision.
             return self._finish(TableOutcome(name, kind, True, st.applied_revision))
+        if work.keys is not None and not work.keys and st.state == "in_sync":
+            # An incremental run that touches no key of this healthy table (most commits,
+            # for most tables): nothing to compare and nothing to apply; its revision moves.
+            return self._record(name, kind, work, [], 0, None, None, started)
         drift = 0
         if kind == "audit" and "*" not in work.explained:
             drift = sum(1 for a in actions if a.key not in work.explained)
         st.state = "syncing"
         cause, error = None, None
         try:
-            # Called even with no actions: an adapter may check its own health here.
+            # Called even with no actions (a full run, or keys that need no change): an
+            # adapter may check its own health here.
             # asyncio.timeout (not wait_for) runs the adapter in this task: no other
             # handler gets in between tables unless the adapter itself suspends.
             async with asyncio.timeout(self.action_timeout):

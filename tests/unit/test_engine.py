@@ -203,6 +203,24 @@ async def test_a_put_with_an_equal_value_plans_no_action_but_advances_the_revisi
     assert engine.status["things"].applied_revision == rev
 
 
+async def test_a_commit_that_touches_no_key_of_a_healthy_table_moves_it_without_calling_it() -> None:
+    store, (table,), engine, seen = make()
+    fill(store, 3)
+    await engine.run_pending()
+    calls = len(table.applied)
+    rev = store.put("elsewhere/x", {"i": 1})  # under no prefix the table projects
+    (out,) = await engine.run_pending()
+    assert out.ok and out.kind == "incremental" and out.actions == [] and seen[-1] is out
+    assert engine.status["things"].applied_revision == rev and engine.status["things"].state == "in_sync"
+    assert len(table.applied) == calls  # not called: nothing to compare, nothing to apply
+    # A run that has keys to compare, or a full one, calls the adapter even with no
+    # actions (it may check its own health there).
+    store.put(f"{PREFIX}k001", {"i": 1})
+    await engine.run_pending()
+    await engine.resync("things", "manual")
+    assert table.applied[calls:] == [[], []]
+
+
 async def test_each_table_only_sees_events_after_its_own_applied_revision() -> None:
     a, b = FakeTable("a"), FakeTable("b")
     store, _, engine, _ = make(None, a, b)
