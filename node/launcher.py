@@ -118,45 +118,56 @@ def wait_for(condition: Callable[[], T | None], timeout: float, what: str, inter
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Distinct free TCP ports on ``host`` (bound together, then released)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Distinct free TCP ports on ``host`` (bound together, then released), below the
+    ephemeral range: a port from that range may be taken by the outgoing socket of a
+    client or of Raft before its listener binds it (a test's agent daemon failed to
+    start on 2026-12-07 with EADDRINUSE). Raises ``OSError`` if none are found."""
+    start, stop = _static_port_range(count)
+    rng = random.Random()
+    for _ in range(200):
+        ports = rng.sample(range(start, stop), count)
+        if _all_free(host, ports):
+            return ports
+    raise OSError(f"found no {count} free ports on {host}")
 
 
 def port_block(count: int, host: str = "127.0.0.1") -> int:
-    """First of ``count`` consecutive free ports, below the ephemeral range (so outgoing
-    sockets of clients and Raft never take them)."""
+    """First of ``count`` consecutive free ports, below the ephemeral range (as
+    ``free_ports``). Raises ``OSError`` if there is no such block."""
+    start, stop = _static_port_range(count)
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(start, stop)
+        if _all_free(host, range(base, base + count)):
+            return base
+    raise OSError(f"found no {count} consecutive free ports on {host}")
+
+
+def _static_port_range(count: int) -> tuple[int, int]:
+    """Where to pick ``count`` listening ports: below the kernel's ephemeral range (or
+    above it, when it starts too low)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low, high = (int(x) for x in f.read().split())
     except (OSError, ValueError):
         low, high = 32768, 60999
-    ranges = [(10000, low - count)] if low - count > 11000 else [(high + 1, 65535 - count)]
-    rng = random.Random()
-    for _ in range(200):
-        start, stop = rng.choice(ranges)
-        base = rng.randrange(start, stop)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise OSError(f"found no {count} consecutive free ports on {host}")
+    return (10000, low - count) if low - count > 11000 else (high + 1, 65535 - count)
+
+
+def _all_free(host: str, ports: Iterable[int]) -> bool:
+    """Can every one of ``ports`` be bound on ``host`` now (all at once)?"""
+    socks: list[socket.socket] = []
+    try:
+        for port in ports:
+            s = socket.socket()
+            socks.append(s)
+            s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
 
 
 def ensure_secret(path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 from node import cli, launcher
 from node.launcher import Backoff, cluster_view, describe_exit, exit_line, exit_reason, view_changes
@@ -119,3 +120,24 @@ def test_exit_reason_picks_the_last_error_record() -> None:
     assert exit_reason(["failpoint journal.sync.before_fsync: enospc"]) == "failpoint journal.sync.before_fsync: enospc"
     assert exit_reason([]) is None
     assert exit_reason(["x" * 500], limit=50) == "x" * 47 + "..."
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(x) for x in f.read().split())
+    for _ in range(20):
+        ports = launcher.free_ports(6)
+        assert len(set(ports)) == 6
+        # An outgoing socket (a client's, Raft's) is given a port of [low, high]: it
+        # could take one of these between the pick and the listener's bind.
+        assert not any(low <= p <= high for p in ports), (ports, low, high)
+        base = launcher.port_block(4)
+        assert not any(low <= p <= high for p in range(base, base + 4))
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", ports[0]))  # free when picked, and still
+        listener.listen()
+        assert launcher._all_free("127.0.0.1", ports[1:])
+        assert not launcher._all_free("127.0.0.1", ports[:2])
+    finally:
+        listener.close()
