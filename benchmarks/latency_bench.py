@@ -89,30 +89,18 @@ PROFILES = {
 }
 
 
-def put_row(url: str, table: str, key: str, row: dict[str, Any]) -> int:
-    status, body = http("PUT", f"{url}/v1/tables/{table}/{key}", row)
+def put_row(url: str, table: str, key: str, row: dict[str, Any], conn: HTTPConnection | None = None) -> int:
+    """PUT one row through ``url``'s node: on ``conn`` (a connection to that node the
+    caller keeps open between writes), or on a new connection when it is None."""
+    if conn is None:
+        status, body = http("PUT", f"{url}/v1/tables/{table}/{key}", row)
+    else:
+        conn.request("PUT", f"/v1/tables/{table}/{key}", json.dumps(row), {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        status, body = reply.status, json.loads(reply.read() or b"null")
     if status != 200:
         raise BenchError(f"PUT {table}/{key}: {status} {body}")
     return int(body["revision"])
-
-
-class KeptConnection:
-    """One writer's HTTP/1.1 connection to one node, kept open between writes (one
-    thread only). ``put_row`` as the module's, on that connection."""
-
-    def __init__(self, url: str) -> None:
-        self.conn = HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=5)
-
-    def put_row(self, url: str, table: str, key: str, row: dict[str, Any]) -> int:
-        self.conn.request("PUT", f"/v1/tables/{table}/{key}", json.dumps(row), {"Content-Type": "application/json"})
-        reply = self.conn.getresponse()
-        body = json.loads(reply.read() or b"null")
-        if reply.status != 200:
-            raise BenchError(f"PUT {table}/{key}: {reply.status} {body}")
-        return int(body["revision"])
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def commit_to_blade(
@@ -126,7 +114,7 @@ def commit_to_blade(
 
     def writer(w: int) -> None:
         url = urls[w % 3]
-        kept = None if connection_per_write else KeptConnection(url)
+        kept = None if connection_per_write else HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=5)
         try:
             while True:
                 with lock:
@@ -134,7 +122,7 @@ def commit_to_blade(
                 if i is None:
                     return
                 key, row = profile.latency_row(i)
-                rev = (put_row if kept is None else kept.put_row)(url, profile.latency_table, key, row)
+                rev = put_row(url, profile.latency_table, key, row, kept)
                 with lock:
                     revisions.append(rev)
         finally:
