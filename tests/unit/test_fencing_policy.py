@@ -649,9 +649,9 @@ def test_the_shortcut_for_a_healthy_table_decides_as_the_full_computation(
 ) -> None:
     now = T0
     state = initial_state(POLICY, now)
-    for outcomes, dt in batches:
+    for batch, dt in batches:
         now += dt
-        for outcome in outcomes:
+        for outcome in batch:
             decision = decide(POLICY, state, outcome, now)
             assert decision == _decide_in_full(POLICY, state, outcome, now)
             state = decision.state
