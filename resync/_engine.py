@@ -309,16 +309,22 @@ class ResyncEngine:
         started = self._clock()
         if work.error is not None:
             return self._record(name, kind, work, [], 0, "error", work.error, started)
+        if (
+            not dry_run
+            and work.keys is not None
+            and not work.keys
+            and st.state == "in_sync"
+            and work.revision >= st.applied_revision
+        ):
+            # An incremental run that touches no key of this healthy table (most commits,
+            # for most tables): nothing to compare and nothing to apply; its revision moves.
+            return self._record(name, kind, work, [], 0, None, None, started)
         actions = plan(work.desired, adapter.rows(), work.keys)
         if dry_run:
             return self._finish(TableOutcome(name, kind, True, work.revision, actions, dry_run=True))
         if work.revision < st.applied_revision:
             # Never move a table back to an older revision.
             return self._finish(TableOutcome(name, kind, True, st.applied_revision))
-        if work.keys is not None and not work.keys and st.state == "in_sync":
-            # An incremental run that touches no key of this healthy table (most commits,
-            # for most tables): nothing to compare and nothing to apply; its revision moves.
-            return self._record(name, kind, work, [], 0, None, None, started)
         drift = 0
         if kind == "audit" and "*" not in work.explained:
             drift = sum(1 for a in actions if a.key not in work.explained)
