@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from pysyncobj.config import FAIL_REASON
 
 from rdb import _commands
+from rdb._deadlines import Deadlines
 from rdb._errors import InvalidCommand, MembershipChangePending, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
 from rdb._journal import fsync_directory
 from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
@@ -117,6 +118,7 @@ class ReplicatedStore:
         #: quick, thread-safe and must not raise. None: nothing is measured.
         self.timing: Callable[[str, float], None] | None = None
         self._handoff = _Handoff()
+        self._deadlines: Deadlines | None = None
         self._batch: list[tuple[bytes, Callable[[Any, int], None]]] = []
         self.entries_batched = 0  # log entries that carried several writes, for tests
 
@@ -363,14 +365,19 @@ class ReplicatedStore:
             self._handoff.post(loop, fut, (result, reason))
 
         submit(done)
-        # A timer that answers None, not ``wait_for``: no waiter future, callback and
-        # cancellation dance on every write and read.
-        timer = loop.call_later(timeout, _resolve, fut, None)
-        try:
-            answer: tuple[Any, int] | None = await fut
-            return answer
-        finally:
-            timer.cancel()
+        # A deadline that answers None, not ``wait_for`` (a waiter future, a callback and
+        # a cancellation dance) nor a timer of its own: this is every write's path.
+        self._deadlines_on(loop).add(fut, loop.time() + timeout, _answer_none)
+        answer: tuple[Any, int] | None = await fut
+        return answer
+
+    def _deadlines_on(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
+        """The deadlines of this store's waits on ``loop`` (the loop it runs on; a test
+        may drive a store from another loop)."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
+        return deadlines
 
     def _submit(self, payload: bytes, done: Callable[[Any, int], None], batch: bool) -> None:
         """Hand ``payload`` to Raft now, or (``batch``) at the end of this pass of the
@@ -544,13 +551,11 @@ class ReplicatedStore:
         if self._barriers_in_flight < MAX_BARRIERS_IN_FLIGHT:
             self._launch_barrier(timeout)
         # Cancelling this wait cancels ``fut`` too; the round skips futures that are done.
-        # A plain timer, not ``asyncio.timeout`` (a context manager, a task uncancel and a
+        # A deadline, not ``asyncio.timeout`` (a context manager, a task uncancel and a
         # timer per read): this is every read's path.
-        timer = loop.call_later(self.request_timeout if timeout is None else timeout, _expire_read, fut)
-        try:
-            await fut
-        finally:
-            timer.cancel()
+        deadline = started + (self.request_timeout if timeout is None else timeout)
+        self._deadlines_on(loop).add(fut, deadline, _expire_read)
+        await fut
         if self.timing is not None:
             self.timing("read_barrier", loop.time() - started)
 
@@ -782,9 +787,13 @@ def _resolve(fut: asyncio.Future[T], value: T) -> None:
         fut.set_result(value)
 
 
+def _answer_none(fut: asyncio.Future[Any]) -> None:
+    """A Raft call's deadline passed: it answers None (``Deadlines`` expires only futures not done)."""
+    fut.set_result(None)
+
+
 def _expire_read(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False))
+    fut.set_exception(NoQuorum("no quorum confirmed the read within the deadline", "timeout", applied=False))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
