@@ -44,6 +44,8 @@ class ProjectedTable:
         #: join field -> parent table, for the fields the projection reads through.
         self._joins = {f: registry[dict(self.source.references)[f]] for f in spec.joins}
         self._parent_prefixes = tuple(sorted({t.prefix for t in self._joins.values()}))
+        #: Its rows come from its source table's rows and the parents they join.
+        self.watches = (self.source.prefix, *self._parent_prefixes)
         self._rows: dict[str, Row] = {}
         self._index_fields = tuple(spec.index)
         self._indexes: dict[str, dict[Any, set[str]]] = {f: {} for f in spec.index}

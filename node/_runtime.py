@@ -283,7 +283,7 @@ class BladeRuntime:
         self.last_iteration = self.clock()
         if self.worker_delay:
             await asyncio.sleep(self.worker_delay)
-        status = self.store.status()
+        status = self.store.leadership()
         if status.quorum != s.had_quorum and not (s.had_quorum is None and status.quorum):
             self.observe(QuorumChanged(status.quorum))
             if status.quorum and s.had_quorum is not None:

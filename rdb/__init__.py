@@ -20,7 +20,7 @@ from rdb._errors import (
     ValueTooLarge,
 )
 from rdb._membership import CATCH_UP_MAX_LAG, caught_up, check_new_member, normalize_address, resolve
-from rdb._raft import RaftStatus
+from rdb._raft import Leadership, RaftStatus
 from rdb._state import MAX_VALUE_BYTES, MAX_VALUE_DEPTH, Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
 
@@ -35,6 +35,7 @@ __all__ = [
     "InvalidCommand",
     "InvalidMember",
     "KeyValue",
+    "Leadership",
     "MembershipChangePending",
     "NoQuorum",
     "NotApplied",

@@ -653,6 +653,16 @@ class _HoldingTransport(TCPTransport):  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)
+class Leadership:
+    """Who leads, as this node sees it: the part of ``RaftStatus`` a loop asking every
+    few milliseconds needs (``RaftNode.leadership``)."""
+
+    role: str
+    leader: str | None
+    quorum: bool  # a majority heard from within the quorum window (see ``RaftNode.status``)
+
+
+@dataclass(frozen=True, slots=True)
 class RaftStatus:
     role: str
     term: int
@@ -1525,29 +1535,36 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
             return int(self.raftCommitIndex)
         return self._leader_commit_sent
 
-    def status(self, quorum_window: float) -> RaftStatus:
-        """A consistent-enough view for /v1/status. Safe from any thread."""
+    def leadership(self, quorum_window: float, others: list[Any] | None = None) -> Leadership:
+        """Role, leader and quorum, without the rest of ``status`` (which sorts and
+        counts). Safe from any thread."""
         role = "learner" if self.is_learner else ROLE_NAMES.get(self._SyncObj__raftState, "follower")
         leader = self._SyncObj__raftLeader
         now = time.monotonic()
-        others = self._other_nodes()
         if role == "leader":
+            others = self._other_nodes() if others is None else others
             responses = self._SyncObj__lastResponseTime
             fresh = sum(1 for n in others if responses.get(n, 0.0) > now - quorum_window)
             quorum = fresh + 1 > (len(others) + 1) / 2
         else:
             quorum = leader is not None and now - self.last_leader_contact < quorum_window
+        return Leadership(role, None if leader is None else str(leader.id), quorum)
+
+    def status(self, quorum_window: float) -> RaftStatus:
+        """A consistent-enough view for /v1/status. Safe from any thread."""
+        others = self._other_nodes()
+        seen = self.leadership(quorum_window, others)
         journal = self._rdb_journal
         serializer = self._SyncObj__serializer
         return RaftStatus(
-            role=role,
+            role=seen.role,
             term=int(self.raftCurrentTerm),
-            leader=None if leader is None else str(leader.id),
+            leader=seen.leader,
             commit_index=int(self.raftCommitIndex),
             leader_commit_index=self.leader_commit_index,
             applied_index=int(self.raftLastApplied),
             last_index=journal.last_index,
-            quorum=quorum,
+            quorum=seen.quorum,
             members=sorted(([self.selfNode.id] if self.selfNode is not None else []) + [n.id for n in others]),
             connected=sorted(n.id for n in others if self.isNodeConnected(n)),
             journal_syncs=journal.sync_count,

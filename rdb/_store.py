@@ -38,7 +38,7 @@ from rdb import _commands
 from rdb._deadlines import Deadlines
 from rdb._errors import InvalidCommand, MembershipChangePending, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
 from rdb._journal import fsync_directory
-from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, RaftNode, RaftStatus
+from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, Leadership, RaftNode, RaftStatus
 from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 
 _RETRY_PAUSE = 0.05
@@ -612,7 +612,16 @@ class ReplicatedStore:
     # ------------------------------------------------------------------ status
 
     def status(self) -> RaftStatus:
-        return self.raft.status(quorum_window=max(1.0, self._election_timeout[1] * 1.5))
+        return self.raft.status(quorum_window=self._quorum_window)
+
+    def leadership(self) -> Leadership:
+        """``status()``'s role, leader and quorum alone: for a loop that asks on every
+        commit (the blade worker). Any thread."""
+        return self.raft.leadership(quorum_window=self._quorum_window)
+
+    @property
+    def _quorum_window(self) -> float:
+        return max(1.0, self._election_timeout[1] * 1.5)
 
     def last_leader_contact_age(self) -> float:
         """Seconds since a majority was last known to be with this node (see

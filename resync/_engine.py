@@ -63,13 +63,18 @@ class TableAdapter(Protocol):
 
     name: str
     blade: str
+    #: Key prefixes whose events can change this table's projection ("" for every
+    #: key), fixed for the adapter's life. The engine hands ``affected`` only the
+    #: events under them, and does not call it when none of a run's events is.
+    watches: tuple[str, ...]
 
     def desired_all(self, reader: Reader) -> dict[str, Row]:
         """The whole projection for this node (pure)."""
         ...
 
     def affected(self, reader: Reader, events: Sequence[Event]) -> set[str]:
-        """Keys of this table whose projection ``events`` may have changed (pure)."""
+        """Keys of this table whose projection ``events`` (all under ``watches``) may
+        have changed (pure)."""
         ...
 
     def desired(self, reader: Reader, key: str) -> Row | None:
@@ -190,6 +195,7 @@ class ResyncEngine:
     ) -> None:
         self._store = store
         self._adapters = {a.name: a for a in adapters}
+        self._watched = tuple(sorted({prefix for a in adapters for prefix in a.watches}))
         self._clock = clock
         self.action_timeout = action_timeout
         self._on_outcome = on_outcome
@@ -280,11 +286,15 @@ class ResyncEngine:
                 out[name] = (full_kind, _Work(revision, None, {}, explained, view=view))
             except Exception as exc:  # noqa: BLE001 - one table's bad projection fails that table only
                 out[name] = (full_kind, _Work(revision, None, {}, error=f"projection failed: {exc!r}"))
+        # One pass over the run's events for every table (most commits change keys no
+        # table watches); then each table looks only at the events under its prefixes.
+        watched = [e for e in events if e.kv.key.startswith(self._watched)] if stale else []
         for name in stale:
             applied = self.status[name].applied_revision
             adapter = self._adapters[name]
             try:
-                keys = adapter.affected(reader, [e for e in events if e.revision > applied])
+                mine = [e for e in watched if e.revision > applied and e.kv.key.startswith(adapter.watches)]
+                keys = adapter.affected(reader, mine) if mine else set()
                 desired = {k: row for k in keys if (row := adapter.desired(reader, k)) is not None}
                 out[name] = ("incremental", _Work(revision, keys, desired))
             except Exception as exc:  # noqa: BLE001 - as above

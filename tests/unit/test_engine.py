@@ -58,6 +58,8 @@ class FakeTable:
     def __init__(self, name: str = "things", blade: str = "nblade") -> None:
         self.name = name
         self.blade = blade
+        self.watches = (PREFIX,)
+        self.affected_calls: list[list[str]] = []  # the keys of the events handed over
         self.data: dict[str, Row] = {}
         self.applied: list[list[Action]] = []
         self.desired_calls: list[str] = []
@@ -68,6 +70,7 @@ class FakeTable:
         return {kv.key[len(PREFIX) :]: kv.value for kv in kvs if isinstance(kv.value, dict)}
 
     def affected(self, reader: Reader, events: Sequence[Event]) -> set[str]:
+        self.affected_calls.append([e.kv.key for e in events])
         return {e.kv.key[len(PREFIX) :] for e in events if e.kv.key.startswith(PREFIX)}
 
     def desired(self, reader: Reader, key: str) -> Row | None:
@@ -219,6 +222,30 @@ async def test_a_commit_that_touches_no_key_of_a_healthy_table_moves_it_without_
     await engine.run_pending()
     await engine.resync("things", "manual")
     assert table.applied[calls:] == [[], []]
+
+
+async def test_a_commit_under_no_watched_prefix_asks_no_table_what_it_affects() -> None:
+    a, b = FakeTable("a"), FakeTable("b")
+    store, _, engine, _ = make(None, a, b)
+    fill(store, 2)
+    await engine.run_pending()
+    rev = store.put("elsewhere/x", {"i": 1})
+    outs = await engine.run_pending()
+    assert [(o.table, o.ok, o.revision) for o in outs] == [("a", True, rev), ("b", True, rev)]
+    assert a.affected_calls == b.affected_calls == []  # one pass over the events, no call
+
+
+async def test_affected_sees_only_the_events_under_the_tables_watches() -> None:
+    a, b = FakeTable("a"), FakeTable("b")
+    b.watches = ("u/",)
+    store, _, engine, _ = make(None, a, b)
+    await engine.run_pending()
+    store.put(f"{PREFIX}k1", {"i": 1})
+    store.put("u/z", {"i": 2})
+    store.put("elsewhere/x", {"i": 3})
+    await engine.run_pending()
+    assert a.affected_calls == [[f"{PREFIX}k1"]]
+    assert b.affected_calls == [["u/z"]]
 
 
 async def test_each_table_only_sees_events_after_its_own_applied_revision() -> None:
