@@ -99,6 +99,15 @@ class ResyncOk:
 
 
 @dataclass(frozen=True)
+class ResyncRunOk:
+    """Several tables resynced cleanly: each of ``oks`` in order, as one outcome. The
+    blade worker's run covers every table on every commit; one step for all of them
+    costs one new state, not one per table."""
+
+    oks: tuple[ResyncOk, ...]
+
+
+@dataclass(frozen=True)
 class ResyncFailed:
     table: str
     cause: str  # error | timeout | verification | lag
@@ -156,7 +165,9 @@ class AppChecked:
     problem: str | None
 
 
-Outcome = ResyncOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick | AppChecked
+Outcome = (
+    ResyncOk | ResyncRunOk | ResyncFailed | LagObserved | QuorumChanged | CaughtUp | Stalled | Reset | Tick | AppChecked
+)
 
 
 # ------------------------------------------------------------------ state
@@ -329,6 +340,8 @@ class Decision:
 
 def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
     """The new fence state after ``outcome`` at time ``now``. Pure."""
+    if isinstance(outcome, ResyncRunOk):
+        return _decide_run(policy, state, outcome.oks, now)
     if _time_free(state):
         # The common case, several times per commit: every table healthy, quorum held.
         # The fences are then a function of the state alone, and these outcomes leave
@@ -339,11 +352,34 @@ def decide(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float)
             return Decision(state, [])  # a table no consumer depends on
         if isinstance(outcome, ResyncOk) and _stays_current(state, outcome):
             tables = dict(state.tables)
-            tables[outcome.table] = TableHealth(
-                ok=True, cause=None, message=None, revision=outcome.revision, synced_revision=outcome.revision
-            )
+            tables[outcome.table] = _synced(outcome)
             return Decision(replace(state, tables=tables), [])
     return _decide_in_full(policy, state, outcome, now)
+
+
+def _decide_run(policy: FencePolicy, state: FenceState, oks: tuple[ResyncOk, ...], now: float) -> Decision:
+    """``decide`` of each of ``oks`` in turn. While every fence is time-free and every
+    table of the run stays current (the shortcut's conditions, for each), that is one
+    new map of table health, and no fence changes."""
+    if _time_free(state) and all(ok.table not in state.tables or _stays_current(state, ok) for ok in oks):
+        # A table named twice ends at its last revision, which stays current too.
+        watched = [ok for ok in oks if ok.table in state.tables]
+        if not watched:
+            return Decision(state, [])
+        tables = dict(state.tables)
+        for ok in watched:
+            tables[ok.table] = _synced(ok)
+        return Decision(replace(state, tables=tables), [])
+    events: list[FenceEvent] = []
+    for ok in oks:
+        decision = decide(policy, state, ok, now)
+        state = decision.state
+        events.extend(decision.events)
+    return Decision(state, events)
+
+
+def _synced(ok: ResyncOk) -> TableHealth:
+    return TableHealth(ok=True, cause=None, message=None, revision=ok.revision, synced_revision=ok.revision)
 
 
 def _time_free(state: FenceState) -> bool:
@@ -361,17 +397,22 @@ def _stays_current(state: FenceState, outcome: ResyncOk) -> bool:
 
 
 def _decide_in_full(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
-    """``decide`` without its shortcut: every fence recomputed (tests compare the two)."""
-    events: list[FenceEvent] = []
+    """``decide`` without its shortcuts: every fence recomputed (tests compare the two)."""
+    if isinstance(outcome, ResyncRunOk):
+        events: list[FenceEvent] = []
+        for ok in outcome.oks:
+            decision = _decide_in_full(policy, state, ok, now)
+            state = decision.state
+            events.extend(decision.events)
+        return Decision(state, events)
+    events = []
     tables = dict(state.tables)
     quorum_lost_since = state.quorum_lost_since
     caught_up, required = state.caught_up, state.required_revision
     app_problem = state.app_problem
 
     if isinstance(outcome, ResyncOk) and outcome.table in tables:
-        tables[outcome.table] = TableHealth(
-            ok=True, cause=None, message=None, revision=outcome.revision, synced_revision=outcome.revision
-        )
+        tables[outcome.table] = _synced(outcome)
     elif isinstance(outcome, Stalled):
         if outcome.seconds >= min(policy.quorum_grace.values(), default=0.0):
             if caught_up:

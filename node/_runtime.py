@@ -37,6 +37,7 @@ from fencing import (
     Reset,
     ResyncFailed,
     ResyncOk,
+    ResyncRunOk,
     Stalled,
     Tick,
     admit,
@@ -118,7 +119,11 @@ class BladeRuntime:
             clock=time.time,
             action_timeout=action_timeout,
             on_outcome=self._on_resync_outcome,
+            on_run=lambda _outcomes: self._observe_synced(),
         )
+        #: The clean outcomes of the run in progress, fed to the policy in one step at
+        #: its end (or before a failure, to keep their order).
+        self._synced: list[ResyncOk] = []
         self._wake = asyncio.Event()
         self._behind_since: dict[str, float] = {}
         #: (revision, wall time every blade table reflected it): commit-to-blade figures.
@@ -162,9 +167,20 @@ class BladeRuntime:
         if outcome.dry_run:
             return
         if outcome.ok:
-            self.observe(ResyncOk(outcome.table, outcome.revision))
+            # Held to the end of the run: a clean outcome never raises a fence (the engine
+            # never moves a table back), so holding it for the rest of the run fails closed.
+            self._synced.append(ResyncOk(outcome.table, outcome.revision))
         else:
+            self._observe_synced()
             self.observe(ResyncFailed(outcome.table, outcome.cause or "error", outcome.error or "", outcome.revision))
+
+    def _observe_synced(self) -> None:
+        """Feed the policy the run's clean outcomes held so far, as one (loop thread)."""
+        synced, self._synced = self._synced, []
+        if len(synced) == 1:
+            self.observe(synced[0])
+        elif synced:
+            self.observe(ResyncRunOk(tuple(synced)))
 
     async def guard(self, protocol: str, vserver: str | None = None) -> None:
         """Raise ``Fenced`` if ``protocol`` (any consumer of the policy) may not be

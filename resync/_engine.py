@@ -192,13 +192,17 @@ class ResyncEngine:
         clock: Callable[[], float],
         action_timeout: float = 2.0,
         on_outcome: Callable[[TableOutcome], None] | None = None,
+        on_run: Callable[[list[TableOutcome]], None] | None = None,
     ) -> None:
+        """``on_outcome(outcome)`` is called as each table's run ends; ``on_run(outcomes)``
+        once a run of every table it covers has ended, before the next run can start."""
         self._store = store
         self._adapters = {a.name: a for a in adapters}
         self._watched = tuple(sorted({prefix for a in adapters for prefix in a.watches}))
         self._clock = clock
         self.action_timeout = action_timeout
         self._on_outcome = on_outcome
+        self._on_run = on_run
         self._lock = asyncio.Lock()
         self.status = {a.name: TableStatus(a.name, a.blade) for a in adapters}
 
@@ -246,14 +250,26 @@ class ResyncEngine:
             full = [n for n, st in self.status.items() if st.needs_full and n not in skip]
             rest = [n for n in self._adapters if n not in full and n not in skip]
             work = self._project_full(self._store.read(lambda reader: self._read_work(reader, full, rest, "load")))
-            return [await self._execute(n, kind, w) for n, (kind, w) in work.items()]
+            return await self._run_tables(work)
 
     async def resync(self, table: str | None, kind: RunKind, *, dry_run: bool = False) -> list[TableOutcome]:
         """Full resync of one table (or all) as ``manual``/``audit``/``load``."""
         names = [self.adapter(table).name] if table else list(self._adapters)
         async with self._lock:
             work = self._project_full(self._store.read(lambda reader: self._read_work(reader, names, [], kind)))
-            return [await self._execute(n, k, w, dry_run=dry_run) for n, (k, w) in work.items()]
+            return await self._run_tables(work, dry_run=dry_run)
+
+    async def _run_tables(self, work: dict[str, tuple[RunKind, _Work]], *, dry_run: bool = False) -> list[TableOutcome]:
+        """Each table's run in turn; ``on_run`` with their outcomes once they are over
+        (if one raises or is cancelled: with the outcomes so far). Under the lock."""
+        outcomes: list[TableOutcome] = []
+        try:
+            for name, (kind, w) in work.items():
+                outcomes.append(await self._execute(name, kind, w, dry_run=dry_run))
+        finally:
+            if self._on_run is not None:
+                self._on_run(outcomes)
+        return outcomes
 
     def _read_work(
         self, reader: Reader, full: list[str], incremental: list[str], full_kind: RunKind

@@ -25,6 +25,7 @@ from fencing import (
     Reset,
     ResyncFailed,
     ResyncOk,
+    ResyncRunOk,
     Tick,
     backing_off,
     decide,
@@ -655,6 +656,48 @@ def test_the_shortcut_for_a_healthy_table_decides_as_the_full_computation(
             decision = decide(POLICY, state, outcome, now)
             assert decision == _decide_in_full(POLICY, state, outcome, now)
             state = decision.state
+
+
+#: A blade worker's run: clean outcomes of several tables (some repeated, some of a
+#: table no consumer depends on), at revisions that may stay current or fall short.
+RUNS = st.lists(st.builds(ResyncOk, st.sampled_from([*TABLES, "unwatched"]), REVISIONS), max_size=8).map(
+    lambda oks: ResyncRunOk(tuple(oks))
+)
+
+
+def _fold(state: FenceState, oks: Iterable[ResyncOk], now: float) -> Decision:
+    events: list[FenceEvent] = []
+    for ok in oks:
+        decision = decide(POLICY, state, ok, now)
+        state = decision.state
+        events.extend(decision.events)
+    return Decision(state, events)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    st.lists(st.tuples(st.one_of(RUNS, OUTCOMES, LOAD.map(ResyncRunOk)), st.floats(0, 3, allow_nan=False)), max_size=40)
+)
+def test_a_run_of_clean_outcomes_decides_as_each_of_them_in_turn(steps: list[tuple[Outcome, float]]) -> None:
+    now = T0
+    state = initial_state(POLICY, now)
+    for outcome, dt in steps:
+        now += dt
+        decision = decide(POLICY, state, outcome, now)
+        assert decision == _decide_in_full(POLICY, state, outcome, now)
+        if isinstance(outcome, ResyncRunOk):
+            assert decision == _fold(state, outcome.oks, now)
+        state = decision.state
+
+
+def test_a_run_that_keeps_every_table_current_is_one_step() -> None:
+    state = synced()
+    run_ok = ResyncRunOk(tuple(ResyncOk(t, 5) for t in [*TABLES, "unwatched"]))
+    decision = decide(POLICY, state, run_ok, T0 + 1)
+    assert decision.events == [] and decision.state.fences == state.fences
+    assert {t: h.synced_revision for t, h in decision.state.tables.items()} == dict.fromkeys(TABLES, 5)
+    # Nothing watched in the run: the very same state.
+    assert decide(POLICY, state, ResyncRunOk((ResyncOk("unwatched", 5),)), T0 + 1).state is state
 
 
 def test_the_shortcut_is_taken_only_while_time_cannot_change_a_fence() -> None:
