@@ -20,6 +20,7 @@ adapter failures are caught and recorded, never raised.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -387,15 +388,16 @@ class ResyncEngine:
     ) -> TableOutcome:
         """Update the table's status with one run's result and report the outcome."""
         st = self.status[name]
-        duration = self._clock() - started
-        if cause is None:
-            st.adds += sum(1 for a in actions if a.kind == "add")
-            st.removes += sum(1 for a in actions if a.kind == "remove")
-            st.modifies += sum(1 for a in actions if a.kind == "modify")
+        now = self._clock()
+        duration = now - started
+        if cause is None and actions:
+            kinds = Counter(a.kind for a in actions)
+            st.adds += kinds["add"]
+            st.removes += kinds["remove"]
+            st.modifies += kinds["modify"]
         outcome = TableOutcome(
             name, kind, cause is None, work.revision, actions, drift, error, cause, duration_s=duration
         )
-        now = self._clock()
         if cause is None:
             st.state = "in_sync"
             st.applied_revision = work.revision
