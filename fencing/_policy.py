@@ -22,7 +22,7 @@ builds a policy from a parsed JSON/TOML document and raises ``PolicyError``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
@@ -370,9 +370,20 @@ def _decide_run(policy: FencePolicy, state: FenceState, oks: tuple[ResyncOk, ...
         for ok in watched:
             tables[ok.table] = _synced(ok)
         return Decision(replace(state, tables=tables), [])
+    return _in_turn(decide, policy, state, oks, now)
+
+
+def _in_turn(
+    decide_one: Callable[[FencePolicy, FenceState, Outcome, float], Decision],
+    policy: FencePolicy,
+    state: FenceState,
+    oks: tuple[ResyncOk, ...],
+    now: float,
+) -> Decision:
+    """``decide_one`` of each of ``oks``, each on the state the one before left."""
     events: list[FenceEvent] = []
     for ok in oks:
-        decision = decide(policy, state, ok, now)
+        decision = decide_one(policy, state, ok, now)
         state = decision.state
         events.extend(decision.events)
     return Decision(state, events)
@@ -399,13 +410,8 @@ def _stays_current(state: FenceState, outcome: ResyncOk) -> bool:
 def _decide_in_full(policy: FencePolicy, state: FenceState, outcome: Outcome, now: float) -> Decision:
     """``decide`` without its shortcuts: every fence recomputed (tests compare the two)."""
     if isinstance(outcome, ResyncRunOk):
-        events: list[FenceEvent] = []
-        for ok in outcome.oks:
-            decision = _decide_in_full(policy, state, ok, now)
-            state = decision.state
-            events.extend(decision.events)
-        return Decision(state, events)
-    events = []
+        return _in_turn(_decide_in_full, policy, state, outcome.oks, now)
+    events: list[FenceEvent] = []
     tables = dict(state.tables)
     quorum_lost_since = state.quorum_lost_since
     caught_up, required = state.caught_up, state.required_revision

@@ -2,10 +2,11 @@
 of committed state, whatever the table.
 
 A table registers a ``TableAdapter``: its projection (``desired_all``, ``affected``,
-``desired``; pure functions of committed state) and its blade rows (``rows``,
-``apply``). The engine reads committed state through a ``ConsistentReader`` (one
-revision per read, never the writer), plans with the pure ``plan``, and executes with
-``adapter.apply``. A new table needs no change here.
+``desired``; pure functions of committed state), the key prefixes it reads
+(``watches``), and its blade rows (``rows``, ``apply``). The engine reads committed
+state through a ``ConsistentReader`` (one revision per read, never the writer), plans
+with the pure ``plan``, and executes with ``adapter.apply``. A new table needs no
+change here.
 
 Runs: ``load`` (full, after start-up replay, snapshot install, rejoin, restore),
 ``incremental`` (after commits; cost proportional to the change), ``audit`` (full
