@@ -106,6 +106,10 @@ REASON_NAMES = {
 
 _SNAPSHOT_MAGIC = b"RDBSNAP1"
 COMPACT_AT_BYTES = 64 * 1024 * 1024
+#: A committed restore leaves the whole key space in the journal a second time (on disk
+#: and in memory): a node compacts it away this many seconds after, times its rank, so
+#: that the nodes of one cluster do not all snapshot at once.
+RESTORE_COMPACT_STAGGER = 2.0
 CONNECTION_RETRY_SECONDS = 0.2
 SWITCH_INTERVAL = 0.001
 
@@ -862,6 +866,7 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         self._leader_commit_sent: int | None = None
         self.append_decisions: dict[str, int] = {}
         self._last_forced_compaction = 0.0
+        self._compact_after: float | None = None  # monotonic; see compact_soon
         self._wake_pending = False
         self.stale_acks_ignored = 0
         # ReadIndex (see read_index). Leader side: reads waiting for a round of
@@ -1133,6 +1138,11 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         journal = self._rdb_journal
         if not len(journal):
             return
+        if self._compact_after is not None and time.monotonic() >= self._compact_after:
+            self._compact_after = None
+            self._last_forced_compaction = time.monotonic()
+            self.forceLogCompaction()
+            return
         rank, members = self._compaction_rank
         # After a compaction the journal starts at the snapshot's prev entry; the
         # snapshot covers the next one too.
@@ -1146,6 +1156,12 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         ):
             self._last_forced_compaction = time.monotonic()
             self.forceLogCompaction()
+
+    def compact_soon(self) -> None:
+        """Compact what is applied now, ``RESTORE_COMPACT_STAGGER`` seconds times this
+        node's rank from now (tick thread: called from the apply of a restore)."""
+        rank, _ = self._compaction_rank
+        self._compact_after = time.monotonic() + rank * RESTORE_COMPACT_STAGGER
 
     def _doDestroy(self) -> None:  # noqa: N802 - PySyncObj's name
         serializer = self._SyncObj__serializer

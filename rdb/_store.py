@@ -195,6 +195,8 @@ class ReplicatedStore:
                     swapped = True
         if restored or swapped or "staged" in result:
             _freeze_gc()
+        if restored:
+            self.raft.compact_soon()  # the restore's entries duplicate the whole key space
         if restored or swapped:
             self.load_count += 1
         if changed:
