@@ -195,8 +195,9 @@ class ReplicatedStore:
                     swapped = True
         if restored or swapped or "staged" in result:
             _freeze_gc()
-        if restored:
-            self.raft.compact_soon()  # the restore's entries duplicate the whole key space
+        raft = self._raft  # None while a restarting node replays inside RaftNode's constructor
+        if restored and raft is not None:
+            raft.compact_soon()  # the restore's entries duplicate the whole key space
         if restored or swapped:
             self.load_count += 1
         if changed:
