@@ -10,9 +10,9 @@ applied one by one; prints the mean and p99 cost per write in microseconds.
 
 Without it: a fresh three-node cluster; for each size the key space is replaced by a
 snapshot of N keys (``POST /v1/restore``), which every node then compacts into its own
-snapshot (the restore's entries hold the key space a second time), then wrk PUTs new random keys against a
-follower (``benchmarks/keys_put.lua``) and reads random preloaded keys
-(``benchmarks/get.lua``); prints writes/s and p99 per size.
+snapshot (the restore's entries hold the key space a second time); then wrk PUTs new
+random keys against a follower (``benchmarks/keys_put.lua``) and reads random
+preloaded keys (``benchmarks/get.lua``); prints writes/s and p99 per size.
 
 Either way it ends with the ratio of the largest size to the smallest (flat within 20%:
 the write figure at 1M keys is at least 0.8 of the one at 10k). Exit status: 0 flat,
