@@ -375,8 +375,9 @@ class ReplicatedStore:
         return answer
 
     def _deadlines_on(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
-        """The deadlines of this store's waits on ``loop`` (the loop it runs on; a test
-        may drive a store from another loop)."""
+        """The deadlines of this store's waits, on the loop they wait on: made at the first
+        wait (no caller today waits from another loop than the one ``start`` got, but a
+        timer armed on the wrong loop would be a silent hang, so the loop is checked)."""
         deadlines = self._deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._deadlines = Deadlines(loop)
