@@ -47,6 +47,7 @@ from node._config import NodeConfig
 from node._debug import add_debug_routes
 from node._errors import check_write_result, error_response, translate
 from node._exceptions import ApiError
+from node._front import KeyFront
 from node._members import (
     add_member,
     init_removal,
@@ -226,7 +227,10 @@ class _KeyShortcut:
 
 class _Server(web.Server):
     """Caps open connections: one over ``max_connections`` is answered 503 and closed.
-    Requests go to ``_KeyShortcut``."""
+    A connection starts on ``KeyFront`` (``node._front``), which serves plain key
+    requests itself and hands anything else to aiohttp's protocol (``_Handler``); both
+    dispatch through ``_KeyShortcut``. ``front_enabled`` False (tests) starts every
+    connection on aiohttp's protocol."""
 
     def __init__(self, base: web.Server, app: web.Application, max_connections: int) -> None:
         self.shortcut = _KeyShortcut(app)
@@ -239,12 +243,66 @@ class _Server(web.Server):
         )
         self.max_connections = max_connections
         self.refused = 0
+        self.front_enabled = True
+        self.handed_over = 0  # connections KeyFront gave to aiohttp's protocol
+        self.front_served = 0  # requests KeyFront answered, on connections it no longer has
+        self._fronts: set[KeyFront] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) + len(self._fronts) >= self.max_connections:
             self.refused += 1
             return _Refused()  # type: ignore[return-value]
+        if self.front_enabled:
+            return KeyFront(self)  # type: ignore[return-value]
+        return self.aiohttp_protocol()
+
+    # ---------------------------------------------------------- what KeyFront calls
+
+    def serve_key_request(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        return self.shortcut(request)
+
+    def aiohttp_protocol(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
+
+    def front_opened(self, front: KeyFront) -> None:
+        self._fronts.add(front)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self._sweep_period(), self._sweep)
+
+    def front_closed(self, front: KeyFront) -> None:
+        if front in self._fronts:
+            self._fronts.discard(front)
+            self.front_served += front.served
+            if front.handed_over:
+                self.handed_over += 1
+
+    def _sweep_period(self) -> float:
+        return min(5.0, max(0.05, float(self._kwargs.get("keepalive_timeout", 30.0)) / 4))
+
+    def _sweep(self) -> None:
+        """Close the front connections idle for the keep-alive time: one timer for all of
+        them, not one per request (loop thread)."""
+        self._sweeper = None
+        keepalive = float(self._kwargs.get("keepalive_timeout", 30.0))
+        since = self._loop.time() - keepalive
+        for front in list(self._fronts):
+            front.close_if_idle(since)
+        if self._fronts:
+            self._sweeper = self._loop.call_later(self._sweep_period(), self._sweep)
+
+    # ---------------------------------------------------------- shutdown
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for front in list(self._fronts):
+            front.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await asyncio.gather(*(front.shutdown(timeout) for front in list(self._fronts)), super().shutdown(timeout))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 class _Runner(web.AppRunner):

@@ -1,0 +1,383 @@
+"""The protocol every HTTP connection of a node starts with: it serves plain key requests
+itself and hands the connection to aiohttp for anything else.
+
+Why: on the follower taking a benchmark's load, aiohttp's own per-request path (its
+protocol's task, parser glue, ``StreamResponse.prepare`` and writer) cost about as much
+CPU as everything the node does for a read. A plain key request, the hot path of every
+client, needs none of it.
+
+What is *plain* (``parse_plain_head``): a whole ``GET``, ``PUT`` or ``DELETE`` of a path
+under ``/v1/kv/``, HTTP/1.1, whose head is strict (visible ASCII, token header names, no
+folded lines), with no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, at most one
+``Content-Length`` and the whole body already received. Such a request becomes a real
+``aiohttp.web.Request`` and goes through the same dispatch as every other key request
+(``node._http._KeyShortcut``: the key resource, the front middleware, the handler); only
+reading the request and writing the answer are done here. Anything else (a partial
+head or body, another path or method, an odd framing, a head larger than
+``MAX_PLAIN_HEAD``) hands the connection, with every byte not yet served, to aiohttp's
+own protocol for good, so that aiohttp's parser and limits judge it exactly as before.
+
+Requests on a connection are served one at a time and answered in order, as aiohttp
+does; a hand-over happens only between requests, so the two never interleave answers.
+
+Threading: everything here runs on the node's asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from node._common import MAX_BODY_BYTES
+from node._errors import error_response
+from node._exceptions import ApiError
+
+log = logging.getLogger("node.http")
+
+#: A head (request line and header fields) larger than this goes to aiohttp, whose own
+#: limits (8190 bytes per line) then apply.
+MAX_PLAIN_HEAD = 8192
+#: Bytes buffered from a client while its request is being served; past this, reading
+#: pauses until the request is answered (a pipelining client cannot fill the memory).
+MAX_BUFFERED = 1 << 20
+
+_REQUEST_LINE = re.compile(rb"(GET|PUT|DELETE) (/v1/kv/[!\"$-~]+) HTTP/1\.1")
+_HEADER_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~]+(?:[ \t]+[!-~]+)*)?)[ \t]*")
+#: Header fields that make a request not plain: the framings and interim answers that
+#: aiohttp's protocol handles and this one does not.
+_NOT_PLAIN_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+
+
+@dataclass(frozen=True, slots=True)
+class PlainHead:
+    """A plain request's head, parsed (``parse_plain_head``)."""
+
+    method: str
+    target: str  # the request target as sent: path and query
+    headers: CIMultiDictProxy[str]
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+    body_length: int
+    close: bool  # the client asked to close after the answer (Connection: close)
+
+
+def parse_plain_head(head: bytes, max_body: int) -> PlainHead | None:
+    """The parsed head when ``head`` (the bytes before the blank line, without it) is a
+    plain key request with a body of at most ``max_body`` bytes, else None: a request
+    this protocol leaves to aiohttp, whatever aiohttp then answers. Pure."""
+    if len(head) > MAX_PLAIN_HEAD:
+        return None
+    lines = head.split(b"\r\n")
+    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    if request_line is None:
+        return None
+    fields: list[tuple[bytes, bytes]] = []
+    content_length: bytes | None = None
+    close = False
+    for line in lines[1:]:
+        field = _HEADER_FIELD.fullmatch(line)
+        if field is None:
+            return None  # a folded line, a control or non-ASCII byte, a bad name...
+        name, value = field.group(1), field.group(2)
+        lowered = name.lower()
+        if lowered in _NOT_PLAIN_FIELDS:
+            return None
+        if lowered == b"content-length":
+            if content_length is not None or not value.isdigit() or len(value) > 18:
+                return None
+            content_length = value
+        elif lowered == b"connection":
+            options = {option.strip().lower() for option in value.split(b",")}
+            if b"upgrade" in options:
+                return None
+            close = close or b"close" in options
+        fields.append((name, value))
+    body_length = int(content_length) if content_length is not None else 0
+    if body_length > max_body:
+        return None
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in fields:
+        headers.add(name.decode("ascii"), value.decode("ascii"))
+    return PlainHead(
+        method=request_line.group(1).decode("ascii"),
+        target=request_line.group(2).decode("ascii"),
+        headers=CIMultiDictProxy(headers),
+        raw_headers=tuple(fields),
+        body_length=body_length,
+        close=close,
+    )
+
+
+def render_response(response: web.StreamResponse, close: bool) -> bytes | None:
+    """The bytes of ``response`` as aiohttp would write them for an HTTP/1.1 request
+    (status line, its headers plus ``Content-Length``, ``Date``, ``Server`` and, when
+    ``close``, ``Connection: close``), or None when it is not a plain ``web.Response``
+    with a bytes body (a stream, a compressed or chunked answer, cookies). Pure but for
+    the date."""
+    if type(response) is not web.Response or response.chunked or response.compression or response.cookies:
+        return None
+    body = response.body
+    if body is None:
+        body = b""
+    if not isinstance(body, bytes):
+        return None
+    status = response.status
+    lines = [f"HTTP/1.1 {status} {response.reason}"]
+    for name, value in response.headers.items():
+        if name.lower() in _SET_HERE:
+            continue
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            return None
+        lines.append(f"{name}: {value}")
+    no_body = status < 200 or status in (204, 304)
+    if not no_body:
+        if "Content-Type" not in response.headers:
+            lines.append("Content-Type: application/octet-stream")
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Date: {_http_date()}")
+    lines.append(f"Server: {response.headers.get('Server', SERVER_SOFTWARE)}")
+    if close:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    return head if no_body else head + body
+
+
+_SET_HERE = frozenset({"content-length", "connection", "date", "server", "transfer-encoding"})
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+class FrontServer(Protocol):
+    """What a ``KeyFront`` needs of the server that made it (``node._http._Server``)."""
+
+    request_factory: Callable[..., web.BaseRequest]
+
+    def serve_key_request(self, request: web.Request) -> Awaitable[web.StreamResponse]: ...
+    def aiohttp_protocol(self) -> asyncio.Protocol: ...
+    def front_opened(self, front: KeyFront) -> None: ...
+    def front_closed(self, front: KeyFront) -> None: ...
+
+
+class KeyFront(asyncio.Protocol):
+    """One client connection while its requests are plain (see the module's docstring).
+
+    Counters for tests and metrics: ``served`` requests answered here. The server closes
+    a connection idle for its keep-alive time (``close_if_idle``)."""
+
+    def __init__(self, server: FrontServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._busy: asyncio.Task[None] | None = None  # the request being served
+        self._closing = False  # answer what is being served, then close
+        self._paused = False  # reading, while a full buffer waits to be served
+        self._writing_paused = False  # the transport's buffer is over its high-water mark
+        self.handed_over = False
+        self.idle_since = self._loop.time()
+        self.served = 0
+        # For ``web.Request`` (what it reads of aiohttp's RequestHandler):
+        self.ssl_context = None
+        self.peername: Any = None
+        self.sockname: Any = None
+        self._reading_paused = False  # a StreamReader's view; bodies arrive whole here
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peername = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        self._server.front_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        if self._busy is None:
+            self._take()
+        self._flow()
+
+    def pause_writing(self) -> None:
+        # Called by the transport's write: no further request is taken until the client
+        # reads its answers (and past MAX_BUFFERED, nothing more is read from it).
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._busy is None:
+            self._take()
+        self._flow()
+
+    def eof_received(self) -> bool | None:
+        # As aiohttp's protocol: the client is done; the transport closes (an answer in
+        # progress is dropped, a partial request is never completed).
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closing = True
+        self.transport = None
+        self._buffer.clear()
+        self._server.front_closed(self)
+
+    # A StreamReader of a body calls these past its high-water mark; the body is
+    # already whole in memory, so there is nothing to pause.
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+    # ------------------------------------------------------------ server side
+
+    def close(self) -> None:
+        """Close after the request being served is answered (now if none is)."""
+        self._closing = True
+        if self._busy is None and self.transport is not None:
+            self.transport.close()
+
+    def close_if_idle(self, since: float) -> None:
+        """Close when no request has been in progress or buffered since ``since``
+        (loop time): aiohttp's keep-alive and head timeouts, for this protocol."""
+        if self._busy is None and not self._buffer and self.idle_since <= since and self.transport is not None:
+            self.close()
+
+    async def shutdown(self, timeout: float | None) -> None:
+        """Let the request being served finish within ``timeout``, then close."""
+        self._closing = True
+        task = self._busy
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------ requests
+
+    def _flow(self) -> None:
+        """Stop reading while more than MAX_BUFFERED bytes wait to be served; read again
+        once they are taken."""
+        transport = self.transport
+        if transport is None or self._closing:
+            return
+        wait = len(self._buffer) > MAX_BUFFERED and (self._busy is not None or self._writing_paused)
+        if wait != self._paused:
+            self._paused = wait
+            if wait:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _take(self) -> None:
+        """Serve the next request in the buffer when it is plain and whole; hand the
+        connection over when it is not; wait when the buffer is empty or the client is
+        not reading its answers."""
+        buffer = self._buffer
+        if not buffer or self._closing or self._writing_paused or self.transport is None:
+            return
+        end = buffer.find(b"\r\n\r\n", 0, MAX_PLAIN_HEAD + 4)
+        head = parse_plain_head(bytes(buffer[:end]), MAX_BODY_BYTES) if end >= 0 else None
+        if head is None or len(buffer) < end + 4 + head.body_length:
+            self._hand_over()
+            return
+        body_start = end + 4
+        body = bytes(buffer[body_start : body_start + head.body_length])
+        del buffer[: body_start + head.body_length]
+        request = self._request(head, body)
+        self._busy = self._loop.create_task(self._serve(request, head.close))
+
+    def _request(self, head: PlainHead, body: bytes) -> web.Request:
+        path, _, query = head.target.partition("?")
+        message = RawRequestMessage(
+            head.method,
+            head.target,
+            HttpVersion11,
+            head.headers,
+            head.raw_headers,
+            head.close,
+            None,
+            False,
+            False,
+            URL.build(path=path, query_string=query, encoded=True),  # as aiohttp's parser does
+        )
+        if body:
+            payload = StreamReader(self, len(body) + 1, loop=self._loop)  # type: ignore[arg-type]
+            payload.feed_data(body)
+            payload.feed_eof()
+        else:
+            payload = EMPTY_PAYLOAD
+        # The application's factory (its body size limit): the attributes a request
+        # reads of aiohttp's protocol are on this one; no writer, the answer is
+        # rendered here; no task of aiohttp's.
+        request = self._server.request_factory(message, payload, self, None, None)
+        assert isinstance(request, web.Request)
+        return request
+
+    async def _serve(self, request: web.Request, close: bool) -> None:
+        try:
+            response = await self._server.serve_key_request(request)
+            close = close or response.keep_alive is False
+            data = render_response(response, close)
+            if data is None:
+                log.error("a key request's answer cannot be rendered here: %r", response)
+        except Exception:  # a bug here must not leave the client hanging
+            log.exception("error serving %s %s", request.method, request.path)
+            data = None
+        if data is None:
+            close = True
+            data = render_response(error_response(ApiError(503, "internal", "internal error")), close=True)
+            assert data is not None
+        self._busy = None
+        self.served += 1
+        self.idle_since = self._loop.time()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client went away, or the server closed: nobody to answer
+        transport.write(data)
+        if close or self._closing:
+            self._closing = True
+            transport.close()
+            return
+        self._take()
+        self._flow()
+
+    def _hand_over(self) -> None:
+        """Give the connection, and every byte not yet served, to aiohttp's protocol."""
+        transport = self.transport
+        assert transport is not None and self._busy is None
+        self.handed_over = True
+        self._closing = True
+        self._server.front_closed(self)
+        protocol = self._server.aiohttp_protocol()
+        transport.set_protocol(protocol)
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        protocol.connection_made(transport)
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self.transport = None
+        if data:
+            protocol.data_received(data)
+
+
+__all__ = ["MAX_PLAIN_HEAD", "FrontServer", "KeyFront", "PlainHead", "parse_plain_head", "render_response"]
