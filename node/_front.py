@@ -30,9 +30,8 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
@@ -61,9 +60,9 @@ _HEADER_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~]+(?:
 _NOT_PLAIN_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 
-@dataclass(frozen=True, slots=True)
-class PlainHead:
-    """A plain request's head, parsed (``parse_plain_head``)."""
+class PlainHead(NamedTuple):
+    """A plain request's head, parsed (``parse_plain_head``). A named tuple: made for
+    every request, and a frozen dataclass costs several times as much to make."""
 
     method: str
     target: str  # the request target as sent: path and query
@@ -107,16 +106,14 @@ def parse_plain_head(head: bytes, max_body: int) -> PlainHead | None:
     body_length = int(content_length) if content_length is not None else 0
     if body_length > max_body:
         return None
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in fields:
-        headers.add(name.decode("ascii"), value.decode("ascii"))
+    headers = CIMultiDict([(name.decode("ascii"), value.decode("ascii")) for name, value in fields])
     return PlainHead(
-        method=request_line.group(1).decode("ascii"),
-        target=request_line.group(2).decode("ascii"),
-        headers=CIMultiDictProxy(headers),
-        raw_headers=tuple(fields),
-        body_length=body_length,
-        close=close,
+        request_line.group(1).decode("ascii"),
+        request_line.group(2).decode("ascii"),
+        CIMultiDictProxy(headers),
+        tuple(fields),
+        body_length,
+        close,
     )
 
 
@@ -126,7 +123,8 @@ def render_response(response: web.StreamResponse, close: bool) -> bytes | None:
     ``close``, ``Connection: close``), or None when it is not a plain ``web.Response``
     with a bytes body (a stream, a compressed or chunked answer, cookies). Pure but for
     the date."""
-    if type(response) is not web.Response or response.chunked or response.compression or response.cookies:
+    # ``_cookies``, not ``cookies``: the property makes an empty cookie jar per answer.
+    if type(response) is not web.Response or response.chunked or response.compression or response._cookies:
         return None
     body = response.body
     if body is None:
@@ -134,24 +132,20 @@ def render_response(response: web.StreamResponse, close: bool) -> bytes | None:
     if not isinstance(body, bytes):
         return None
     status = response.status
-    lines = [f"HTTP/1.1 {status} {response.reason}"]
-    for name, value in response.headers.items():
-        if name.lower() in _SET_HERE:
-            continue
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            return None
-        lines.append(f"{name}: {value}")
+    headers = response.headers
+    fields = [f"{name}: {value}\r\n" for name, value in headers.items() if name.lower() not in _SET_HERE]
+    text = "".join(fields)
+    if text.count("\n") != len(fields) or text.count("\r") != len(fields):
+        return None  # a CR or LF inside a name or value would split a header
     no_body = status < 200 or status in (204, 304)
     if not no_body:
-        if "Content-Type" not in response.headers:
-            lines.append("Content-Type: application/octet-stream")
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append(f"Date: {_http_date()}")
-    lines.append(f"Server: {response.headers.get('Server', SERVER_SOFTWARE)}")
-    if close:
-        lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-    return head if no_body else head + body
+        if "Content-Type" not in headers:
+            text += "Content-Type: application/octet-stream\r\n"
+        text += f"Content-Length: {len(body)}\r\n"
+    server = headers.get("Server", SERVER_SOFTWARE)
+    end = "Connection: close\r\n\r\n" if close else "\r\n"
+    head = f"HTTP/1.1 {status} {response.reason}\r\n{text}Date: {_http_date()}\r\nServer: {server}\r\n{end}"
+    return head.encode("utf-8") if no_body else head.encode("utf-8") + body
 
 
 _SET_HERE = frozenset({"content-length", "connection", "date", "server", "transfer-encoding"})
