@@ -333,13 +333,13 @@ async def consistent_read(request: web.Request) -> dict[str, Any] | None:
         await store.linearizable_barrier()
         return None
     if consistency == "serializable":
-        st = store.status()
+        position = store.read_position()
         return {
             "consistency": "serializable",
-            "applied_index": st.applied_index,
-            "commit_index": st.commit_index,
+            "applied_index": position.applied_index,
+            "commit_index": position.commit_index,
             "leader_contact_age_seconds": round(store.last_leader_contact_age(), 3),
-            "quorum": st.quorum,
+            "quorum": position.quorum,
         }
     raise ApiError(422, "bad_parameter", "consistency must be linearizable or serializable")
 

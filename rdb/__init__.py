@@ -20,7 +20,7 @@ from rdb._errors import (
     ValueTooLarge,
 )
 from rdb._membership import CATCH_UP_MAX_LAG, caught_up, check_new_member, normalize_address, resolve
-from rdb._raft import Leadership, RaftStatus
+from rdb._raft import Leadership, RaftStatus, ReadPosition
 from rdb._state import MAX_VALUE_BYTES, MAX_VALUE_DEPTH, Event, KeyValue, Reference, StateMachine
 from rdb._store import ReplicatedStore, snapshot_entries
 
@@ -43,6 +43,7 @@ __all__ = [
     "ProposalFailed",
     "RaftStatus",
     "RdbError",
+    "ReadPosition",
     "Reference",
     "ReplicatedStore",
     "StateMachine",

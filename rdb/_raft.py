@@ -667,6 +667,16 @@ class Leadership:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadPosition:
+    """Where this node's reads stand: the part of ``RaftStatus`` a serializable read
+    reports with its answer (``RaftNode.read_position``)."""
+
+    applied_index: int
+    commit_index: int
+    quorum: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RaftStatus:
     role: str
     term: int
@@ -1565,6 +1575,13 @@ class RaftNode(MembershipRules, SyncObj):  # type: ignore[misc]
         else:
             quorum = leader is not None and now - self.last_leader_contact < quorum_window
         return Leadership(role, None if leader is None else str(leader.id), quorum)
+
+    def read_position(self, quorum_window: float) -> ReadPosition:
+        """Applied and commit index and quorum, without the rest of ``status`` (which
+        sorts, counts and scans the tick history): asked by every serializable read.
+        Safe from any thread."""
+        quorum = self.leadership(quorum_window).quorum
+        return ReadPosition(int(self.raftLastApplied), int(self.raftCommitIndex), quorum)
 
     def status(self, quorum_window: float) -> RaftStatus:
         """A consistent-enough view for /v1/status. Safe from any thread."""

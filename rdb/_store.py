@@ -38,7 +38,7 @@ from rdb import _commands
 from rdb._deadlines import Deadlines
 from rdb._errors import InvalidCommand, MembershipChangePending, NoQuorum, NotApplied, OutcomeUnknown, ProposalFailed
 from rdb._journal import fsync_directory
-from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, Leadership, RaftNode, RaftStatus
+from rdb._raft import NOT_APPLIED_REASONS, REASON_NAMES, Leadership, RaftNode, RaftStatus, ReadPosition
 from rdb._state import Event, KeyValue, Reference, Result, StateMachine
 
 _RETRY_PAUSE = 0.05
@@ -622,6 +622,11 @@ class ReplicatedStore:
         """``status()``'s role, leader and quorum alone: for a loop that asks on every
         commit (the blade worker). Any thread."""
         return self.raft.leadership(quorum_window=self._quorum_window)
+
+    def read_position(self) -> ReadPosition:
+        """``status()``'s applied index, commit index and quorum alone: for every
+        serializable read. Any thread."""
+        return self.raft.read_position(quorum_window=self._quorum_window)
 
     @property
     def _quorum_window(self) -> float:

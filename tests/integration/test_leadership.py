@@ -1,5 +1,6 @@
 """``ReplicatedStore.leadership()``, the blade worker's per-commit view, says what
-``status()`` says of role, leader and quorum, on every node and after the leader is lost."""
+``status()`` says of role, leader and quorum, on every node and after the leader is lost;
+``read_position()``, a serializable read's, what it says of the indexes and quorum."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rdb import Leadership, ReplicatedStore
+from rdb import Leadership, ReadPosition, ReplicatedStore
 from tests.integration.cluster import in_process_stores, settled_stores
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,9 @@ async def test_leadership_is_status_role_leader_and_quorum(tmp_path: Any) -> Non
         views = {s._raft_address: s.leadership() for s in stores}
         assert {a: _from_status(s) for a, s in ((s._raft_address, s) for s in stores)} == views
         assert [v.role for v in views.values()].count("leader") == 1
+        for s in stores:  # no write in flight: the indexes stand still between the calls
+            st = s.status()
+            assert s.read_position() == ReadPosition(st.applied_index, st.commit_index, st.quorum)
         assert all(v.quorum and v.leader == views[leader._raft_address].leader for v in views.values())
         for f in followers:
             f.close()
