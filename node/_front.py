@@ -12,10 +12,12 @@ folded lines), with no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, at most
 ``Content-Length`` and the whole body already received. Such a request becomes a real
 ``aiohttp.web.Request`` and goes through the same dispatch as every other key request
 (``node._http._KeyShortcut``: the key resource, the front middleware, the handler); only
-reading the request and writing the answer are done here. Anything else (a partial
-head or body, another path or method, an odd framing, a head larger than
-``MAX_PLAIN_HEAD``) hands the connection, with every byte not yet served, to aiohttp's
-own protocol for good, so that aiohttp's parser and limits judge it exactly as before.
+reading the request and writing the answer are done here. Anything else (another path
+or method, an odd framing, a head larger than ``MAX_PLAIN_HEAD``, a body not yet whole)
+hands the connection, with every byte not yet served, to aiohttp's own protocol for
+good, so that aiohttp's parser and limits judge it exactly as before. A head that comes
+in pieces is waited for here first: the time it may take (``header_timeout``, aiohttp's
+keep-alive timeout) counts from the connection or the last answer, as before.
 
 Requests on a connection are served one at a time and answered in order, as aiohttp
 does; a hand-over happens only between requests, so the two never interleave answers.
@@ -251,9 +253,11 @@ class KeyFront(asyncio.Protocol):
             self.transport.close()
 
     def close_if_idle(self, since: float) -> None:
-        """Close when no request has been in progress or buffered since ``since``
-        (loop time): aiohttp's keep-alive and head timeouts, for this protocol."""
-        if self._busy is None and not self._buffer and self.idle_since <= since and self.transport is not None:
+        """Close when no request has been in progress since ``since`` (loop time) and no
+        complete head has come since: aiohttp's keep-alive and head timeouts, counted
+        from the connection or the last answer. Not while the client is not reading its
+        answers (aiohttp would wait on it too)."""
+        if self._busy is None and not self._writing_paused and self.idle_since <= since:
             self.close()
 
     async def shutdown(self, timeout: float | None) -> None:
@@ -289,6 +293,10 @@ class KeyFront(asyncio.Protocol):
         if not buffer or self._closing or self._writing_paused or self.transport is None:
             return
         end = buffer.find(b"\r\n\r\n", 0, MAX_PLAIN_HEAD + 4)
+        if end < 0 and len(buffer) < MAX_PLAIN_HEAD + 4:
+            # The head is still coming: wait here, so that the time it may take counts
+            # from the connection or the last answer (close_if_idle), as aiohttp's does.
+            return
         head = parse_plain_head(bytes(buffer[:end]), MAX_BODY_BYTES) if end >= 0 else None
         if head is None or len(buffer) < end + 4 + head.body_length:
             self._hand_over()

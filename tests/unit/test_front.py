@@ -263,6 +263,27 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_time() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_head_that_trickles_in_gets_the_head_timeout_from_the_connection() -> None:
+    # A client that waits, then sends its head a byte at a time, is closed a head
+    # timeout after it connected, not a head timeout after its first byte.
+    async with serving(front=True, header_timeout=1.0) as (port, server, _):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.7)
+        closed = asyncio.ensure_future(reader.read())
+        for byte in request("GET", "/v1/kv/a"):
+            if closed.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(closed, 5) == b""  # closed without an answer
+        assert 1.0 <= loop.time() - started < 1.6  # aiohttp would have allowed 1.7 s or more
+        writer.close()
+        assert server.handed_over == 0
+
+
+@pytest.mark.asyncio
 async def test_the_connection_cap_counts_the_front_connections() -> None:
     async with serving(front=True, max_connections=2) as (port, server, _):
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
