@@ -39,6 +39,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -57,9 +58,13 @@ MAX_BUFFERED = 1 << 20
 
 _REQUEST_LINE = re.compile(rb"(GET|PUT|DELETE) (/v1/kv/[!\"$-~]+) HTTP/1\.1")
 _HEADER_FIELD = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[!-~]+(?:[ \t]+[!-~]+)*)?)[ \t]*")
-#: Header fields that make a request not plain: the framings and interim answers that
-#: aiohttp's protocol handles and this one does not.
-_NOT_PLAIN_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+#: Header fields that make a request not plain: the framings, interim answers and
+#: upgrades that aiohttp's protocol handles and this one does not (llhttp reads
+#: Proxy-Connection as Connection; aiohttp refuses Sec-WebSocket-Key1).
+_NOT_PLAIN_FIELDS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"proxy-connection", b"sec-websocket-key1"})
+#: More header fields than aiohttp's parser allows (its max_headers): aiohttp's to refuse.
+MAX_PLAIN_FIELDS = 128
+_REQUEST_PREFIXES = (b"GET /v1/kv/", b"PUT /v1/kv/", b"DELETE /v1/kv/")
 
 
 class PlainHead(NamedTuple):
@@ -77,14 +82,18 @@ class PlainHead(NamedTuple):
 def parse_plain_head(head: bytes, max_body: int) -> PlainHead | None:
     """The parsed head when ``head`` (the bytes before the blank line, without it) is a
     plain key request with a body of at most ``max_body`` bytes, else None: a request
-    this protocol leaves to aiohttp, whatever aiohttp then answers. Pure."""
+    this protocol leaves to aiohttp, whatever aiohttp then answers. Besides its own
+    rules, a head aiohttp would refuse is not plain: no Host, a field name given twice
+    (aiohttp refuses its singletons twice; a plain request repeats none), more than
+    ``MAX_PLAIN_FIELDS`` fields. Pure."""
     if len(head) > MAX_PLAIN_HEAD:
         return None
     lines = head.split(b"\r\n")
     request_line = _REQUEST_LINE.fullmatch(lines[0])
-    if request_line is None:
+    if request_line is None or len(lines) - 1 > MAX_PLAIN_FIELDS:
         return None
     fields: list[tuple[bytes, bytes]] = []
+    names: set[bytes] = set()
     content_length: bytes | None = None
     close = False
     for line in lines[1:]:
@@ -93,10 +102,11 @@ def parse_plain_head(head: bytes, max_body: int) -> PlainHead | None:
             return None  # a folded line, a control or non-ASCII byte, a bad name...
         name, value = field.group(1), field.group(2)
         lowered = name.lower()
-        if lowered in _NOT_PLAIN_FIELDS:
+        if lowered in _NOT_PLAIN_FIELDS or lowered in names:
             return None
+        names.add(lowered)
         if lowered == b"content-length":
-            if content_length is not None or not value.isdigit() or len(value) > 18:
+            if not value.isdigit() or len(value) > 18:
                 return None
             content_length = value
         elif lowered == b"connection":
@@ -107,6 +117,8 @@ def parse_plain_head(head: bytes, max_body: int) -> PlainHead | None:
         fields.append((name, value))
     body_length = int(content_length) if content_length is not None else 0
     if body_length > max_body:
+        return None
+    if b"host" not in names:
         return None
     headers = CIMultiDict([(name.decode("ascii"), value.decode("ascii")) for name, value in fields])
     return PlainHead(
@@ -139,14 +151,17 @@ def render_response(response: web.StreamResponse, close: bool) -> bytes | None:
     text = "".join(fields)
     if text.count("\n") != len(fields) or text.count("\r") != len(fields):
         return None  # a CR or LF inside a name or value would split a header
+    reason = response.reason
+    if "\r" in reason or "\n" in reason:
+        return None
     no_body = status < 200 or status in (204, 304)
     if not no_body:
-        if "Content-Type" not in headers:
+        if body and "Content-Type" not in headers:  # as aiohttp: only for a body
             text += "Content-Type: application/octet-stream\r\n"
         text += f"Content-Length: {len(body)}\r\n"
     server = headers.get("Server", SERVER_SOFTWARE)
     end = "Connection: close\r\n\r\n" if close else "\r\n"
-    head = f"HTTP/1.1 {status} {response.reason}\r\n{text}Date: {_http_date()}\r\nServer: {server}\r\n{end}"
+    head = f"HTTP/1.1 {status} {reason}\r\n{text}Date: {_http_date()}\r\nServer: {server}\r\n{end}"
     return head.encode("utf-8") if no_body else head.encode("utf-8") + body
 
 
@@ -160,6 +175,16 @@ def _http_date() -> str:
     if _date_cache[0] != now:
         _date_cache = (now, formatdate(now, usegmt=True))
     return _date_cache[1]
+
+
+def _may_be_plain(partial: bytearray) -> bool:
+    """Whether a head not yet whole may still turn out plain: its request line, whole or
+    begun, is one a plain request starts with. One that cannot goes to aiohttp at once,
+    whose head timeout then starts."""
+    line_end = partial.find(b"\r\n")
+    if line_end >= 0:
+        return _REQUEST_LINE.fullmatch(partial, 0, line_end) is not None
+    return any(partial[: len(prefix)] == prefix[: len(partial)] for prefix in _REQUEST_PREFIXES)
 
 
 class FrontServer(Protocol):
@@ -204,6 +229,7 @@ class KeyFront(asyncio.Protocol):
         self.transport = transport
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
+        tcp_keepalive(transport)  # as aiohttp's protocol does: dead peers are found
         self._server.front_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -261,11 +287,15 @@ class KeyFront(asyncio.Protocol):
             self.close()
 
     async def shutdown(self, timeout: float | None) -> None:
-        """Let the request being served finish within ``timeout``, then close."""
+        """Let the request being served finish within ``timeout``, then cancel it (as
+        aiohttp's protocol does) and close."""
         self._closing = True
         task = self._busy
         if task is not None:
             await asyncio.wait([task], timeout=timeout)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=1.0)
         if self.transport is not None:
             self.transport.close()
 
@@ -293,17 +323,19 @@ class KeyFront(asyncio.Protocol):
         if not buffer or self._closing or self._writing_paused or self.transport is None:
             return
         end = buffer.find(b"\r\n\r\n", 0, MAX_PLAIN_HEAD + 4)
-        if end < 0 and len(buffer) < MAX_PLAIN_HEAD + 4:
+        if end < 0 and len(buffer) < MAX_PLAIN_HEAD + 4 and _may_be_plain(buffer):
             # The head is still coming: wait here, so that the time it may take counts
             # from the connection or the last answer (close_if_idle), as aiohttp's does.
             return
         head = parse_plain_head(bytes(buffer[:end]), MAX_BODY_BYTES) if end >= 0 else None
-        if head is None or len(buffer) < end + 4 + head.body_length:
+        size = end + 4 + head.body_length if head is not None else 0
+        # After a request that closes, aiohttp's parser refuses any further byte (400):
+        # that request and what follows are aiohttp's to answer.
+        if head is None or len(buffer) < size or (head.close and len(buffer) > size):
             self._hand_over()
             return
-        body_start = end + 4
-        body = bytes(buffer[body_start : body_start + head.body_length])
-        del buffer[: body_start + head.body_length]
+        body = bytes(buffer[end + 4 : size])
+        del buffer[:size]
         request = self._request(head, body)
         self._busy = self._loop.create_task(self._serve(request, head.close))
 
@@ -349,11 +381,11 @@ class KeyFront(asyncio.Protocol):
             data = render_response(error_response(ApiError(503, "internal", "internal error")), close=True)
             assert data is not None
         self._busy = None
-        self.served += 1
         self.idle_since = self._loop.time()
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # the client went away, or the server closed: nobody to answer
+        self.served += 1
         transport.write(data)
         if close or self._closing:
             self._closing = True
@@ -366,10 +398,10 @@ class KeyFront(asyncio.Protocol):
         """Give the connection, and every byte not yet served, to aiohttp's protocol."""
         transport = self.transport
         assert transport is not None and self._busy is None
+        protocol = self._server.aiohttp_protocol()
         self.handed_over = True
         self._closing = True
         self._server.front_closed(self)
-        protocol = self._server.aiohttp_protocol()
         transport.set_protocol(protocol)
         if self._paused:
             self._paused = False

@@ -299,10 +299,12 @@ class _Server(web.Server):
             front.close()
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        await asyncio.gather(*(front.shutdown(timeout) for front in list(self._fronts)), super().shutdown(timeout))
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        try:
+            await asyncio.gather(*(front.shutdown(timeout) for front in list(self._fronts)), super().shutdown(timeout))
+        finally:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
 
 
 class _Runner(web.AppRunner):

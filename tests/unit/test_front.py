@@ -213,6 +213,13 @@ NOT_PLAIN = [
     b"GET /v1/kv/x#frag HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /v1/kv/x HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
     request("GET", "/v1/kv/x", {"X-Big": "v" * 9000}),
+    # Heads aiohttp refuses that the front's own rules would let through:
+    b"GET /v1/kv/x HTTP/1.1\r\nX-A: 1\r\n\r\n",  # no Host
+    b"GET /v1/kv/x HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",  # Host twice
+    request("GET", "/v1/kv/x", {"X-A": "1", "x-a": "2"}),  # any name twice
+    request("GET", "/v1/kv/x", {f"X-{i}": "1" for i in range(130)}),  # too many fields
+    request("GET", "/v1/kv/x", {"Proxy-Connection": "close"}),  # read as Connection by llhttp
+    request("GET", "/v1/kv/x", {"Sec-WebSocket-Key1": "1"}),
 ]
 
 
@@ -237,22 +244,57 @@ async def test_what_is_not_plain_goes_to_aiohttp_and_is_answered_as_before(raw: 
 async def test_connection_close_is_honoured() -> None:
     async with serving(front=True) as (port, server, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request("GET", "/v1/kv/a", {"Connection": "close"}) + request("GET", "/v1/kv/b"))
+        writer.write(request("GET", "/v1/kv/a", {"Connection": "close"}))
         status, headers, _ = await read_answer(reader)
         assert status == 404 and ("connection", "close") in headers
-        assert await asyncio.wait_for(reader.read(), 10) == b""  # the second is never answered
+        assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
-        assert server.handed_over == 0
+        assert (server.handed_over, server.front_served) == (0, 1)
+
+
+@pytest.mark.asyncio
+async def test_bytes_after_a_closing_request_are_answered_as_aiohttp_does() -> None:
+    # aiohttp's parser refuses data after "Connection: close" (one 400 for both).
+    raw = request("GET", "/v1/kv/a", {"Connection": "close"}) + request("GET", "/v1/kv/b")
+
+    async def answer(front: bool) -> list[bytes]:
+        async with serving(front=front) as (port, server, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            got = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert server.handed_over == int(front)
+            return [line for line in got.split(b"\r\n") if not line.startswith(b"Date:")]
+
+    with_front = await answer(front=True)
+    assert with_front == await answer(front=False) and b" 400 " in with_front[0]
+
+
+@pytest.mark.asyncio
+async def test_a_partial_head_waits_only_while_it_may_be_plain() -> None:
+    async with serving(front=True) as (port, server, _):
+        _, plain = await asyncio.open_connection("127.0.0.1", port)
+        plain.write(b"GET /v1/kv/a HTTP/1.1\r\nHo")
+        _, other = await asyncio.open_connection("127.0.0.1", port)
+        other.write(b"POST /v1/txn HTTP/1.1\r\nHo")
+        for _ in range(500):
+            if server.handed_over:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # time for the plain one to be handed over, were it to be
+        assert server.handed_over == 1 and len(server._fronts) == 1
+        plain.close()
+        other.close()
 
 
 @pytest.mark.asyncio
 async def test_an_idle_connection_is_closed_after_the_keep_alive_time() -> None:
     async with serving(front=True, header_timeout=0.3) as (port, server, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # before the answer: the idle time counts from it
         writer.write(request("GET", "/v1/kv/a"))
         assert (await read_answer(reader))[0] == 404
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
         assert 0.3 <= loop.time() - started < 2.0
         writer.close()
@@ -317,6 +359,26 @@ async def test_a_request_in_progress_is_answered_before_shutdown_closes_the_conn
         assert status == 200 and b'"value":1' in body.replace(b" ", b"")
         assert await asyncio.wait_for(reader.read(), 10) == b""
         await asyncio.wait_for(closing, 10)
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_request_still_in_progress_when_shutdown_times_out_is_cancelled() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        port, server, store = await stack.enter_async_context(serving(front=True))
+        store.gate = asyncio.Event()  # never set
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request("GET", "/v1/kv/a"))
+        busy = None
+        for _ in range(500):
+            busy = next((front._busy for front in server._fronts if front._busy), None)
+            if busy is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert busy is not None
+        await asyncio.wait_for(stack.aclose(), 10)  # the runner's shutdown timeout is 2 s
+        assert busy.cancelled()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, no answer
         writer.close()
 
 
