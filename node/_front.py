@@ -187,6 +187,33 @@ def _may_be_plain(partial: bytearray) -> bool:
     return any(partial[: len(prefix)] == prefix[: len(partial)] for prefix in _REQUEST_PREFIXES)
 
 
+def front_works(server: FrontServer) -> str | None:
+    """None when this aiohttp takes the front's requests and answers as the front makes
+    them (a sample request built through ``server``'s request factory, its body read, an
+    answer rendered), else what failed: the front leans on a few of aiohttp's inner
+    interfaces, and a node on an aiohttp that changed them must fall back to aiohttp's
+    own protocol, not answer every key request with an error. Loop thread."""
+    try:
+        raw = b"PUT /v1/kv/probe?x=1 HTTP/1.1\r\nHost: probe\r\nContent-Length: 2"
+        head = parse_plain_head(raw, MAX_BODY_BYTES)
+        if head is None:
+            return "the sample head is not plain"
+        request = KeyFront(server)._request(head, b"{}")
+        if (request.method, request.path, request.query.get("x")) != ("PUT", "/v1/kv/probe", "1"):
+            return "the sample request reads back wrong"
+        if request.headers.get("host") != "probe" or not request.content.is_eof():
+            return "the sample request's head or body reads back wrong"
+        if request.content.read_nowait() != b"{}":
+            return "the sample request's body reads back wrong"
+        answer = web.Response(body=b"{}", headers={"Content-Type": "application/json"})
+        rendered = render_response(answer, close=False)
+        if rendered is None or not rendered.startswith(b"HTTP/1.1 200 OK\r\n"):
+            return "the sample answer is not rendered"
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not use the front
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class FrontServer(Protocol):
     """What a ``KeyFront`` needs of the server that made it (``node._http._Server``)."""
 
@@ -414,4 +441,12 @@ class KeyFront(asyncio.Protocol):
             protocol.data_received(data)
 
 
-__all__ = ["MAX_PLAIN_HEAD", "FrontServer", "KeyFront", "PlainHead", "parse_plain_head", "render_response"]
+__all__ = [
+    "MAX_PLAIN_HEAD",
+    "FrontServer",
+    "KeyFront",
+    "PlainHead",
+    "front_works",
+    "parse_plain_head",
+    "render_response",
+]

@@ -47,7 +47,7 @@ from node._config import NodeConfig
 from node._debug import add_debug_routes
 from node._errors import check_write_result, error_response, translate
 from node._exceptions import ApiError
-from node._front import KeyFront
+from node._front import KeyFront, front_works
 from node._members import (
     add_member,
     init_removal,
@@ -229,8 +229,9 @@ class _Server(web.Server):
     """Caps open connections: one over ``max_connections`` is answered 503 and closed.
     A connection starts on ``KeyFront`` (``node._front``), which serves plain key
     requests itself and hands anything else to aiohttp's protocol (``_Handler``); both
-    dispatch through ``_KeyShortcut``. ``front_enabled`` False (tests) starts every
-    connection on aiohttp's protocol."""
+    dispatch through ``_KeyShortcut``. ``front_enabled`` False (tests, or an aiohttp the
+    front fails its check on: ``front_works``) starts every connection on aiohttp's
+    protocol."""
 
     def __init__(self, base: web.Server, app: web.Application, max_connections: int) -> None:
         self.shortcut = _KeyShortcut(app)
@@ -244,6 +245,10 @@ class _Server(web.Server):
         self.max_connections = max_connections
         self.refused = 0
         self.front_enabled = True
+        problem = front_works(self)
+        if problem is not None:
+            self.front_enabled = False
+            log.warning("every request goes through aiohttp's protocol: the key front fails its check (%s)", problem)
         self.handed_over = 0  # connections KeyFront gave to aiohttp's protocol
         self.front_served = 0  # requests KeyFront answered, on connections it no longer has
         self._fronts: set[KeyFront] = set()

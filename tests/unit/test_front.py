@@ -73,7 +73,7 @@ async def serving(front: bool, **config: Any) -> AsyncIterator[tuple[int, _Serve
     await runner.setup()
     server = runner.server
     assert isinstance(server, _Server)
-    server.front_enabled = front
+    server.front_enabled = front and server.front_enabled  # off when its check failed
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -501,3 +501,24 @@ def test_only_a_plain_response_is_rendered() -> None:
     with_cookie = web.Response(body=b"")
     with_cookie.set_cookie("a", "b")
     assert render_response(with_cookie, close=False) is None
+
+
+@pytest.mark.asyncio
+async def test_a_node_on_an_aiohttp_the_front_does_not_fit_serves_every_request_through_aiohttp(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    def changed(*args: Any) -> Any:
+        raise TypeError("RawRequestMessage() takes other arguments")
+
+    monkeypatch.setattr(_front, "RawRequestMessage", changed)
+    async with serving(front=True) as (port, server, _):
+        assert server.front_enabled is False
+        [(status, _, _)] = await exchange(port, [request("GET", "/v1/kv/a")], 1)
+        assert status == 404 and server.front_served == 0 and not server._fronts
+    assert "the key front fails its check (TypeError: RawRequestMessage() takes other arguments)" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_the_front_passes_its_check_on_this_aiohttp() -> None:
+    async with serving(front=True) as (_, server, _):
+        assert _front.front_works(server) is None and server.front_enabled
