@@ -228,8 +228,8 @@ class FrontServer(Protocol):
 class KeyFront(asyncio.Protocol):
     """One client connection while its requests are plain (see the module's docstring).
 
-    Counters for tests and metrics: ``served`` requests answered here. The server closes
-    a connection idle for its keep-alive time (``close_if_idle``)."""
+    ``served`` counts the answers written here (tests read it). The server closes a
+    connection idle for its keep-alive time (``close_if_idle``)."""
 
     def __init__(self, server: FrontServer) -> None:
         self._server = server
