@@ -123,6 +123,18 @@ async def exchange(port: int, chunks: list[bytes], answers: int, pause: float = 
         writer.close()
 
 
+async def raw_answer(raw: bytes, front: bool) -> list[bytes]:
+    """The lines (but Date) of everything a fresh server sends back for ``raw`` until it
+    closes; with the front on, the connection must have been handed to aiohttp."""
+    async with serving(front=front) as (port, server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        got = await asyncio.wait_for(reader.read(), 10)  # aiohttp may close early
+        writer.close()
+        assert server.handed_over == int(front)
+        return [line for line in got.split(b"\r\n") if not line.startswith(b"Date:")]
+
+
 # A conversation on one connection: plain requests (the front's) and others, mixed.
 CONVERSATION = [
     request("PUT", "/v1/kv/a", body=b'{"value": 1}'),
@@ -227,17 +239,7 @@ NOT_PLAIN = [
 @pytest.mark.parametrize("raw", NOT_PLAIN, ids=range(len(NOT_PLAIN)))
 async def test_what_is_not_plain_goes_to_aiohttp_and_is_answered_as_before(raw: bytes) -> None:
     close = b"GET /v1/kv/zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-
-    async def answers(front: bool) -> list[Any]:
-        async with serving(front=front) as (port, server, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(raw + close)
-            raw_answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp may close early
-            writer.close()
-            assert server.handed_over == int(front)
-            return [line for line in raw_answer.split(b"\r\n") if not line.startswith(b"Date:")]
-
-    assert await answers(front=True) == await answers(front=False)
+    assert await raw_answer(raw + close, front=True) == await raw_answer(raw + close, front=False)
 
 
 @pytest.mark.asyncio
@@ -256,18 +258,8 @@ async def test_connection_close_is_honoured() -> None:
 async def test_bytes_after_a_closing_request_are_answered_as_aiohttp_does() -> None:
     # aiohttp's parser refuses data after "Connection: close" (one 400 for both).
     raw = request("GET", "/v1/kv/a", {"Connection": "close"}) + request("GET", "/v1/kv/b")
-
-    async def answer(front: bool) -> list[bytes]:
-        async with serving(front=front) as (port, server, _):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(raw)
-            got = await asyncio.wait_for(reader.read(), 10)
-            writer.close()
-            assert server.handed_over == int(front)
-            return [line for line in got.split(b"\r\n") if not line.startswith(b"Date:")]
-
-    with_front = await answer(front=True)
-    assert with_front == await answer(front=False) and b" 400 " in with_front[0]
+    with_front = await raw_answer(raw, front=True)
+    assert with_front == await raw_answer(raw, front=False) and b" 400 " in with_front[0]
 
 
 @pytest.mark.asyncio
