@@ -253,6 +253,10 @@ class _Server(web.Server):
         self.front_served = 0  # requests KeyFront answered, on connections it no longer has
         self._fronts: set[KeyFront] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        # aiohttp's keep-alive time (build_app sets it to header_timeout), and how often
+        # the one sweep of the front connections runs: a quarter of it.
+        self._keepalive = float(self._kwargs.get("keepalive_timeout", 30.0))
+        self._sweep_period = min(5.0, max(0.05, self._keepalive / 4))
 
     def __call__(self) -> RequestHandler:
         if len(self._connections) + len(self._fronts) >= self.max_connections:
@@ -273,7 +277,7 @@ class _Server(web.Server):
     def front_opened(self, front: KeyFront) -> None:
         self._fronts.add(front)
         if self._sweeper is None:
-            self._sweeper = self._loop.call_later(self._sweep_period(), self._sweep)
+            self._sweeper = self._loop.call_later(self._sweep_period, self._sweep)
 
     def front_closed(self, front: KeyFront) -> None:
         if front in self._fronts:
@@ -282,19 +286,15 @@ class _Server(web.Server):
             if front.handed_over:
                 self.handed_over += 1
 
-    def _sweep_period(self) -> float:
-        return min(5.0, max(0.05, float(self._kwargs.get("keepalive_timeout", 30.0)) / 4))
-
     def _sweep(self) -> None:
         """Close the front connections idle for the keep-alive time: one timer for all of
         them, not one per request (loop thread)."""
         self._sweeper = None
-        keepalive = float(self._kwargs.get("keepalive_timeout", 30.0))
-        since = self._loop.time() - keepalive
+        since = self._loop.time() - self._keepalive
         for front in list(self._fronts):
             front.close_if_idle(since)
         if self._fronts:
-            self._sweeper = self._loop.call_later(self._sweep_period(), self._sweep)
+            self._sweeper = self._loop.call_later(self._sweep_period, self._sweep)
 
     # ---------------------------------------------------------- shutdown
 
