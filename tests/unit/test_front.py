@@ -264,17 +264,23 @@ async def test_bytes_after_a_closing_request_are_answered_as_aiohttp_does() -> N
 
 @pytest.mark.asyncio
 async def test_a_partial_head_waits_only_while_it_may_be_plain() -> None:
+    async def until(condition: Any) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
     async with serving(front=True) as (port, server, _):
         _, plain = await asyncio.open_connection("127.0.0.1", port)
-        plain.write(b"GET /v1/kv/a HTTP/1.1\r\nHo")
+        partial = b"GET /v1/kv/a HTTP/1.1\r\nHo"
+        plain.write(partial)
+        # Once the front holds the bytes, it has decided on them: it waits, keeping them.
+        await until(lambda: any(front._buffer == partial for front in server._fronts))
+        assert server.handed_over == 0 and [f._buffer for f in server._fronts] == [partial]
         _, other = await asyncio.open_connection("127.0.0.1", port)
         other.write(b"POST /v1/txn HTTP/1.1\r\nHo")
-        for _ in range(500):
-            if server.handed_over:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # time for the plain one to be handed over, were it to be
-        assert server.handed_over == 1 and len(server._fronts) == 1
+        await until(lambda: server.handed_over)
+        assert server.handed_over == 1 and [f._buffer for f in server._fronts] == [partial]
         plain.close()
         other.close()
 
