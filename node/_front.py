@@ -361,12 +361,16 @@ class KeyFront(asyncio.Protocol):
         if head is None or len(buffer) < size or (head.close and len(buffer) > size):
             self._hand_over()
             return
-        body = bytes(buffer[end + 4 : size])
+        try:
+            request = self._request(head, buffer[end + 4 : size])
+        except Exception:  # a head aiohttp's classes refuse is aiohttp's to answer
+            log.exception("a plain head could not be made a request; aiohttp takes the connection")
+            self._hand_over()
+            return
         del buffer[:size]
-        request = self._request(head, body)
         self._busy = self._loop.create_task(self._serve(request, head.close))
 
-    def _request(self, head: PlainHead, body: bytes) -> web.Request:
+    def _request(self, head: PlainHead, body: bytes | bytearray) -> web.Request:
         path, _, query = head.target.partition("?")
         message = RawRequestMessage(
             head.method,
@@ -382,7 +386,7 @@ class KeyFront(asyncio.Protocol):
         )
         if body:
             payload = StreamReader(self, len(body) + 1, loop=self._loop)  # type: ignore[arg-type]
-            payload.feed_data(body)
+            payload.feed_data(bytes(body))
             payload.feed_eof()
         else:
             payload = EMPTY_PAYLOAD

@@ -520,3 +520,17 @@ async def test_a_node_on_an_aiohttp_the_front_does_not_fit_serves_every_request_
 async def test_the_front_passes_its_check_on_this_aiohttp() -> None:
     async with serving(front=True) as (_, server, _):
         assert _front.front_works(server) is None and server.front_enabled
+
+
+@pytest.mark.asyncio
+async def test_a_plain_head_the_front_cannot_make_a_request_of_goes_to_aiohttp(monkeypatch: Any) -> None:
+    async with serving(front=True) as (port, server, store):
+        store.data["a"] = KeyValue("a", 1, 1, 1, 1)
+
+        def refused(*args: Any) -> Any:
+            raise ValueError("a head this aiohttp's classes refuse")
+
+        monkeypatch.setattr(_front, "RawRequestMessage", refused)  # after the start-up check
+        [(status, _, body)] = await exchange(port, [request("GET", "/v1/kv/a")], 1)
+        assert status == 200 and b'"value":1' in body.replace(b" ", b"")
+        assert server.handed_over == 1
